@@ -1,0 +1,71 @@
+"""Autoregressive decoding with a KV cache: the baseline every other method is compared with."""
+from __future__ import annotations
+
+import torch
+from transformers import DynamicCache
+
+from engine import sampling as S
+from engine.methods import Job, register
+from engine.trace import clean_float
+
+
+def candidates_record(lm, logits: torch.Tensor, cfg: S.SamplingConfig, chosen: int, k: int = 10) -> dict:
+    """Top-k candidates of one position with probabilities before and after warping."""
+    raw = logits.float().softmax(-1)
+    warped = raw if cfg.greedy and cfg.top_k == 0 and cfg.top_p == 1 and cfg.min_p == 0 and cfg.typical_p == 1 \
+        else S.warp(logits, cfg).softmax(-1)
+    top = torch.topk(raw, k)
+    ids = top.indices.tolist()
+    if chosen not in ids:
+        ids.append(chosen)
+    cands = [{"id": int(t), "text": lm.token_text(t), "p_raw": clean_float(raw[t]),
+              "p_warped": clean_float(warped[t])} for t in ids]
+    return {
+        "token_id": int(chosen),
+        "token_text": lm.token_text(chosen),
+        "prob": clean_float(raw[chosen]),
+        "prob_warped": clean_float(warped[chosen]),
+        "entropy": clean_float(S.entropy(raw)),
+        "entropy_warped": clean_float(S.entropy(warped)),
+        "candidates": cands,
+    }
+
+
+def prefill(lm, input_ids: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
+    """Run the prompt through the model; return the last position's logits [1, V]."""
+    out = lm.model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    return out.logits[:, -1, :].float()
+
+
+@register("ar", "autoregressive", "One token per forward with a KV cache (greedy or sampled).",
+          options={"top_candidates": (10, "candidates recorded per step")})
+def generate(job: Job, top_candidates: int = 10):
+    lm, cfg, c = job.lm, job.sampling, job.counters
+    gen = cfg.generator(lm.device) if not cfg.greedy else None
+    cache = DynamicCache()
+    with torch.inference_mode():
+        with c.compute():
+            logits = prefill(lm, job.input_ids, cache)
+        c.target_forwards += 1
+        step = 0
+        while True:
+            with c.compute():
+                tok = int(S.choose(logits[0], cfg, gen))
+            job.commit([tok])
+            rec = {"kind": "ar", "index": step, "position": job.input_ids.shape[1] + step}
+            if job.record:
+                with c.recording():
+                    rec.update(candidates_record(lm, logits[0], cfg, tok, top_candidates))
+                    rec["new_text"], rec["confidence"] = rec["token_text"], rec["prob"]
+            else:
+                rec["token_id"] = tok
+            rec["new_ids"] = [tok]
+            yield rec
+            step += 1
+            if job.finished([tok]):
+                return
+            with c.compute():
+                out = lm.model(input_ids=torch.tensor([[tok]], device=lm.device), past_key_values=cache,
+                               use_cache=True)
+                logits = out.logits[:, -1, :].float()
+            c.target_forwards += 1

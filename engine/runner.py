@@ -1,0 +1,187 @@
+"""A step-through controller: runs a method's step iterator in a worker thread.
+
+One Runner per browser session and page. The UI reads `trace.steps`, `state` and `cursor`
+on a timer; buttons call pause / resume / step_forward / step_back / jump / cancel. Nothing
+here knows about Streamlit.
+
+Step records may carry, for breakpoints:
+  new_text   text appended by the step
+  confidence the lowest relevant probability of the step (AR: the chosen token's probability)
+  events     flags such as "draft_rejected", "kv_evicted", "remasked"
+"""
+from __future__ import annotations
+
+import threading
+import traceback
+from dataclasses import dataclass
+from typing import Iterator
+
+IDLE, RUNNING, PAUSED, DONE, CANCELLED, ERROR = "idle", "running", "paused", "done", "cancelled", "error"
+EVENTS = {"draft_rejected": "a draft token is rejected", "kv_evicted": "a KV entry is evicted",
+          "remasked": "a position is remasked", "changed": "a Jacobi guess changes"}
+
+
+@dataclass(frozen=True)
+class Breakpoint:
+    kind: str     # "token" | "confidence_below" | "event"
+    value: object
+
+    def hit(self, rec: dict) -> str | None:
+        if self.kind == "token":
+            text = rec.get("new_text") or rec.get("token_text") or ""
+            return f"token text {self.value!r} appeared" if str(self.value) and str(self.value) in text else None
+        if self.kind == "confidence_below":
+            c = rec.get("confidence")
+            return f"confidence {c:.3f} < {self.value}" if c is not None and c < float(self.value) else None
+        if self.kind == "event":
+            return f"event: {EVENTS.get(self.value, self.value)}" if self.value in rec.get("events", ()) else None
+        raise ValueError(f"unknown breakpoint kind {self.kind!r}")
+
+
+class Runner:
+    def __init__(self, trace, steps: Iterator[dict], breakpoints=(), start_paused: bool = False):
+        self.trace = trace
+        self._it = steps
+        self.breakpoints = list(breakpoints)
+        self.state = PAUSED if start_paused else IDLE
+        self.error: str | None = None
+        self.break_reason: str | None = None
+        self._cursor: int | None = None  # None: follow the newest step
+        self._pending_steps = 0
+        self._paused = start_paused
+        self._cancel = False
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._work, daemon=True, name="decoding-worker")
+
+    # ---- worker -------------------------------------------------------------------------
+    def start(self):
+        if not self._paused:
+            self.state = RUNNING
+        self._thread.start()
+        return self
+
+    def _work(self):
+        while True:
+            with self._cond:
+                while self._paused and self._pending_steps == 0 and not self._cancel:
+                    self._cond.wait()
+                if self._cancel:
+                    self.state = CANCELLED
+                    return
+                single = self._pending_steps > 0
+                if single:
+                    self._pending_steps -= 1
+            try:
+                rec = next(self._it)
+            except StopIteration:
+                self._set_state(DONE)
+                return
+            except Exception as e:  # the UI shows it; the server keeps running
+                self.error = f"{type(e).__name__}: {e}"
+                self.traceback = traceback.format_exc()
+                self._set_state(ERROR)
+                return
+            with self._cond:
+                for bp in self.breakpoints:
+                    why = bp.hit(rec)
+                    if why:
+                        self.break_reason = f"step {rec.get('index')}: {why}"
+                        self._paused = True
+                        self._cursor = None
+                        break
+                if self._paused and not self._cancel:
+                    self.state = PAUSED
+
+    def _set_state(self, s):
+        with self._cond:
+            if not (self._cancel and s == DONE):
+                self.state = s
+            self._cond.notify_all()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the worker ends (tests, CLI). True if it ended."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def wait_idle(self, timeout: float = 30.0) -> None:
+        """Block until the worker has no pending single steps and is paused or ended."""
+        import time
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            with self._cond:
+                if self.finished or (self._paused and self._pending_steps == 0 and self.state == PAUSED):
+                    return
+            time.sleep(0.01)
+
+    # ---- controls -----------------------------------------------------------------------
+    @property
+    def finished(self) -> bool:
+        return self.state in (DONE, CANCELLED, ERROR)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def pause(self):
+        with self._cond:
+            if not self.finished:
+                self._paused = True
+                self.state = PAUSED
+
+    def resume(self):
+        with self._cond:
+            self._cursor = None
+            self.break_reason = None
+            if not self.finished:
+                self._paused = False
+                self.state = RUNNING
+                self._cond.notify_all()
+
+    def step_forward(self):
+        """Show the next recorded step; at the newest one, compute exactly one more step."""
+        with self._cond:
+            n = len(self.trace.steps)
+            cur = self.cursor
+            if cur is not None and cur < n - 1:
+                self._cursor = cur + 1
+                return
+            self._cursor = None
+            if not self.finished:
+                self._paused = True
+                self.state = PAUSED
+                self._pending_steps += 1
+                self._cond.notify_all()
+
+    def step_back(self):
+        with self._cond:
+            self.pause()
+            cur = self.cursor
+            if cur is not None:
+                self._cursor = max(0, cur - 1)
+
+    def jump(self, i: int):
+        with self._cond:
+            self.pause()
+            n = len(self.trace.steps)
+            if n:
+                self._cursor = max(0, min(int(i), n - 1))
+
+    def cancel(self):
+        with self._cond:
+            self._cancel = True
+            self._paused = False
+            if not self.finished:
+                self.state = CANCELLED
+            self._cond.notify_all()
+
+    @property
+    def cursor(self) -> int | None:
+        """Index of the step being shown (None when there are no steps yet)."""
+        n = len(self.trace.steps)
+        if n == 0:
+            return None
+        return n - 1 if self._cursor is None else min(self._cursor, n - 1)
+
+    @property
+    def following(self) -> bool:
+        return self._cursor is None

@@ -1,0 +1,39 @@
+"""Shared fixtures: the real embedded model (loaded once per test session) and tiny random models."""
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def embedded_lm():
+    """SmolLM2-135M-Instruct, the app's default model (fp32 on CPU)."""
+    from engine import models
+    return models.load(models.EMBEDDED, device="cpu")
+
+
+def make_tiny_lm(seed: int = 0, layers: int = 2, hidden: int = 64, heads: int = 4, kv_heads: int = 2,
+                 vocab: int | None = None):
+    """A tiny random Llama sharing the embedded model's tokenizer (fast unit tests)."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from engine import models
+    tok = AutoTokenizer.from_pretrained(str(models.prepare_embedded()))
+    cfg = LlamaConfig(vocab_size=vocab or len(tok), hidden_size=hidden, intermediate_size=hidden * 2,
+                      num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                      max_position_embeddings=2048, bos_token_id=1, eos_token_id=2, pad_token_id=2,
+                      tie_word_embeddings=True)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(cfg).eval()
+    return models.LM(model=model, tokenizer=tok, name=f"tiny-random-{seed}", device=torch.device("cpu"),
+                     dtype=torch.float32, is_instruct=True, lock=threading.RLock())
+
+
+@pytest.fixture(scope="session")
+def tiny_lm():
+    return make_tiny_lm()
