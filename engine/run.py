@@ -36,6 +36,7 @@ def prepare(lm, method: str, prompt: str, max_new_tokens: int = 64, sampling: Sa
     trace.meta["lossless"] = spec.lossless
     trace.meta["device"] = str(lm.device)
     trace.counters = job.counters
+    trace.extra = job.extra
     gen = spec.fn(job, **opts)
 
     def steps() -> Iterator[dict]:

@@ -31,6 +31,7 @@ class Job:
     counters: Counters = field(default_factory=Counters)
     record: bool = True          # False: build no step details (benchmarks of raw speed)
     output_ids: list[int] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)  # becomes trace.extra (e.g. extra["summary"])
 
     def finished(self, new_tokens: list[int]) -> bool:
         """True once max_new_tokens are out or an EOS was produced among `new_tokens`."""
