@@ -11,8 +11,10 @@ Step records may carry, for breakpoints:
 """
 from __future__ import annotations
 
+import atexit
 import threading
 import traceback
+import weakref
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -38,6 +40,18 @@ class Breakpoint:
         raise ValueError(f"unknown breakpoint kind {self.kind!r}")
 
 
+_LIVE: "weakref.WeakSet[Runner]" = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all():
+    """Cancel workers at interpreter exit so none is killed inside a torch call."""
+    for r in list(_LIVE):
+        r.cancel()
+    for r in list(_LIVE):
+        r.wait(timeout=10)
+
+
 class Runner:
     def __init__(self, trace, steps: Iterator[dict], breakpoints=(), start_paused: bool = False):
         self.trace = trace
@@ -50,6 +64,7 @@ class Runner:
         self._pending_steps = 0
         self._paused = start_paused
         self._cancel = False
+        self._busy = False
         self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._work, daemon=True, name="decoding-worker")
 
@@ -57,6 +72,7 @@ class Runner:
     def start(self):
         if not self._paused:
             self.state = RUNNING
+        _LIVE.add(self)
         self._thread.start()
         return self
 
@@ -68,9 +84,9 @@ class Runner:
                 if self._cancel:
                     self.state = CANCELLED
                     return
-                single = self._pending_steps > 0
-                if single:
+                if self._pending_steps > 0:
                     self._pending_steps -= 1
+                self._busy = True
             try:
                 rec = next(self._it)
             except StopIteration:
@@ -82,6 +98,7 @@ class Runner:
                 self._set_state(ERROR)
                 return
             with self._cond:
+                self._busy = False
                 for bp in self.breakpoints:
                     why = bp.hit(rec)
                     if why:
@@ -94,6 +111,7 @@ class Runner:
 
     def _set_state(self, s):
         with self._cond:
+            self._busy = False
             if not (self._cancel and s == DONE):
                 self.state = s
             self._cond.notify_all()
@@ -109,7 +127,7 @@ class Runner:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             with self._cond:
-                if self.finished or (self._paused and self._pending_steps == 0 and self.state == PAUSED):
+                if self.finished or (self._paused and self._pending_steps == 0 and not self._busy):
                     return
             time.sleep(0.01)
 

@@ -37,3 +37,12 @@ def make_tiny_lm(seed: int = 0, layers: int = 2, hidden: int = 64, heads: int = 
 @pytest.fixture(scope="session")
 def tiny_lm():
     return make_tiny_lm()
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def app_test(rel_path: str, timeout: float = 180):
+    """An AppTest for a script given relative to the repository root."""
+    from streamlit.testing.v1 import AppTest
+    return AppTest.from_file(os.path.join(ROOT, rel_path), default_timeout=timeout)
