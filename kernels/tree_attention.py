@@ -1,0 +1,243 @@
+"""Tree-verification attention: the nodes of a token tree attend to the cached prefix and to their
+own ancestors, in one pass.
+
+Layout (as transformers hands it to an attention function, after the cache update):
+  q [B, Hq, T, D]   one query per tree node, nodes in topological order (parent before child)
+  k, v [B, Hkv, P + T, D]   the cached prefix (P entries), then the tree's own T nodes
+  parents [T]       parents[i] in [-1, i): -1 = a root (child of the last prefix token)
+
+Node i sees every prefix key and the tree keys of its ancestors and itself. The Triton kernel reads
+the ancestry as a bitmask of T x ceil(T/32) int32 words (or, for a chain, the rule j <= i); it never
+builds the T x (P + T) mask. The query heads of one KV group are packed into the rows of one
+program, so each K/V tile is loaded once per group (GQA).
+
+`tree_attention_torch` is the reference: the dense mask built from the parent list, then SDPA.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from kernels._triton import HAVE_TRITON, interpreting, jitted, next_pow2, tl
+
+LOG2E = 1.4426950408889634
+
+
+# ----------------------------------------------------------------------------------------------
+# Tree structure helpers (plain torch, small: T x T at most)
+
+def as_parents(parents, num_nodes: int, device=None) -> torch.Tensor:
+    """Validate a parent list and return it as an int64 tensor [T]."""
+    p = torch.as_tensor(parents, dtype=torch.long, device=device).reshape(-1)
+    if p.numel() != num_nodes:
+        raise ValueError(f"parents has {p.numel()} entries for {num_nodes} tree nodes")
+    idx = torch.arange(num_nodes, device=p.device)
+    if num_nodes and (bool((p < -1).any()) or bool((p >= idx).any())):
+        raise ValueError("parents[i] must be -1 (root) or the index of an earlier node (topological order)")
+    return p
+
+
+def ancestor_matrix(parents: torch.Tensor) -> torch.Tensor:
+    """bool [T, T]: entry (i, j) is True when node j is node i itself or one of its ancestors."""
+    t = parents.numel()
+    idx = torch.arange(t, device=parents.device)
+    anc = torch.zeros(t, t, dtype=torch.bool, device=parents.device)
+    anc[idx, idx] = True
+    cur = parents.clone()
+    while t and bool((cur >= 0).any()):  # one round per tree level
+        live = cur >= 0
+        anc[idx[live], cur[live]] = True
+        cur = torch.where(live, parents[cur.clamp(min=0)], cur)
+    return anc
+
+
+def pack_bits(mask: torch.Tensor) -> torch.Tensor:
+    """bool [T, N] -> int32 [T, ceil(N / 32)]; bit b of word w is column 32 * w + b."""
+    t, n = mask.shape
+    words = (n + 31) // 32
+    padded = torch.zeros(t, words * 32, dtype=torch.int64, device=mask.device)
+    padded[:, :n] = mask.to(torch.int64)
+    shifts = torch.arange(32, device=mask.device, dtype=torch.int64)
+    packed = (padded.view(t, words, 32) << shifts).sum(-1)
+    return (((packed + 2**31) % 2**32) - 2**31).to(torch.int32)  # two's complement wrap to int32
+
+
+def ancestor_bitmask(parents: torch.Tensor) -> torch.Tensor:
+    return pack_bits(ancestor_matrix(parents))
+
+
+def is_chain(parents: torch.Tensor) -> bool:
+    """True when the tree is a single chain 0 <- 1 <- 2 ... (then attention is plainly causal)."""
+    t = parents.numel()
+    return bool((parents == torch.arange(-1, t - 1, device=parents.device)).all())
+
+
+def check_shapes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix_len: int) -> None:
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError("q, k, v must be [batch, heads, length, head_dim]")
+    b, hq, t, d = q.shape
+    if k.shape != v.shape or k.shape[0] != b or k.shape[3] != d:
+        raise ValueError(f"k {tuple(k.shape)} / v {tuple(v.shape)} do not match q {tuple(q.shape)}")
+    if hq % k.shape[1]:
+        raise ValueError(f"{hq} query heads cannot be grouped over {k.shape[1]} KV heads")
+    if k.shape[2] != prefix_len + t:
+        raise ValueError(f"keys hold {k.shape[2]} entries; expected prefix {prefix_len} + {t} tree nodes")
+
+
+# ----------------------------------------------------------------------------------------------
+# Reference
+
+def tree_attention_torch(q, k, v, prefix_len: int, parents, scale: float | None = None) -> torch.Tensor:
+    """SDPA with the dense [T, P + T] mask built from the parent list. Returns [B, Hq, T, D]."""
+    check_shapes(q, k, v, prefix_len)
+    t = q.shape[2]
+    par = as_parents(parents, t, device=q.device)
+    mask = torch.cat([torch.ones(t, prefix_len, dtype=torch.bool, device=q.device), ancestor_matrix(par)], dim=1)
+    return torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, scale=scale, enable_gqa=k.shape[1] != q.shape[1])
+
+
+# ----------------------------------------------------------------------------------------------
+# Triton kernel
+
+def _tree_attention_kernel(
+        Q, K, V, O, ANC,
+        sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sob, soh, sot, sod,
+        T, P, D, G, HKV, W, qk_scale,
+        CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    # rows of this program: (query head within the KV group, tree node), packed as g * T + node
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // HKV).to(tl.int64)
+    kvh = (pid_bh % HKV).to(tl.int64)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < G * T
+    node = rows % T
+    head = kvh * G + rows // T
+    dims = tl.arange(0, BLOCK_D)
+    dim_ok = dims < D
+
+    q_ptrs = Q + b * sqb + head[:, None] * sqh + node[:, None] * sqt + dims[None, :] * sqd
+    q = tl.load(q_ptrs, mask=row_ok[:, None] & dim_ok[None, :], other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
+    k_base = K + b * skb + kvh * skh
+    v_base = V + b * svb + kvh * svh
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+
+    # 1) the cached prefix: every node sees all of it
+    for start in range(0, P, BLOCK_N):
+        cols = start + tl.arange(0, BLOCK_N)
+        col_ok = cols < P
+        kt = tl.load(k_base + cols[None, :] * skt + dims[:, None] * skd,
+                     mask=col_ok[None, :] & dim_ok[:, None], other=0.0)
+        if UPCAST:
+            kt = kt.to(tl.float32)
+        s = tl.dot(q, kt, input_precision=DOT_PRECISION) * qk_scale
+        s = tl.where(col_ok[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_use)
+        p = tl.exp2(s - m_use[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        vt = tl.load(v_base + cols[:, None] * svt + dims[None, :] * svd,
+                     mask=col_ok[:, None] & dim_ok[None, :], other=0.0)
+        if UPCAST:
+            vt = vt.to(tl.float32)
+        acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt, input_precision=DOT_PRECISION)
+        m_i = m_new
+
+    # 2) the tree's own nodes: ancestors and self only
+    for start in range(0, T, BLOCK_N):
+        knode = start + tl.arange(0, BLOCK_N)
+        col_ok = knode < T
+        if CAUSAL:
+            allowed = knode[None, :] <= node[:, None]
+        else:
+            words = tl.load(ANC + node[:, None] * W + knode[None, :] // 32,
+                            mask=row_ok[:, None] & col_ok[None, :], other=0)
+            allowed = ((words >> (knode[None, :] % 32)) & 1) != 0
+        allowed = allowed & col_ok[None, :]
+        cols = P + knode
+        kt = tl.load(k_base + cols[None, :] * skt + dims[:, None] * skd,
+                     mask=col_ok[None, :] & dim_ok[:, None], other=0.0)
+        if UPCAST:
+            kt = kt.to(tl.float32)
+        s = tl.dot(q, kt, input_precision=DOT_PRECISION) * qk_scale
+        s = tl.where(allowed, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_use)
+        p = tl.exp2(s - m_use[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        vt = tl.load(v_base + cols[:, None] * svt + dims[None, :] * svd,
+                     mask=col_ok[:, None] & dim_ok[None, :], other=0.0)
+        if UPCAST:
+            vt = vt.to(tl.float32)
+        acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt, input_precision=DOT_PRECISION)
+        m_i = m_new
+
+    out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+    o_ptrs = O + b * sob + head[:, None] * soh + node[:, None] * sot + dims[None, :] * sod
+    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=row_ok[:, None] & dim_ok[None, :])
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """fp32 inputs use exact fp32 products (not TF32): the lab compares tokens with the torch path."""
+    return "ieee" if dtype == torch.float32 or upcast_dot(dtype) else "tf32"
+
+
+def upcast_dot(dtype: torch.dtype) -> bool:
+    """Triton 3.9's CPU interpreter multiplies bf16 tiles wrongly in tl.dot (it returns garbage),
+    so under the interpreter bf16 tiles are multiplied in fp32. Compiled kernels keep bf16 dots."""
+    return dtype == torch.bfloat16 and interpreting()
+
+
+def tree_attention_triton(q, k, v, prefix_len: int, parents=None, ancestors: torch.Tensor | None = None,
+                          scale: float | None = None, causal: bool | None = None,
+                          block_m: int | None = None, block_n: int | None = None) -> torch.Tensor:
+    """The Triton kernel. Give `parents` (validated, turned into the bitmask here) or `ancestors`
+    (int32 [T, ceil(T/32)] from `ancestor_bitmask`); `causal=True` (or a chain-shaped parent list)
+    uses the rule j <= i and no bitmask. Returns [B, Hq, T, D] (a view of a [B, T, Hq, D] buffer,
+    so `.transpose(1, 2)` gives the layout transformers expects without a copy)."""
+    if not HAVE_TRITON:
+        raise RuntimeError("triton is not installed")
+    check_shapes(q, k, v, prefix_len)
+    bsz, hq, t, d = q.shape
+    hkv = k.shape[1]
+    g = hq // hkv
+    if causal is None:
+        if ancestors is None:
+            par = as_parents(parents, t, device=q.device)
+            causal = is_chain(par)
+            if not causal:
+                ancestors = ancestor_bitmask(par)
+        else:
+            causal = False
+    if not causal:
+        if ancestors is None:
+            ancestors = ancestor_bitmask(as_parents(parents, t, device=q.device))
+        ancestors = ancestors.to(device=q.device, dtype=torch.int32).contiguous()
+        if ancestors.shape != (t, (t + 31) // 32):
+            raise ValueError(f"ancestor bitmask must be [{t}, {(t + 31) // 32}] int32 words")
+    anc = ancestors if not causal else torch.zeros(1, dtype=torch.int32, device=q.device)
+    words = anc.shape[1] if anc.dim() == 2 else 1
+    out = torch.empty(bsz, t, hq, d, dtype=q.dtype, device=q.device).transpose(1, 2)
+    if t == 0:
+        return out
+    scale = scale if scale is not None else 1.0 / math.sqrt(d)
+    block_m = block_m or min(64, next_pow2(g * t))
+    block_n = block_n or 64
+    grid = ((g * t + block_m - 1) // block_m, bsz * hkv)
+    jitted(_tree_attention_kernel)[grid](
+        q, k, v, out, anc,
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+        t, int(prefix_len), d, g, hkv, words, float(scale) * LOG2E,
+        CAUSAL=bool(causal), DOT_PRECISION=dot_precision(q.dtype), UPCAST=upcast_dot(q.dtype),
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=next_pow2(d), num_warps=4)
+    return out
