@@ -49,8 +49,8 @@ def _confidence_kernel(X, P1, MARGIN, ENT, ARG, stride_row, V, inv_temp, BLOCK_V
     m1 = tl.full([], neg_inf, tl.float32)     # largest scaled logit so far (the running max)
     m2 = tl.full([], neg_inf, tl.float32)     # second largest
     arg = tl.full([], 0, tl.int32)
-    s = tl.zeros([], tl.float32)
-    u = tl.zeros([], tl.float32)
+    s = tl.full([], 0.0, tl.float32)
+    u = tl.full([], 0.0, tl.float32)
     for start in range(0, V, BLOCK_V):
         cols = start + offs
         x = tl.load(x_row + cols, mask=cols < V, other=neg_inf).to(tl.float32) * inv_temp

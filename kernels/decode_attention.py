@@ -89,8 +89,8 @@ def _decode_partial_kernel(
     v_base = V + b * svb + kvh * svh
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    l_i = tl.full([BLOCK_M], 0.0, dtype=tl.float32)
+    acc = tl.full([BLOCK_M, BLOCK_D], 0.0, dtype=tl.float32)
     lo = split * SPLIT_LEN
     hi = tl.minimum(lo + SPLIT_LEN, S)
     for start in range(lo, hi, BLOCK_N):
@@ -146,13 +146,13 @@ def _decode_merge_mass_kernel(
     for sp in range(0, NUM_SPLITS):
         m_g = tl.maximum(m_g, tl.load(MP + part + sp * ROWS_PAD + rows))
     m_use = tl.where(m_g == float("-inf"), 0.0, m_g)
-    l_g = tl.zeros([BLOCK_M], dtype=tl.float32)
+    l_g = tl.full([BLOCK_M], 0.0, dtype=tl.float32)
     for sp in range(0, NUM_SPLITS):
         l_g += tl.load(LP + part + sp * ROWS_PAD + rows) * tl.exp2(tl.load(MP + part + sp * ROWS_PAD + rows) - m_use)
     inv_l = tl.where(row_ok & (l_g > 0.0), 1.0 / l_g, 0.0)
 
     if split == 0:  # one program per row block merges the weighted values into the output
-        acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+        acc = tl.full([BLOCK_M, BLOCK_D], 0.0, dtype=tl.float32)
         for sp in range(0, NUM_SPLITS):
             w = tl.exp2(tl.load(MP + part + sp * ROWS_PAD + rows) - m_use)
             a = tl.load(AP + (part + sp * ROWS_PAD + rows[:, None]) * D + dims[None, :], mask=dim_ok[None, :],

@@ -127,8 +127,8 @@ def _tree_attention_kernel(
     v_base = V + b * svb + kvh * svh
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    l_i = tl.full([BLOCK_M], 0.0, dtype=tl.float32)
+    acc = tl.full([BLOCK_M, BLOCK_D], 0.0, dtype=tl.float32)
 
     # 1) the cached prefix: every node sees all of it
     for start in range(0, P, BLOCK_N):

@@ -1,0 +1,192 @@
+"""One entry point per kernel: the Triton kernel on CUDA, the plain-torch reference elsewhere.
+
+  tree_attention(q, k, v, prefix_len, parents)      -> [B, Hq, T, D]
+  decode_attention_with_mass(q, k, v)               -> (out [B, Hq, Tq, D], mass [B, Hkv, S] fp32)
+  confidence(logits, temperature)                   -> Confidence(max_prob, margin, entropy, argmax)
+
+and a transformers attention function, registered as "lab_tree", that routes a model's attention
+through them: `with lab_attention(model): model(..., tree_parents=..., attention_mass={})`.
+
+Which path runs:
+  - DECODING_LAB_FORCE_TORCH=1 -> always the torch reference (to compare on a GPU);
+  - tensors on CUDA (and triton importable) -> the Triton kernel;
+  - TRITON_INTERPRET=1 -> the Triton kernel through Triton's CPU interpreter (tests);
+  - otherwise the torch reference (the app on CPU).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import MutableMapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from kernels import confidence as _conf
+from kernels import decode_attention as _dec
+from kernels import tree_attention as _tree
+from kernels._triton import HAVE_TRITON, interpreting
+
+FORCE_TORCH_ENV = "DECODING_LAB_FORCE_TORCH"
+ATTENTION_NAME = "lab_tree"
+Confidence = _conf.Confidence
+
+
+def backend(*tensors: torch.Tensor) -> str:
+    """"triton" or "torch": the path the dispatcher takes for these tensors."""
+    if os.environ.get(FORCE_TORCH_ENV, "0") == "1" or not HAVE_TRITON:
+        return "torch"
+    if tensors and all(t.is_cuda for t in tensors):
+        return "triton"
+    return "triton" if interpreting() else "torch"
+
+
+def enabled(device) -> bool:
+    """True when tensors on `device` would run the Triton kernels (a method can then prefer the
+    kernel path; elsewhere it keeps its usual one)."""
+    dev = torch.device(device)
+    if os.environ.get(FORCE_TORCH_ENV, "0") == "1" or not HAVE_TRITON:
+        return False
+    return dev.type == "cuda" or interpreting()
+
+
+# ----------------------------------------------------------------------------------------------
+# Trees
+
+@dataclass(frozen=True)
+class Tree:
+    """A validated token tree: parent list, T x T ancestry (bool) and its packed bitmask.
+    Build it once per verification forward (`Tree.from_parents`) and pass it to every layer."""
+    parents: torch.Tensor      # int64 [T]
+    ancestry: torch.Tensor     # bool [T, T], self included
+    bitmask: torch.Tensor      # int32 [T, ceil(T / 32)]
+    chain: bool
+
+    @staticmethod
+    def from_parents(parents, device=None) -> "Tree":
+        if isinstance(parents, Tree):
+            return parents
+        p = torch.as_tensor(parents, dtype=torch.long, device=device).reshape(-1)
+        p = _tree.as_parents(p, p.numel(), device=device)
+        anc = _tree.ancestor_matrix(p)
+        return Tree(p, anc, _tree.pack_bits(anc), _tree.is_chain(p))
+
+    def __len__(self) -> int:
+        return self.parents.numel()
+
+    def depths(self) -> torch.Tensor:
+        """Depth of each node (roots 0)."""
+        return self.ancestry.sum(-1) - 1
+
+    def position_ids(self, prefix_len: int) -> torch.Tensor:
+        """[1, T] positions for the tree's tokens: a node at depth d sits at prefix_len + d."""
+        return (prefix_len + self.depths()).unsqueeze(0)
+
+    def dense_mask(self, prefix_len: int) -> torch.Tensor:
+        """bool [T, prefix_len + T]: what the torch reference (and SDPA) needs."""
+        t = len(self)
+        ones = torch.ones(t, prefix_len, dtype=torch.bool, device=self.parents.device)
+        return torch.cat([ones, self.ancestry], dim=1)
+
+
+def tree_attention(q, k, v, prefix_len: int, parents, scale: float | None = None) -> torch.Tensor:
+    """Tree-verification attention. q [B, Hq, T, D]; k, v [B, Hkv, prefix_len + T, D] (the tree's
+    keys last, as after a cache update); parents: list / tensor [T] (-1 = root) or a `Tree`.
+    Returns [B, Hq, T, D]."""
+    tree = Tree.from_parents(parents, device=q.device)
+    if tree.parents.device != q.device:
+        tree = Tree.from_parents(tree.parents.to(q.device))
+    if backend(q, k, v) == "triton":
+        if tree.chain:
+            return _tree.tree_attention_triton(q, k, v, prefix_len, causal=True, scale=scale)
+        return _tree.tree_attention_triton(q, k, v, prefix_len, ancestors=tree.bitmask, causal=False, scale=scale)
+    _tree.check_shapes(q, k, v, prefix_len)
+    return torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=tree.dense_mask(prefix_len), scale=scale, enable_gqa=k.shape[1] != q.shape[1])
+
+
+def causal_attention(q, k, v, scale: float | None = None) -> torch.Tensor:
+    """The T queries are the last T keys, each seeing everything before it (prefill, a drafted
+    chain, or one decode step). Same as `tree_attention` with a chain of parents."""
+    t = q.shape[2]
+    prefix = k.shape[2] - t
+    if backend(q, k, v) == "triton":
+        return _tree.tree_attention_triton(q, k, v, prefix, causal=True, scale=scale)
+    return tree_attention(q, k, v, prefix, torch.arange(-1, t - 1, device=q.device), scale=scale)
+
+
+def decode_attention_with_mass(q, k, v, scale: float | None = None):
+    """Attention of the new query (or last Tq queries, causal) over all kept keys, plus per key the
+    probability mass it received summed over its KV group's query heads (and the Tq queries).
+    Returns (out [B, Hq, Tq, D], mass [B, Hkv, S] fp32)."""
+    if backend(q, k, v) == "triton":
+        return _dec.decode_attention_triton(q, k, v, scale=scale)
+    return _dec.decode_attention_torch(q, k, v, scale=scale)
+
+
+def confidence(logits: torch.Tensor, temperature: float = 1.0) -> Confidence:
+    """max_prob, top1 - top2 margin, entropy (nats) and argmax of softmax(logits / temperature)
+    over the last dim, without writing the probabilities on the Triton path."""
+    if backend(logits) == "triton":
+        return _conf.confidence_triton(logits, temperature)
+    return _conf.confidence_torch(logits, temperature)
+
+
+# ----------------------------------------------------------------------------------------------
+# transformers attention function
+
+def lab_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
+                          tree_parents=None, attention_mass=None, **kwargs):
+    """A transformers attention function (AttentionInterface signature; query [B, Hq, T, D], key /
+    value [B, Hkv, S, D] after the cache update; returns ([B, T, Hq, D], None)).
+
+    - `tree_parents` (list / tensor / `Tree`, forwarded from `model(..., tree_parents=...)`): the T
+      new tokens are a tree over the cached prefix -> `tree_attention`.
+    - `attention_mass` (a dict, or a callable(layer_idx, mass)): also return, per layer, each key's
+      attention mass [B, Hkv, S] -> `decode_attention_with_mass` (causal over the new tokens).
+    - otherwise: causal attention of the new tokens over cache + themselves (prefill, decode).
+    A 4D attention_mask passed by the caller is honoured by falling back to SDPA. Padding masks are
+    not supported (the engine decodes one sequence at a time); the model builds no mask for this
+    implementation."""
+    if attention_mask is not None:
+        if tree_parents is not None or attention_mass is not None:
+            raise ValueError("lab_tree attention: pass tree_parents / attention_mass or a 4D attention_mask, not both")
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, **kwargs)
+    if tree_parents is not None:
+        if attention_mass is not None:
+            raise ValueError("lab_tree attention: attention_mass is not computed for tree verification")
+        out = tree_attention(query, key, value, key.shape[2] - query.shape[2], tree_parents, scale=scaling)
+    elif attention_mass is not None:
+        out, mass = decode_attention_with_mass(query, key, value, scale=scaling)
+        layer = getattr(module, "layer_idx", None)
+        if isinstance(attention_mass, MutableMapping):
+            attention_mass[layer] = mass
+        else:
+            attention_mass(layer, mass)
+    else:
+        out = causal_attention(query, key, value, scale=scaling)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def register() -> None:
+    from transformers import AttentionInterface
+    AttentionInterface.register(ATTENTION_NAME, lab_attention_forward)
+
+
+@contextmanager
+def lab_attention(model):
+    """Switch `model` (a transformers PreTrainedModel) to the "lab_tree" attention for the
+    duration of the block, then back. Install and remove it within one engine step (the model
+    may be shared between sessions between steps; `engine.run` holds lm.lock around a step)."""
+    register()
+    previous = model.config._attn_implementation
+    model.set_attn_implementation(ATTENTION_NAME)
+    try:
+        yield model
+    finally:
+        model.set_attn_implementation(previous)
+
+
+register()
