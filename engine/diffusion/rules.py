@@ -1,0 +1,173 @@
+"""Remasking rules: which still-masked positions of the current block to commit this step.
+
+Each rule is a small function `rule(v: StepView, **params) -> Choice`: a boolean commit mask
+over the generated positions, the score it ranked them by, and the threshold it used (if any).
+The sampler (engine.diffusion.sampler) guarantees at least one commit per step, so a rule whose
+threshold nothing clears still makes progress (Fast-dLLM's own loop can spin there).
+
+Schedule rules commit k = the even schedule's count (LLaDA's get_num_transfer_tokens) of the
+best-scored positions; threshold rules commit what clears their threshold and finish a block
+whenever it is filled, ignoring the step budget.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+NEG = float("-inf")
+
+
+@dataclass
+class StepView:
+    probs: torch.Tensor        # [N, V] softmax of the (unwarped) logits at the generated positions
+    logits: torch.Tensor       # [N, V]
+    x0: torch.Tensor           # [N] candidate token per position (argmax of the noised logits)
+    conf: torch.Tensor         # [N] probability of x0
+    candidates: torch.Tensor   # [N] bool: still masked and inside the current block
+    k: int                     # tokens the even schedule commits this step
+    step: int                  # step index inside the block
+    steps: int                 # steps budgeted for the block
+    progress: float            # fraction of all generated positions already committed
+    eos_ids: set = field(default_factory=set)
+    generator: torch.Generator | None = None
+    state: dict = field(default_factory=dict)  # per-run memory (CreditDecoding's credits)
+
+
+@dataclass
+class Choice:
+    commit: torch.Tensor       # [N] bool
+    score: torch.Tensor        # [N] float (-inf outside the candidates)
+    threshold: float | None = None
+
+
+def _masked(score: torch.Tensor, v: StepView) -> torch.Tensor:
+    return torch.where(v.candidates, score.double(), torch.full_like(score, NEG, dtype=torch.float64))
+
+
+def top_k(score: torch.Tensor, k: int) -> torch.Tensor:
+    """The k best-scored positions (ties broken towards the lower position, as torch.topk)."""
+    out = torch.zeros(score.shape[0], dtype=torch.bool)
+    k = min(k, int(torch.isfinite(score).sum()))
+    if k > 0:
+        out[torch.topk(score, k).indices] = True
+    return out
+
+
+def _by_score(score, v):
+    s = _masked(score, v)
+    return Choice(top_k(s, v.k), s)
+
+
+# --- schedule rules (LLaDA, Dream) ------------------------------------------------------------
+def low_confidence(v: StepView) -> Choice:
+    """LLaDA: the probability of the chosen token."""
+    return _by_score(v.conf, v)
+
+
+def random(v: StepView) -> Choice:
+    """LLaDA: a uniform random score, i.e. a random order of unmasking."""
+    return _by_score(torch.rand(v.conf.shape[0], generator=v.generator, dtype=torch.float64), v)
+
+
+def maskgit_plus(v: StepView) -> Choice:
+    """Dream: the top-1 probability (differs from low_confidence only when sampling)."""
+    return _by_score(v.probs.max(-1).values, v)
+
+
+def topk_margin(v: StepView) -> Choice:
+    """Dream: top-1 minus top-2 probability."""
+    top2 = v.probs.topk(2, dim=-1).values
+    return _by_score(top2[:, 0] - top2[:, 1], v)
+
+
+def entropy(v: StepView) -> Choice:
+    """Dream: negative entropy of the position's distribution."""
+    p = v.probs
+    neg_h = (p * torch.log(p.clamp_min(1e-30))).sum(-1)
+    return _by_score(neg_h, v)
+
+
+# --- parallel rules ---------------------------------------------------------------------------
+def threshold(v: StepView, threshold: float = 0.9) -> Choice:
+    """Fast-dLLM: commit every candidate whose confidence >= threshold."""
+    s = _masked(v.conf, v)
+    return Choice(s >= threshold, s, threshold)
+
+
+def prophet(v: StepView, gaps: tuple = (7.5, 5.0, 2.5)) -> Choice:
+    """Prophet: low_confidence step, but once the smallest top1-top2 logit gap among the
+    candidates clears a threshold that falls with progress (7.5 / 5.0 / 2.5 before 33% /
+    67% / later), commit every remaining candidate at once."""
+    top2 = v.logits.topk(2, dim=-1).values
+    gap = top2[:, 0] - top2[:, 1]
+    s = _masked(gap, v)
+    tau = gaps[0] if v.progress < 1 / 3 else gaps[1] if v.progress < 2 / 3 else gaps[2]
+    cand_gap = s[v.candidates]
+    if cand_gap.numel() and bool(cand_gap.min() >= tau):
+        return Choice(v.candidates.clone(), s, tau)
+    base = _masked(v.conf, v)
+    return Choice(top_k(base, v.k), s, tau)
+
+
+def eos_ascending(v: StepView, eos_gamma: float = 3.0) -> Choice:
+    """EOS early rejection + ascending step size: an EOS candidate's confidence is damped by
+    (step / steps) ** eos_gamma early in the block, and the number committed per step grows
+    linearly with the step (k_i proportional to i + 1) instead of staying flat."""
+    frac = (v.step + 1) / max(v.steps, 1)
+    is_eos = torch.tensor([int(t) in v.eos_ids for t in v.x0.tolist()], dtype=torch.bool)
+    damp = torch.where(is_eos, torch.full_like(v.conf, frac ** eos_gamma), torch.ones_like(v.conf))
+    s = _masked(v.conf * damp, v)
+    remaining_steps = max(v.steps - v.step, 1)
+    n = int(v.candidates.sum())
+    # ascending: of the n left over the remaining steps, step j (0-based from now) gets weight (v.step + j + 1)
+    weights = [v.step + j + 1 for j in range(remaining_steps)]
+    k = n if remaining_steps == 1 else max(1, math.floor(n * weights[0] / sum(weights)))
+    return Choice(top_k(s, k), s)
+
+
+def credit(v: StepView, threshold: float = 0.9, decay: float = 0.7, alpha: float = 0.6) -> Choice:
+    """CreditDecoding: each position keeps a credit per token it predicted before (decayed by
+    `decay` each step, increased by the predicted probability); the credit is fused into the
+    logits (logit + alpha * log(1 + credit)) and the threshold rule runs on the fused confidence."""
+    cred = v.state.get("credit")
+    if cred is None or cred.shape != v.probs.shape:
+        cred = torch.zeros_like(v.probs)
+    cred = cred * decay
+    top = v.probs.argmax(-1)
+    cred[torch.arange(cred.shape[0]), top] += v.probs.max(-1).values
+    v.state["credit"] = cred
+    fused = torch.softmax(v.logits + alpha * torch.log1p(cred), dim=-1)
+    fused_conf = fused.gather(-1, v.x0[:, None])[:, 0]
+    s = _masked(fused_conf, v)
+    return Choice(s >= threshold, s, threshold)
+
+
+def local_leap(v: StepView, anchor: float = 0.9, relaxed: float = 0.6, radius: int = 2) -> Choice:
+    """LocalLeap: candidates with confidence >= anchor are anchors; candidates within `radius`
+    positions of an anchor are committed too when their confidence >= relaxed."""
+    s = _masked(v.conf, v)
+    anchors = s >= anchor
+    near = torch.zeros_like(anchors)
+    idx = anchors.nonzero()[:, 0].tolist()
+    for a in idx:
+        near[max(0, a - radius):a + radius + 1] = True
+    commit = anchors | (near & (s >= relaxed))
+    return Choice(commit, s, anchor)
+
+
+RULES = {
+    "low_confidence": (low_confidence, "LLaDA: commit the k most probable predictions"),
+    "random": (random, "LLaDA: commit k random masked positions"),
+    "maskgit_plus": (maskgit_plus, "Dream: top-1 probability"),
+    "topk_margin": (topk_margin, "Dream: top-1 minus top-2 probability"),
+    "entropy": (entropy, "Dream: lowest entropy first"),
+    "threshold": (threshold, "Fast-dLLM: every prediction with confidence >= threshold (at least one)"),
+    "prophet": (prophet, "Prophet: commit everything once the top1-top2 logit gap is large enough"),
+    "eos_ascending": (eos_ascending, "EOS early rejection + ascending step size"),
+    "credit": (credit, "CreditDecoding: threshold on credit-fused confidence"),
+    "local_leap": (local_leap, "LocalLeap: anchors + their neighbourhood under a relaxed threshold"),
+}
+# rules that ignore the step budget and finish a block when it is filled
+PARALLEL = {"threshold", "credit", "local_leap"}

@@ -1,0 +1,174 @@
+"""The masked-diffusion sampler (LLaDA's generate.py, generalised over rules and adapters).
+
+x = prompt + gen_length masks, split into blocks of block_length decoded left to right
+(semi-autoregressive; block_length = gen_length is pure diffusion). Each step: one forward over
+the sequence (or, with Fast-dLLM's prefix cache, over the current block and what follows it),
+candidate tokens x0 = argmax of the Gumbel-noised warped logits, and a rule picks which masked
+positions of the current block to commit. Committed tokens stay.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+from engine import sampling as S
+from engine.diffusion import rules as R
+from engine.methods import MethodError
+
+
+def num_transfer_tokens(masked: int, steps: int) -> list[int]:
+    """LLaDA's even schedule: floor(masked / steps) per step, the first `remainder` steps +1."""
+    base, rem = divmod(masked, steps)
+    return [base + (1 if i < rem else 0) for i in range(steps)]
+
+
+def candidate_tokens(logits: torch.Tensor, cfg: S.SamplingConfig, gen: torch.Generator | None) -> torch.Tensor:
+    """argmax of the logits (greedy) or of warped logits + Gumbel noise (a sample at temperature)."""
+    if cfg.greedy:
+        return logits.argmax(-1)
+    warped = S.warp(logits, cfg).double()
+    u = torch.rand(warped.shape, generator=gen, dtype=torch.float64).clamp_(1e-20, 1.0)
+    return (warped - torch.log(-torch.log(u))).argmax(-1)
+
+
+@dataclass
+class Step:
+    x: torch.Tensor            # [N] generated region after this step (mask_id where still masked)
+    was_masked: torch.Tensor   # [N] bool: masked before this step
+    committed: torch.Tensor    # [N] bool: committed this step
+    x0: torch.Tensor           # [N] the prediction at every position this step (ghosts under masks)
+    conf: torch.Tensor         # [N] probability of x0
+    score: torch.Tensor        # [N] the rule's score (-inf outside the candidates)
+    candidates: torch.Tensor   # [N] bool
+    threshold: float | None
+    k: int                     # the schedule's count for this step
+    block: int
+    block_range: tuple[int, int]  # [start, end) in generated positions
+    step_in_block: int
+    nfe: int
+    forwarded: int             # tokens run through the model this step
+    done: bool
+
+
+def validate(gen_length: int, block_length: int, steps: int, rule: str, prompt_len: int, cfg_scale: float,
+             prefix_cache: bool) -> tuple[int, int]:
+    if rule not in R.RULES:
+        raise MethodError(f"Unknown rule '{rule}'. Known: {', '.join(R.RULES)}.")
+    if gen_length < 1:
+        raise MethodError(f"gen_length must be >= 1, got {gen_length}.")
+    if block_length <= 0:
+        block_length = gen_length
+    if block_length > gen_length or gen_length % block_length:
+        raise MethodError(f"block_length ({block_length}) must divide gen_length ({gen_length}).")
+    blocks = gen_length // block_length
+    if steps <= 0:
+        steps = gen_length
+    if steps % blocks:
+        raise MethodError(f"steps ({steps}) must be a multiple of the number of blocks ({blocks}).")
+    if steps > gen_length:
+        raise MethodError(f"steps ({steps}) cannot exceed gen_length ({gen_length}): a step commits >= 1 token.")
+    if cfg_scale < 0:
+        raise MethodError(f"cfg_scale must be >= 0, got {cfg_scale}.")
+    if cfg_scale > 0 and prefix_cache:
+        raise MethodError("Classifier-free guidance and the prefix cache cannot be combined here.")
+    if prompt_len < 1:
+        raise MethodError("The prompt is empty.")
+    return block_length, steps
+
+
+def diffuse(adapter, prompt: torch.Tensor, gen_length: int = 64, block_length: int = 0, steps: int = 0,
+            rule: str = "low_confidence", rule_params: dict | None = None,
+            sampling: S.SamplingConfig | None = None, cfg_scale: float = 0.0, prefix_cache: bool = False,
+            stop_at_eos: bool = True) -> Iterator[Step]:
+    """Yield one Step per denoising step. prompt: [1, P] ids."""
+    cfg = sampling or S.SamplingConfig()
+    P = prompt.shape[1]
+    block_length, steps = validate(gen_length, block_length, steps, rule, P, cfg_scale, prefix_cache)
+    if prefix_cache and not adapter.supports_prefix_cache():
+        raise MethodError(f"The prefix cache is not available for {adapter.name}.")
+    fn = R.RULES[rule][0]
+    params = rule_params or {}
+    mask_id = adapter.mask_id
+    dev = prompt.device
+    x = torch.full((1, P + gen_length), mask_id, dtype=torch.long, device=dev)
+    x[:, :P] = prompt
+    blocks = gen_length // block_length
+    steps_per_block = steps // blocks
+    gen = cfg.generator("cpu")
+    state: dict = {}
+    nfe = 0
+    N = gen_length
+    for b in range(blocks):
+        lo, hi = b * block_length, (b + 1) * block_length   # generated positions of the block
+        in_block = torch.zeros(N, dtype=torch.bool)
+        in_block[lo:hi] = True
+        masked0 = int((x[0, P + lo:P + hi] == mask_id).sum())
+        if masked0 == 0:
+            continue
+        schedule = num_transfer_tokens(masked0, steps_per_block)
+        i = 0
+        cache = None
+        while bool((x[0, P + lo:P + hi] == mask_id).any()):
+            # ---- one forward -------------------------------------------------------------------
+            if prefix_cache and i == 0:
+                lg, cache, clen = adapter.prefix_cache(x, P + lo)
+                forwarded = x.shape[1]
+                logits = lg[0, P:]
+            elif prefix_cache:
+                lg = adapter.logits_from(x, cache, clen)
+                forwarded = x.shape[1] - clen
+                logits = torch.zeros(N, lg.shape[-1], dtype=lg.dtype)
+                first = P - clen  # index in lg of generated position 0 (may be negative)
+                logits[max(0, -first):] = lg[0, max(0, first):]
+            elif cfg_scale > 0:
+                un = x.clone()
+                un[:, :P] = mask_id
+                both = adapter.logits(torch.cat([x, un], 0))
+                cond, unc = both[0, P:], both[1, P:]
+                logits = unc + (cfg_scale + 1) * (cond - unc)
+                forwarded = 2 * x.shape[1]
+            else:
+                logits = adapter.logits(x)[0, P:]
+                forwarded = x.shape[1]
+            nfe += 1
+            # ---- choose ------------------------------------------------------------------------
+            probs = torch.softmax(logits.double(), dim=-1)
+            x0 = candidate_tokens(logits, cfg, gen)
+            conf = probs.gather(-1, x0[:, None])[:, 0]
+            was_masked = x[0, P:] == mask_id
+            cand = was_masked & in_block
+            k = schedule[i] if i < len(schedule) else int(cand.sum())
+            committed_before = N - int(was_masked.sum())
+            view = R.StepView(probs=probs, logits=logits, x0=x0, conf=conf, candidates=cand, k=k, step=i,
+                              steps=steps_per_block, progress=committed_before / N, eos_ids=adapter.eos_ids,
+                              generator=gen, state=state)
+            choice = fn(view, **params)
+            commit = choice.commit & cand
+            if not bool(commit.any()):  # at least one per step: the best-scored candidate
+                best = torch.where(cand, choice.score.double(), torch.tensor(float("-inf"), dtype=torch.float64))
+                if not bool(torch.isfinite(best).any()):
+                    best = torch.where(cand, conf, torch.tensor(-1.0, dtype=conf.dtype))
+                commit[int(best.argmax())] = True
+            x[0, P:][commit] = x0[commit]
+            i += 1
+            done = not bool((x[0, P:] == mask_id).any())
+            if stop_at_eos and not done:
+                done = _eos_settled(x[0, P:], mask_id, adapter.eos_ids)
+            yield Step(x=x[0, P:].clone(), was_masked=was_masked, committed=commit, x0=x0, conf=conf,
+                       score=choice.score, candidates=cand, threshold=choice.threshold, k=k, block=b,
+                       block_range=(lo, hi), step_in_block=i - 1, nfe=nfe, forwarded=forwarded, done=done)
+            if done:
+                return
+
+
+def _eos_settled(gen: torch.Tensor, mask_id: int, eos_ids: set[int]) -> bool:
+    """True once an EOS is committed with no mask before it: the text is final."""
+    for t in gen.tolist():
+        if t == mask_id:
+            return False
+        if t in eos_ids:
+            return True
+    return False

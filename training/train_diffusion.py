@@ -1,0 +1,252 @@
+"""Turn the embedded SmolLM2-135M-Instruct into a small masked diffusion LM (Dream's recipe).
+
+Two stages, both CPU-friendly:
+  gen   SmolLM2-135M-Instruct answers instructions (training/prompts.py); each example is the
+        chat-formatted prompt + a 64-token answer, padded with <|im_end|> (the model learns to
+        fill the tail with EOS, as LLaDA/Dream do). Written to training/data/*.pt (not shipped).
+  train bidirectional attention + logits shifted by one + LoRA (r=16) on every linear layer
+        + a trained mask-token row. Per example: t ~ U(0.02, 1), every answer token masked with
+        probability t, loss = cross-entropy on masked tokens weighted by 1/t (LLaDA / Dream).
+        Saves the delta (fp16 LoRA + mask row) to models/smol-diffusion/ every --save-every steps
+        and logs to training/train_log.jsonl.
+
+    .venv/bin/python -m training.train_diffusion gen --n 2000
+    .venv/bin/python -m training.train_diffusion train --minutes 75
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "training" / "data"
+LOG = ROOT / "training" / "train_log.jsonl"
+GEN_LEN = 64
+
+
+def log(entry: dict):
+    entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **entry}
+    with open(LOG, "a") as f:
+        f.write(json.dumps(entry) + "\n")
+    print(json.dumps(entry), flush=True)
+
+
+def load_base():
+    from engine import models
+    lm = models.load(models.EMBEDDED, device="cpu")
+    return lm
+
+
+def cmd_gen(args):
+    from training.prompts import TRAIN_TOPICS, prompts
+    torch.set_num_threads(args.threads)
+    lm = load_base()
+    tok = lm.tokenizer
+    eos = tok.convert_tokens_to_ids("<|im_end|>")
+    rng = random.Random(args.seed)
+    all_prompts = prompts(TRAIN_TOPICS)
+    DATA.mkdir(parents=True, exist_ok=True)
+    shard = 0
+    while (DATA / f"shard{shard:03d}.pt").exists():
+        shard += 1
+    made, t0 = 0, time.time()
+    torch.manual_seed(args.seed + shard)
+    while made < args.n:
+        batch = [rng.choice(all_prompts) for _ in range(args.batch)]
+        enc = [lm.encode(p)[0].tolist() for p in batch]
+        width = max(map(len, enc))
+        ids = torch.full((len(enc), width), eos)
+        att = torch.zeros_like(ids)
+        for i, e in enumerate(enc):  # left padding
+            ids[i, width - len(e):] = torch.tensor(e)
+            att[i, width - len(e):] = 1
+        with torch.inference_mode():
+            out = lm.model.generate(input_ids=ids, attention_mask=att, max_new_tokens=GEN_LEN, do_sample=True,
+                                    temperature=args.temperature, top_p=0.95, pad_token_id=eos, eos_token_id=eos)
+        examples = []
+        for i, e in enumerate(enc):
+            ans = out[i, width:].tolist()
+            if eos in ans:
+                ans = ans[:ans.index(eos) + 1]
+            ans = (ans + [eos] * GEN_LEN)[:GEN_LEN]
+            examples.append({"prompt": e, "answer": ans})
+        torch.save(examples, DATA / f"shard{shard:03d}.pt")
+        shard += 1
+        made += len(examples)
+        print(f"gen {made}/{args.n} {time.time() - t0:.0f}s  e.g. {tok.decode(examples[0]['answer'])[:80]!r}",
+              flush=True)
+    log({"stage": "gen", "examples": made, "seconds": round(time.time() - t0, 1), "seed": args.seed,
+         "temperature": args.temperature, "top_p": 0.95, "source": "SmolLM2-135M-Instruct answers to "
+         "training/prompts.py TRAIN_TOPICS x TEMPLATES (chat template)"})
+
+
+def load_data():
+    ex = []
+    for p in sorted(DATA.glob("shard*.pt")):
+        ex += torch.load(p)
+    return ex
+
+
+def make_batch(examples, rng: random.Random, mask_id: int, pad_id: int):
+    """Prompt (never masked) + answer masked at ratio t per example; right-pad with pad_id."""
+    seqs, targets, weights = [], [], []
+    for e in examples:
+        t = rng.uniform(0.02, 1.0)
+        ids = e["prompt"] + e["answer"]
+        x = list(ids)
+        tgt = [-100] * len(ids)
+        n_masked = 0
+        for j in range(len(e["prompt"]), len(ids)):
+            if rng.random() < t:
+                x[j], tgt[j] = mask_id, ids[j]
+                n_masked += 1
+        if n_masked == 0:  # always at least one target
+            j = rng.randrange(len(e["prompt"]), len(ids))
+            x[j], tgt[j] = mask_id, ids[j]
+        seqs.append(x)
+        targets.append(tgt)
+        weights.append(1.0 / t)
+    width = max(map(len, seqs))
+    # left-pad so every answer ends at the same column (attention to pads is masked below)
+    X = torch.full((len(seqs), width), pad_id)
+    Y = torch.full((len(seqs), width), -100)
+    A = torch.zeros((len(seqs), width), dtype=torch.bool)
+    for i, (x, y) in enumerate(zip(seqs, targets)):
+        X[i, width - len(x):] = torch.tensor(x)
+        Y[i, width - len(y):] = torch.tensor(y)
+        A[i, width - len(x):] = True
+    return X, Y, A, torch.tensor(weights)
+
+
+def cmd_train(args):
+    from engine.diffusion.smol import DELTA_DIR, MASK_ID, add_lora, save_delta
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    rng = random.Random(args.seed)
+    lm = load_base()
+    model = lm.model
+    model.train()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    lora = add_lora(model, args.r, args.alpha)
+    emb = model.get_input_embeddings().weight
+    pad_id = lm.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    with torch.no_grad():  # start the mask row at the mean embedding
+        emb[MASK_ID] = emb.mean(0)
+    mask_row = torch.nn.Parameter(emb[MASK_ID].detach().clone())
+    opt = torch.optim.AdamW([{"params": lora, "lr": args.lr}, {"params": [mask_row], "lr": args.lr}],
+                            weight_decay=0.0)
+    examples = load_data()
+    heldout = examples[-args.heldout:]
+    train = examples[:-args.heldout]
+    log({"stage": "train-start", "examples": len(train), "heldout": len(heldout), "seed": args.seed,
+         "lr": args.lr, "lora_r": args.r, "lora_alpha": args.alpha, "batch": args.batch, "threads": args.threads,
+         "minutes": args.minutes, "data": "training/data (SmolLM2-135M-Instruct answers, see gen stage)"})
+    meta = {"base": "smollm2-135m-instruct", "mask_id": MASK_ID, "shift": 1, "bidirectional": True,
+            "lora_r": args.r, "lora_alpha": args.alpha, "gen_length": GEN_LEN, "seed": args.seed}
+    lm_head = model.lm_head
+    t0, step, best = time.time(), 0, float("inf")
+    ema = None
+    while time.time() - t0 < args.minutes * 60 and step < args.max_steps:
+        batch = rng.sample(train, args.batch)
+        X, Y, A, W = make_batch(batch, rng, MASK_ID, pad_id)
+        lr = args.lr * min(1.0, (step + 1) / 20)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        # inputs_embeds so the mask row is a separate trainable parameter
+        E = emb[X].detach()
+        E = torch.where((X == MASK_ID)[..., None], mask_row.expand_as(E), E)
+        att = (A[:, None, :, None] & A[:, None, None, :])  # bidirectional among real tokens
+        att = att | torch.eye(X.shape[1], dtype=torch.bool)[None, None]  # pads see themselves
+        pos = (A.long().cumsum(1) - 1).clamp(min=0)
+        h = model.model(inputs_embeds=E, attention_mask=att, position_ids=pos).last_hidden_state
+        # shift: hidden at i-1 predicts token i
+        h, Yt = h[:, :-1], Y[:, 1:]
+        sel = Yt != -100
+        logits = lm_head(h[sel]).float()
+        logits[:, MASK_ID] = -1e4
+        ce = torch.nn.functional.cross_entropy(logits, Yt[sel], reduction="none")
+        rows = sel.nonzero()[:, 0]
+        loss = (ce * W[rows]).sum() / (X.shape[0] * GEN_LEN)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(lora + [mask_row], 1.0)
+        opt.step()
+        step += 1
+        ema = ce.mean().item() if ema is None else 0.95 * ema + 0.05 * ce.mean().item()
+        if step % 10 == 0:
+            print(f"step {step} {time.time() - t0:.0f}s loss {loss.item():.3f} ce_ema {ema:.3f}", flush=True)
+        if step % args.save_every == 0 or time.time() - t0 >= args.minutes * 60:
+            with torch.no_grad():
+                emb[MASK_ID] = mask_row
+            ev = evaluate(model, heldout, rng_seed=123, mask_id=MASK_ID, pad_id=pad_id)
+            entry = {"stage": "train", "step": step, "seconds": round(time.time() - t0, 1), "ce_ema": round(ema, 4),
+                     **ev}
+            if ev["heldout_ce"] < best:
+                best = ev["heldout_ce"]
+                save_delta(model, DELTA_DIR, {**meta, "steps": step, "train_seconds": round(time.time() - t0),
+                                             **ev})
+                entry["saved"] = True
+            log(entry)
+            model.train()
+    log({"stage": "train-end", "steps": step, "seconds": round(time.time() - t0, 1), "best_heldout_ce": best})
+
+
+@torch.no_grad()
+def evaluate(model, heldout, rng_seed, mask_id, pad_id, ratio=0.5):
+    from engine.diffusion.smol import diffusion_logits
+    model.eval()
+    rng = random.Random(rng_seed)
+    tot, correct, n = 0.0, 0, 0
+    for e in heldout:
+        ids = torch.tensor([e["prompt"] + e["answer"]])
+        x = ids.clone()
+        P = len(e["prompt"])
+        m = torch.zeros_like(ids, dtype=torch.bool)
+        for j in range(P, ids.shape[1]):
+            if rng.random() < ratio:
+                m[0, j] = True
+        x[m] = mask_id
+        logits = diffusion_logits(model, x)[m].float()
+        logits[:, mask_id] = -1e4
+        tot += torch.nn.functional.cross_entropy(logits, ids[m], reduction="sum").item()
+        correct += (logits.argmax(-1) == ids[m]).sum().item()
+        n += int(m.sum())
+    return {"heldout_ce": round(tot / max(n, 1), 4), "heldout_acc@0.5": round(correct / max(n, 1), 4)}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    g = sub.add_parser("gen")
+    g.add_argument("--n", type=int, default=1000)
+    g.add_argument("--batch", type=int, default=32)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--temperature", type=float, default=0.8)
+    g.add_argument("--threads", type=int, default=1)
+    t = sub.add_parser("train")
+    t.add_argument("--minutes", type=float, default=75)
+    t.add_argument("--max-steps", type=int, default=10 ** 9)
+    t.add_argument("--batch", type=int, default=8)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--r", type=int, default=16)
+    t.add_argument("--alpha", type=float, default=32)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--heldout", type=int, default=48)
+    t.add_argument("--save-every", type=int, default=50)
+    t.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    {"gen": cmd_gen, "train": cmd_train}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    main()
