@@ -124,12 +124,13 @@ def decode_attention_with_mass(q, k, v, scale: float | None = None):
     return _dec.decode_attention_torch(q, k, v, scale=scale)
 
 
-def confidence(logits: torch.Tensor, temperature: float = 1.0) -> Confidence:
+def confidence(logits: torch.Tensor, temperature: float = 1.0, ids: torch.Tensor | None = None) -> Confidence:
     """max_prob, top1 - top2 margin, entropy (nats) and argmax of softmax(logits / temperature)
-    over the last dim, without writing the probabilities on the Triton path."""
+    over the last dim (and token_prob, the probability of `ids`, when given: [...] token ids),
+    without writing the probabilities on the Triton path."""
     if backend(logits) == "triton":
-        return _conf.confidence_triton(logits, temperature)
-    return _conf.confidence_torch(logits, temperature)
+        return _conf.confidence_triton(logits, temperature, ids)
+    return _conf.confidence_torch(logits, temperature, ids)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -94,7 +94,7 @@ def _decode(dtype):
 
 def _confidence(dtype):
     x = torch.zeros(4, 126464, dtype=dtype)
-    return lambda: C.confidence_triton(x, 1.0)
+    return lambda: (C.confidence_triton(x, 1.0), C.confidence_triton(x, 0.5, ids=torch.zeros(4, dtype=torch.long)))
 
 
 CASES = [(f"tree-{'chain' if c else 'bitmask'}-{TYPE[d]}", TA, _tree(d, c)) for d in DTYPES for c in (False, True)] \

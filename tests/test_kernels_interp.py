@@ -188,14 +188,19 @@ def test_confidence_matches_reference(case, dtype):
     shape, temp, block = case
     x = (rand(*shape, seed=10) * 4).to(dtype)
     x[..., 3] = float("-inf")     # a suppressed token (e.g. a banned id): probability exactly 0
-    ref = C.confidence_torch(x, temp)
-    got = C.confidence_triton(x, temp, block_v=block)
+    ids = torch.randint(0, shape[-1], shape[:-1], generator=torch.Generator().manual_seed(12))
+    ids.view(-1)[0] = 3           # the suppressed token: probability 0
+    ref = C.confidence_torch(x, temp, ids)
+    got = C.confidence_triton(x, temp, ids, block_v=block)
     assert got.max_prob.shape == shape[:-1] and got.argmax.dtype == torch.int64
     torch.testing.assert_close(got.max_prob, ref.max_prob, atol=1e-5, rtol=0)
     torch.testing.assert_close(got.margin, ref.margin, atol=1e-5, rtol=0)
     torch.testing.assert_close(got.entropy, ref.entropy, atol=1e-4, rtol=0)
+    torch.testing.assert_close(got.token_prob, ref.token_prob, atol=1e-6, rtol=1e-4)
+    assert float(got.token_prob.view(-1)[0]) == 0.0
     assert torch.equal(got.argmax, (x.float() / temp).argmax(-1))
     via_dispatch = KD.confidence(x, temp)
+    assert via_dispatch.token_prob is None
     torch.testing.assert_close(via_dispatch.entropy, ref.entropy, atol=1e-4, rtol=0)
 
 
@@ -209,9 +214,11 @@ def test_confidence_full_llada_vocab_and_ties():
     assert float(got.margin[1]) == 0.0
 
 
-def test_confidence_rejects_bad_temperature():
+def test_confidence_rejects_bad_arguments():
     with pytest.raises(ValueError, match="temperature"):
         KD.confidence(rand(2, 10), 0.0)
+    with pytest.raises(ValueError, match="ids"):
+        KD.confidence(rand(2, 10), 1.0, ids=torch.tensor([1, 10]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -340,3 +347,13 @@ def test_engine_tree_verification_matches_dense_mask(lm, monkeypatch):
             break
         node = child[0]
     assert accepted == want[:len(accepted)] and len(accepted) == 5   # 4 accepted + the bonus token
+
+
+def test_benchmark_script_smoke(capsys):
+    """benchmarks/kernels.py end to end on tiny CPU shapes (the script's logic, not its timings)."""
+    from benchmarks import kernels as bench
+    assert bench.main(["--smoke"]) == 0
+    out = capsys.readouterr().out
+    for title in ("tree-verification attention", "decode attention", "confidence", "model forward"):
+        assert title in out
+    assert "nan" not in out
