@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 
+import torch
+
 try:  # triton is optional: the app runs on CPU with the torch references alone
     import triton
     import triton.language as tl
@@ -35,3 +37,28 @@ def jitted(fn):
 
 def next_pow2(n: int, minimum: int = 16) -> int:
     return max(minimum, 1 << max(0, int(n) - 1).bit_length())
+
+
+LOG2E = 1.4426950408889634
+
+
+def upcast_dot(dtype: torch.dtype) -> bool:
+    """Triton 3.9's CPU interpreter multiplies bf16 tiles wrongly in tl.dot (it returns garbage),
+    so under the interpreter bf16 tiles are multiplied in fp32. Compiled kernels keep bf16 dots."""
+    return dtype == torch.bfloat16 and interpreting()
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """fp32 inputs use exact fp32 products (not TF32): the lab compares tokens with the torch path."""
+    return "ieee" if dtype == torch.float32 or upcast_dot(dtype) else "tf32"
+
+
+def plan_splits(keys: int, programs: int, block_n: int, min_split: int = 256, target: int = 256) -> tuple[int, int]:
+    """(split length, number of splits) for split-K over `keys`: enough programs to fill a GPU
+    (about `target`, ~2 per SM on an H100) without splits shorter than `min_split` keys."""
+    if keys <= 0:
+        return block_n, 1
+    want = max(1, target // max(1, programs))
+    split = max(min_split, -(-keys // want))
+    split = -(-split // block_n) * block_n
+    return split, -(-keys // split)

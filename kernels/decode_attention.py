@@ -21,8 +21,7 @@ import math
 
 import torch
 
-from kernels._triton import HAVE_TRITON, jitted, next_pow2, tl
-from kernels.tree_attention import LOG2E, dot_precision, upcast_dot
+from kernels._triton import HAVE_TRITON, LOG2E, dot_precision, jitted, next_pow2, plan_splits, tl, upcast_dot
 
 
 def check_shapes(q, k, v) -> None:
@@ -125,8 +124,9 @@ def _decode_merge_mass_kernel(
         Q, K, O, MP, LP, AP, MASS,
         sqb, sqh, sqt, sqd, skb, skh, skt, skd, sob, soh, sot, sod,
         TQ, S, D, G, HKV, SPLIT_LEN, NUM_SPLITS, ROWS_PAD, qk_scale,
-        DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+        DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, COMPUTE_MASS: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    # Also merges the tree kernel's splits (COMPUTE_MASS=False, rows = g * T + node, grid (1, ...)).
     split = tl.program_id(0)
     pid_bh = tl.program_id(1)
     pid_m = tl.program_id(2)
@@ -162,26 +162,26 @@ def _decode_merge_mass_kernel(
         tl.store(O + b * sob + head[:, None] * soh + t[:, None] * sot + dims[None, :] * sod,
                  out.to(O.dtype.element_ty), mask=row_ok[:, None] & dim_ok[None, :])
 
-    # mass of each key of this split: normalised probabilities summed over the rows
-    q = tl.load(Q + b * sqb + head[:, None] * sqh + t[:, None] * sqt + dims[None, :] * sqd,
-                mask=row_ok[:, None] & dim_ok[None, :], other=0.0)
-    if UPCAST:
-        q = q.to(tl.float32)
-    k_base = K + b * skb + kvh * skh
-    mass_base = MASS + (pid_m.to(tl.int64) * tl.num_programs(1) + pid_bh) * S
-    lo = split * SPLIT_LEN
-    hi = tl.minimum(lo + SPLIT_LEN, S)
-    for start in range(lo, hi, BLOCK_N):
-        cols = start + tl.arange(0, BLOCK_N)
-        col_ok = cols < hi
-        kt = tl.load(k_base + cols[None, :] * skt + dims[:, None] * skd,
-                     mask=col_ok[None, :] & dim_ok[:, None], other=0.0)
+    if COMPUTE_MASS:  # mass of each key of this split: normalised probabilities summed over the rows
+        q = tl.load(Q + b * sqb + head[:, None] * sqh + t[:, None] * sqt + dims[None, :] * sqd,
+                    mask=row_ok[:, None] & dim_ok[None, :], other=0.0)
         if UPCAST:
-            kt = kt.to(tl.float32)
-        s = tl.dot(q, kt, input_precision=DOT_PRECISION) * qk_scale
-        s = tl.where(col_ok[None, :] & (cols[None, :] <= last_key[:, None]), s, float("-inf"))
-        p = tl.exp2(s - m_use[:, None]) * inv_l[:, None]
-        tl.store(mass_base + cols, tl.sum(p, 0), mask=col_ok)
+            q = q.to(tl.float32)
+        k_base = K + b * skb + kvh * skh
+        mass_base = MASS + (pid_m.to(tl.int64) * tl.num_programs(1) + pid_bh) * S
+        lo = split * SPLIT_LEN
+        hi = tl.minimum(lo + SPLIT_LEN, S)
+        for start in range(lo, hi, BLOCK_N):
+            cols = start + tl.arange(0, BLOCK_N)
+            col_ok = cols < hi
+            kt = tl.load(k_base + cols[None, :] * skt + dims[:, None] * skd,
+                         mask=col_ok[None, :] & dim_ok[:, None], other=0.0)
+            if UPCAST:
+                kt = kt.to(tl.float32)
+            s = tl.dot(q, kt, input_precision=DOT_PRECISION) * qk_scale
+            s = tl.where(col_ok[None, :] & (cols[None, :] <= last_key[:, None]), s, float("-inf"))
+            p = tl.exp2(s - m_use[:, None]) * inv_l[:, None]
+            tl.store(mass_base + cols, tl.sum(p, 0), mask=col_ok)
 
 
 def decode_attention_triton(q, k, v, scale: float | None = None, split_len: int | None = None,
@@ -199,11 +199,11 @@ def decode_attention_triton(q, k, v, scale: float | None = None, split_len: int 
     row_blocks = (rows + block_m - 1) // block_m
     rows_pad = row_blocks * block_m
     block_n = block_n or 64
-    if split_len is None:  # enough splits to fill the GPU (~2 programs per SM on an H100)
-        want = max(1, 256 // max(1, bsz * hkv * row_blocks))
-        split_len = max(block_n, -(-s // want))
-    split_len = -(-split_len // block_n) * block_n
-    num_splits = -(-s // split_len)
+    if split_len is None:
+        split_len, num_splits = plan_splits(s, bsz * hkv * row_blocks, block_n, min_split=2 * block_n)
+    else:
+        split_len = -(-split_len // block_n) * block_n
+        num_splits = -(-s // split_len)
     f32 = dict(dtype=torch.float32, device=q.device)
     m_part = torch.empty(bsz * hkv, num_splits, rows_pad, **f32)
     l_part = torch.empty(bsz * hkv, num_splits, rows_pad, **f32)
@@ -217,6 +217,7 @@ def decode_attention_triton(q, k, v, scale: float | None = None, split_len: int 
     jitted(_decode_partial_kernel)[grid](q, k, v, m_part, l_part, a_part, *q.stride(), *k.stride(), *v.stride(),
                                          *sizes, **common)
     jitted(_decode_merge_mass_kernel)[grid](q, k, out, m_part, l_part, a_part, mass,
-                                            *q.stride(), *k.stride(), *out.stride(), *sizes, **common)
+                                            *q.stride(), *k.stride(), *out.stride(), *sizes, COMPUTE_MASS=True,
+                                            **common)
     mass = mass[0] if row_blocks == 1 else mass.sum(0)
     return out, mass.view(bsz, hkv, s)

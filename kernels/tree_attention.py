@@ -19,9 +19,7 @@ import math
 
 import torch
 
-from kernels._triton import HAVE_TRITON, interpreting, jitted, next_pow2, tl
-
-LOG2E = 1.4426950408889634
+from kernels._triton import HAVE_TRITON, LOG2E, dot_precision, jitted, next_pow2, plan_splits, tl, upcast_dot  # noqa: F401
 
 
 # ----------------------------------------------------------------------------------------------
@@ -102,14 +100,18 @@ def tree_attention_torch(q, k, v, prefix_len: int, parents, scale: float | None 
 # Triton kernel
 
 def _tree_attention_kernel(
-        Q, K, V, O, ANC,
+        Q, K, V, O, ANC, MP, LP, AP,
         sqb, sqh, sqt, sqd, skb, skh, skt, skd, svb, svh, svt, svd, sob, soh, sot, sod,
-        T, P, D, G, HKV, W, qk_scale,
-        CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+        T, P, D, G, HKV, W, SPLIT_LEN, NUM_SPLITS, ROWS_PAD, qk_scale,
+        CAUSAL: tl.constexpr, SPLIT: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    # rows of this program: (query head within the KV group, tree node), packed as g * T + node
-    pid_m = tl.program_id(0)
+    # grid (prefix split, batch * KV head, row block). Rows: (query head in the KV group, tree node)
+    # packed as g * T + node. A long prefix is cut into NUM_SPLITS key ranges (split-K, so that a
+    # few heads still fill the GPU); the last split also does the tree's own keys. With SPLIT the
+    # program writes its running max / sum / weighted values for the merge kernel, else the output.
+    split = tl.program_id(0)
     pid_bh = tl.program_id(1)
+    pid_m = tl.program_id(2)
     b = (pid_bh // HKV).to(tl.int64)
     kvh = (pid_bh % HKV).to(tl.int64)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -130,10 +132,12 @@ def _tree_attention_kernel(
     l_i = tl.full([BLOCK_M], 0.0, dtype=tl.float32)
     acc = tl.full([BLOCK_M, BLOCK_D], 0.0, dtype=tl.float32)
 
-    # 1) the cached prefix: every node sees all of it
-    for start in range(0, P, BLOCK_N):
+    # 1) the cached prefix (this split's range): every node sees all of it
+    lo = split * SPLIT_LEN
+    hi = tl.minimum(lo + SPLIT_LEN, P)
+    for start in range(lo, hi, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
-        col_ok = cols < P
+        col_ok = cols < hi
         kt = tl.load(k_base + cols[None, :] * skt + dims[:, None] * skd,
                      mask=col_ok[None, :] & dim_ok[:, None], other=0.0)
         if UPCAST:
@@ -152,8 +156,9 @@ def _tree_attention_kernel(
         acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt, input_precision=DOT_PRECISION)
         m_i = m_new
 
-    # 2) the tree's own nodes: ancestors and self only
-    for start in range(0, T, BLOCK_N):
+    # 2) the tree's own nodes (last split only): ancestors and self
+    tree_end = tl.where(split == NUM_SPLITS - 1, T, 0)
+    for start in range(0, tree_end, BLOCK_N):
         knode = start + tl.arange(0, BLOCK_N)
         col_ok = knode < T
         if CAUSAL:
@@ -182,25 +187,21 @@ def _tree_attention_kernel(
         acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt, input_precision=DOT_PRECISION)
         m_i = m_new
 
-    out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
-    o_ptrs = O + b * sob + head[:, None] * soh + node[:, None] * sot + dims[None, :] * sod
-    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=row_ok[:, None] & dim_ok[None, :])
-
-
-def dot_precision(dtype: torch.dtype) -> str:
-    """fp32 inputs use exact fp32 products (not TF32): the lab compares tokens with the torch path."""
-    return "ieee" if dtype == torch.float32 or upcast_dot(dtype) else "tf32"
-
-
-def upcast_dot(dtype: torch.dtype) -> bool:
-    """Triton 3.9's CPU interpreter multiplies bf16 tiles wrongly in tl.dot (it returns garbage),
-    so under the interpreter bf16 tiles are multiplied in fp32. Compiled kernels keep bf16 dots."""
-    return dtype == torch.bfloat16 and interpreting()
+    if SPLIT:  # partials laid out [B * Hkv, NUM_SPLITS, ROWS_PAD(, D)], as the decode kernel's
+        base = (pid_bh.to(tl.int64) * NUM_SPLITS + split) * ROWS_PAD
+        tl.store(MP + base + rows, m_i)
+        tl.store(LP + base + rows, l_i)
+        tl.store(AP + (base + rows[:, None]) * D + dims[None, :], acc, mask=dim_ok[None, :])
+    else:
+        out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+        o_ptrs = O + b * sob + head[:, None] * soh + node[:, None] * sot + dims[None, :] * sod
+        tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=row_ok[:, None] & dim_ok[None, :])
 
 
 def tree_attention_triton(q, k, v, prefix_len: int, parents=None, ancestors: torch.Tensor | None = None,
                           scale: float | None = None, causal: bool | None = None,
-                          block_m: int | None = None, block_n: int | None = None) -> torch.Tensor:
+                          block_m: int | None = None, block_n: int | None = None,
+                          split_len: int | None = None) -> torch.Tensor:
     """The Triton kernel. Give `parents` (validated, turned into the bitmask here) or `ancestors`
     (int32 [T, ceil(T/32)] from `ancestor_bitmask`); `causal=True` (or a chain-shaped parent list)
     uses the rule j <= i and no bitmask. Returns [B, Hq, T, D] (a view of a [B, T, Hq, D] buffer,
@@ -233,11 +234,32 @@ def tree_attention_triton(q, k, v, prefix_len: int, parents=None, ancestors: tor
     scale = scale if scale is not None else 1.0 / math.sqrt(d)
     block_m = block_m or min(64, next_pow2(g * t))
     block_n = block_n or 64
-    grid = ((g * t + block_m - 1) // block_m, bsz * hkv)
-    jitted(_tree_attention_kernel)[grid](
-        q, k, v, out, anc,
-        *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-        t, int(prefix_len), d, g, hkv, words, float(scale) * LOG2E,
-        CAUSAL=bool(causal), DOT_PRECISION=dot_precision(q.dtype), UPCAST=upcast_dot(q.dtype),
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=next_pow2(d), num_warps=4)
+    row_blocks = (g * t + block_m - 1) // block_m
+    rows_pad = row_blocks * block_m
+    prefix_len = int(prefix_len)
+    if split_len is None:
+        split_len, num_splits = plan_splits(prefix_len, bsz * hkv * row_blocks, block_n)
+    else:
+        split_len = -(-split_len // block_n) * block_n
+        num_splits = max(1, -(-prefix_len // split_len))
+    common = dict(DOT_PRECISION=dot_precision(q.dtype), UPCAST=upcast_dot(q.dtype),
+                  BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=next_pow2(d), num_warps=4)
+    if num_splits > 1:
+        f32 = dict(dtype=torch.float32, device=q.device)
+        m_part = torch.empty(bsz * hkv, num_splits, rows_pad, **f32)
+        l_part = torch.empty(bsz * hkv, num_splits, rows_pad, **f32)
+        a_part = torch.empty(bsz * hkv, num_splits, rows_pad, d, **f32)
+    else:
+        m_part = l_part = a_part = anc  # unused
+    sizes = (t, prefix_len, d, g, hkv, words, split_len, num_splits, rows_pad, float(scale) * LOG2E)
+    jitted(_tree_attention_kernel)[(num_splits, bsz * hkv, row_blocks)](
+        q, k, v, out, anc, m_part, l_part, a_part,
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(), *sizes,
+        CAUSAL=bool(causal), SPLIT=num_splits > 1, **common)
+    if num_splits > 1:
+        from kernels.decode_attention import _decode_merge_mass_kernel
+        jitted(_decode_merge_mass_kernel)[(1, bsz * hkv, row_blocks)](
+            q, k, out, m_part, l_part, a_part, m_part, *q.stride(), *k.stride(), *out.stride(),
+            t, prefix_len + t, d, g, hkv, split_len, num_splits, rows_pad, float(scale) * LOG2E,
+            COMPUTE_MASS=False, **common)
     return out

@@ -103,7 +103,8 @@ def test_tree_attention_kernel_matches_reference(shape, tree, dtype):
         rand(b, hkv, p + t, d, dtype=dtype, seed=3)
     parents = TREES[tree](t)
     ref = TA.tree_attention_torch(q.float(), k.float(), v.float(), p, parents)
-    out = TA.tree_attention_triton(q, k, v, p, parents, block_n=16)  # small tiles: several per row
+    # small tiles (several per row); prefix split in 16-key ranges (P = 37: three splits + merge)
+    out = TA.tree_attention_triton(q, k, v, p, parents, block_n=16, split_len=16)
     assert out.dtype == dtype and out.shape == ref.shape
     torch.testing.assert_close(out.float(), ref, atol=ATOL[dtype], rtol=0)
     via_dispatch = KD.tree_attention(q, k, v, p, parents)
