@@ -55,27 +55,41 @@ def enabled(device) -> bool:
 
 @dataclass(frozen=True)
 class Tree:
-    """A validated token tree: parent list, T x T ancestry (bool) and its packed bitmask.
-    Build it once per verification forward (`Tree.from_parents`) and pass it to every layer."""
-    parents: torch.Tensor      # int64 [T]
-    ancestry: torch.Tensor     # bool [T, T], self included
-    bitmask: torch.Tensor      # int32 [T, ceil(T / 32)]
-    chain: bool
+    """The new tokens' visibility: T x T bool (self included) and its packed bitmask, from a parent
+    list (`from_parents`: a token tree) or any pattern (`from_visibility`). Build it once per
+    forward and pass it to every layer."""
+    parents: torch.Tensor | None   # int64 [T] (None when built from a visibility matrix)
+    ancestry: torch.Tensor         # bool [T, T]: row i = the new tokens token i sees, itself included
+    bitmask: torch.Tensor          # int32 [T, ceil(T / 32)]
+    chain: bool                    # plain causal (then the kernel needs no bitmask)
 
     @staticmethod
     def from_parents(parents, device=None) -> "Tree":
         if isinstance(parents, Tree):
-            return parents
+            if device is None or parents.ancestry.device == torch.device(device):
+                return parents
+            if parents.parents is None:
+                return Tree.from_visibility(parents.ancestry, device)
+            parents = parents.parents
         p = torch.as_tensor(parents, dtype=torch.long, device=device).reshape(-1)
         p = _tree.as_parents(p, p.numel(), device=device)
         anc = _tree.ancestor_matrix(p)
         return Tree(p, anc, _tree.pack_bits(anc), _tree.is_chain(p))
 
+    @staticmethod
+    def from_visibility(visibility, device=None) -> "Tree":
+        vis = _tree.check_visibility(visibility, len(visibility))
+        if device is not None:
+            vis = vis.to(device)
+        t = vis.shape[0]
+        causal = torch.ones(t, t, dtype=torch.bool, device=vis.device).tril()
+        return Tree(None, vis, _tree.pack_bits(vis), bool(torch.equal(vis, causal)))
+
     def __len__(self) -> int:
-        return self.parents.numel()
+        return self.ancestry.shape[0]
 
     def depths(self) -> torch.Tensor:
-        """Depth of each node (roots 0)."""
+        """Depth of each node (roots 0): the number of other new tokens it sees."""
         return self.ancestry.sum(-1) - 1
 
     def position_ids(self, prefix_len: int) -> torch.Tensor:
@@ -91,11 +105,11 @@ class Tree:
 
 def tree_attention(q, k, v, prefix_len: int, parents, scale: float | None = None) -> torch.Tensor:
     """Tree-verification attention. q [B, Hq, T, D]; k, v [B, Hkv, prefix_len + T, D] (the tree's
-    keys last, as after a cache update); parents: list / tensor [T] (-1 = root) or a `Tree`.
-    Returns [B, Hq, T, D]."""
+    keys last, as after a cache update); parents: list / tensor [T] (-1 = root) or a `Tree`
+    (`Tree.from_visibility(bool [T, T])` for a pattern that is not a tree). Returns [B, Hq, T, D]."""
     tree = Tree.from_parents(parents, device=q.device)
-    if tree.parents.device != q.device:
-        tree = Tree.from_parents(tree.parents.to(q.device))
+    if len(tree) != q.shape[2]:
+        raise ValueError(f"the tree has {len(tree)} nodes for {q.shape[2]} queries")
     if backend(q, k, v) == "triton":
         if tree.chain:
             return _tree.tree_attention_triton(q, k, v, prefix_len, causal=True, scale=scale)
@@ -137,18 +151,23 @@ def confidence(logits: torch.Tensor, temperature: float = 1.0, ids: torch.Tensor
 # transformers attention function
 
 def lab_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
-                          tree_parents=None, attention_mass=None, **kwargs):
+                          tree_parents=None, tree_visibility=None, attention_mass=None, **kwargs):
     """A transformers attention function (AttentionInterface signature; query [B, Hq, T, D], key /
     value [B, Hkv, S, D] after the cache update; returns ([B, T, Hq, D], None)).
 
     - `tree_parents` (list / tensor / `Tree`, forwarded from `model(..., tree_parents=...)`): the T
-      new tokens are a tree over the cached prefix -> `tree_attention`.
+      new tokens are a tree over the cached prefix -> `tree_attention`. `tree_visibility` (bool
+      [T, T]) does the same for any pattern among the new tokens (each still sees the whole prefix).
     - `attention_mass` (a dict, or a callable(layer_idx, mass)): also return, per layer, each key's
       attention mass [B, Hkv, S] -> `decode_attention_with_mass` (causal over the new tokens).
     - otherwise: causal attention of the new tokens over cache + themselves (prefill, decode).
     A 4D attention_mask passed by the caller is honoured by falling back to SDPA. Padding masks are
     not supported (the engine decodes one sequence at a time); the model builds no mask for this
     implementation."""
+    if tree_visibility is not None:
+        if tree_parents is not None:
+            raise ValueError("lab_tree attention: pass tree_parents or tree_visibility, not both")
+        tree_parents = tree_visibility if isinstance(tree_visibility, Tree) else Tree.from_visibility(tree_visibility)
     if attention_mask is not None:
         if tree_parents is not None or attention_mass is not None:
             raise ValueError("lab_tree attention: pass tree_parents / attention_mass or a 4D attention_mask, not both")

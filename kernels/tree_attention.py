@@ -50,6 +50,17 @@ def ancestor_matrix(parents: torch.Tensor) -> torch.Tensor:
     return anc
 
 
+def check_visibility(visibility, num_nodes: int) -> torch.Tensor:
+    """A bool [T, T] visibility among the new tokens (any pattern, not only a tree: lookahead's
+    window, several candidate chains...). Every token must see itself."""
+    vis = torch.as_tensor(visibility).bool()
+    if vis.shape != (num_nodes, num_nodes):
+        raise ValueError(f"visibility must be [{num_nodes}, {num_nodes}] (got {tuple(vis.shape)})")
+    if num_nodes and not bool(vis.diagonal().all()):
+        raise ValueError("visibility: every token must see itself (the diagonal must be True)")
+    return vis
+
+
 def pack_bits(mask: torch.Tensor) -> torch.Tensor:
     """bool [T, N] -> int32 [T, ceil(N / 32)]; bit b of word w is column 32 * w + b."""
     t, n = mask.shape
@@ -86,12 +97,15 @@ def check_shapes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix_len: 
 # ----------------------------------------------------------------------------------------------
 # Reference
 
-def tree_attention_torch(q, k, v, prefix_len: int, parents, scale: float | None = None) -> torch.Tensor:
-    """SDPA with the dense [T, P + T] mask built from the parent list. Returns [B, Hq, T, D]."""
+def tree_attention_torch(q, k, v, prefix_len: int, parents=None, scale: float | None = None,
+                         visibility: torch.Tensor | None = None) -> torch.Tensor:
+    """SDPA with the dense [T, P + T] mask built from the parent list (or from `visibility`, a bool
+    [T, T] saying which new tokens each new token sees). Returns [B, Hq, T, D]."""
     check_shapes(q, k, v, prefix_len)
     t = q.shape[2]
-    par = as_parents(parents, t, device=q.device)
-    mask = torch.cat([torch.ones(t, prefix_len, dtype=torch.bool, device=q.device), ancestor_matrix(par)], dim=1)
+    among = ancestor_matrix(as_parents(parents, t, device=q.device)) if visibility is None \
+        else check_visibility(visibility, t).to(q.device)
+    mask = torch.cat([torch.ones(t, prefix_len, dtype=torch.bool, device=q.device), among], dim=1)
     return torch.nn.functional.scaled_dot_product_attention(
         q, k, v, attn_mask=mask, scale=scale, enable_gqa=k.shape[1] != q.shape[1])
 
@@ -203,7 +217,8 @@ def tree_attention_triton(q, k, v, prefix_len: int, parents=None, ancestors: tor
                           block_m: int | None = None, block_n: int | None = None,
                           split_len: int | None = None) -> torch.Tensor:
     """The Triton kernel. Give `parents` (validated, turned into the bitmask here) or `ancestors`
-    (int32 [T, ceil(T/32)] from `ancestor_bitmask`); `causal=True` (or a chain-shaped parent list)
+    (int32 [T, ceil(T/32)] from `ancestor_bitmask`, or `pack_bits` of any [T, T] visibility: the
+    kernel only reads bits, so the pattern need not be a tree); `causal=True` (or a chain-shaped parent list)
     uses the rule j <= i and no bitmask. Returns [B, Hq, T, D] (a view of a [B, T, Hq, D] buffer,
     so `.transpose(1, 2)` gives the layout transformers expects without a copy)."""
     if not HAVE_TRITON:

@@ -58,7 +58,14 @@ def random_tree(t, seed=0):
     return [-1] + [int(torch.randint(-1, i, (1,), generator=g)) for i in range(1, t)]
 
 
-TREES = {"chain": chain, "bushy": bushy, "forest": forest, "random": random_tree}
+def lookahead_like(t):
+    """Not a tree: a visibility pattern (each token sees itself and every third earlier token,
+    like lookahead's window diagonals), given as a bool [T, T] matrix."""
+    i = torch.arange(t)
+    return (i[:, None] >= i[None, :]) & ((i[:, None] - i[None, :]) % 3 == 0)
+
+
+TREES = {"chain": chain, "bushy": bushy, "forest": forest, "random": random_tree, "pattern": lookahead_like}
 
 
 def test_ancestor_bitmask_matches_matrix():
@@ -101,13 +108,19 @@ def test_tree_attention_kernel_matches_reference(shape, tree, dtype):
     b, hq, hkv, p, t, d = shape
     q, k, v = rand(b, hq, t, d, dtype=dtype, seed=1), rand(b, hkv, p + t, d, dtype=dtype, seed=2), \
         rand(b, hkv, p + t, d, dtype=dtype, seed=3)
-    parents = TREES[tree](t)
-    ref = TA.tree_attention_torch(q.float(), k.float(), v.float(), p, parents)
+    if tree == "pattern":
+        vis = lookahead_like(t)
+        ref = TA.tree_attention_torch(q.float(), k.float(), v.float(), p, visibility=vis)
+        kw, structure = dict(ancestors=TA.pack_bits(vis)), KD.Tree.from_visibility(vis)
+    else:
+        parents = TREES[tree](t)
+        ref = TA.tree_attention_torch(q.float(), k.float(), v.float(), p, parents)
+        kw, structure = dict(parents=parents), parents
     # small tiles (several per row); prefix split in 16-key ranges (P = 37: three splits + merge)
-    out = TA.tree_attention_triton(q, k, v, p, parents, block_n=16, split_len=16)
+    out = TA.tree_attention_triton(q, k, v, p, block_n=16, split_len=16, **kw)
     assert out.dtype == dtype and out.shape == ref.shape
     torch.testing.assert_close(out.float(), ref, atol=ATOL[dtype], rtol=0)
-    via_dispatch = KD.tree_attention(q, k, v, p, parents)
+    via_dispatch = KD.tree_attention(q, k, v, p, structure)
     torch.testing.assert_close(via_dispatch.float(), ref, atol=ATOL[dtype], rtol=0)
 
 
@@ -338,6 +351,13 @@ def test_engine_tree_verification_matches_dense_mask(lm, monkeypatch):
         got = forward(tree_parents=tree)
     assert spy.calls == 2 * lm.model.config.num_hidden_layers   # the prefix forward (causal) + the tree
     torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
+    with KD.lab_attention(lm.model):
+        same = forward(tree_visibility=tree.ancestry)            # the same pattern given as a matrix
+        masked = forward(attention_mask=tree.dense_mask(p)[None, None])   # a caller's 4D mask: SDPA
+        with pytest.raises(ValueError, match="not both"):
+            forward(tree_parents=tree, attention_mask=tree.dense_mask(p)[None, None])
+    torch.testing.assert_close(same, got, atol=1e-6, rtol=0)
+    torch.testing.assert_close(masked, ref, atol=1e-6, rtol=0)
     # greedy walk: from the root, follow the child whose token is the argmax of its parent
     node, accepted = 0, []
     while True:
