@@ -172,6 +172,8 @@ def _tree_attention_kernel(
 
     # 2) the tree's own nodes (last split only): ancestors and self
     tree_end = tl.where(split == NUM_SPLITS - 1, T, 0)
+    if CAUSAL:  # no node of this block sees past its own index: stop after the block's last node
+        tree_end = tl.minimum(tree_end, tl.max(tl.where(row_ok, node, 0), 0) + 1)
     for start in range(0, tree_end, BLOCK_N):
         knode = start + tl.arange(0, BLOCK_N)
         col_ok = knode < T
