@@ -1,9 +1,7 @@
 """Autoregressive decoding: one token per forward, every candidate and its probability."""
 import streamlit as st
 
-from ui import common, controls
-from viz import ar as vz
-from viz import legend
+from ui import common, controls, render_ar
 
 KEY = "runner_ar"
 
@@ -31,20 +29,5 @@ if (go_clicked or step_clicked) and lm is not None and cfg is not None:
 controls.step_controls(KEY)
 
 
-def render(r):
-    steps = r.trace.steps
-    cur = r.cursor
-    step = steps[cur]
-    controls.metrics_row(r, {"perplexity": f"{vz.perplexity(steps[: cur + 1]):.2f}"})
-    colour_by = st.radio("colour tokens by", ["prob", "entropy"], horizontal=True, key="ar_colour")
-    st.markdown(legend.legend_html({"p ≈ 0 / high entropy": legend.prob_colour(0.0), "p ≈ 0.5": legend.prob_colour(0.5),
-                                    "p ≈ 1 / low entropy": legend.prob_colour(1.0), "current step": "#000000"}),
-                unsafe_allow_html=True)
-    st.markdown(vz.token_stream_html(steps, cur, colour_by), unsafe_allow_html=True)
-    a, b = st.columns([1, 1])
-    a.plotly_chart(vz.candidates_figure(step), key=f"ar_cands_{cur}", width="stretch")
-    b.plotly_chart(vz.prob_entropy_figure(steps, cur), key=f"ar_pe_{cur}", width="stretch")
-
-
-controls.live(KEY, render)
+controls.live(KEY, render_ar.render)
 controls.download_button(KEY)

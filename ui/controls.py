@@ -62,17 +62,17 @@ def step_controls(key: str, container=None) -> None:
     c = container or st
     cols = c.columns([1, 1, 1, 1, 1, 4])
     running = r.state == RUNNING
-    if cols[0].button("⏮ Back", key=f"{key}_back", help="show the previous step (pauses)", disabled=r.cursor in (None, 0)):
+    if cols[0].button("◀ Back", key=f"{key}_back", help="show the previous step (pauses)", disabled=r.cursor in (None, 0)):
         r.step_back()
-    if cols[1].button("⏭ Step", key=f"{key}_fwd", help="next recorded step, or compute exactly one more"):
+    if cols[1].button("Step ▶", key=f"{key}_fwd", help="next recorded step, or compute exactly one more"):
         r.step_forward()
         r.wait_idle(timeout=120)
     if running:
-        if cols[2].button("⏸ Pause", key=f"{key}_pause"):
+        if cols[2].button("Pause", key=f"{key}_pause"):
             r.pause()
-    elif cols[2].button("▶ Resume", key=f"{key}_resume", disabled=r.finished and r.following):
+    elif cols[2].button("Resume", key=f"{key}_resume", disabled=r.finished and r.following):
         r.resume()
-    if cols[3].button("⏹ Cancel", key=f"{key}_cancel", disabled=r.finished):
+    if cols[3].button("Cancel", key=f"{key}_cancel", disabled=r.finished):
         r.cancel()
     n = len(r.trace.steps)
     if n > 1 and r.state != RUNNING:
@@ -86,7 +86,7 @@ def step_controls(key: str, container=None) -> None:
 def status_line(r: Runner) -> str:
     n = len(r.trace.steps)
     cur = r.cursor
-    where = "no steps yet" if cur is None else f"step {cur + 1} of {n}"
+    where = "no steps yet" if cur is None else f"showing step {cur} (steps 0–{n - 1})"
     s = f"**{r.state}** · {where}"
     if r.break_reason and r.state == PAUSED:
         s += f" · breakpoint: {r.break_reason}"
