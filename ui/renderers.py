@@ -1,0 +1,32 @@
+"""Which view renders a step of which kind: the live pages and the replay page share these."""
+from __future__ import annotations
+
+import importlib
+import json
+
+import streamlit as st
+
+# step kind -> module under ui/ whose render(r, prefix) draws one step of a trace
+MODULES = {"ar": "ui.render_ar", "speculative": "ui.render_speculative", "kv": "ui.render_kv",
+           "jacobi": "ui.render_jacobi", "lookahead": "ui.render_jacobi", "diffusion": "ui.render_diffusion"}
+
+
+def renderer(kind: str):
+    name = MODULES.get(kind)
+    if name:
+        try:
+            return importlib.import_module(name).render
+        except ModuleNotFoundError:
+            pass
+    return render_raw
+
+
+def render_raw(r, prefix: str = "raw") -> None:
+    """Fallback: the step record itself."""
+    step = r.trace.steps[r.cursor]
+    st.code(json.dumps(step, indent=1)[:20000], language="json")
+
+
+def render(r, prefix: str) -> None:
+    kind = r.trace.steps[r.cursor]["kind"] if r.trace.steps else "ar"
+    renderer(kind)(r, prefix)
