@@ -1,0 +1,59 @@
+"""Compare view figures: several runs on one prompt, aligned by target forwards and by compute time."""
+from __future__ import annotations
+
+import html
+
+import plotly.graph_objects as go
+
+PALETTE = ["#1F77B4", "#FF7F0E", "#2CA02C", "#9467BD", "#8C564B", "#E377C2"]
+
+
+def _curve(steps: list[dict], x_key: str):
+    xs, ys = [0], [0]
+    for s in steps:
+        t = s.get("totals") or {}
+        if x_key in t:
+            xs.append(t[x_key])
+            ys.append(t.get("tokens", 0))
+    return xs, ys
+
+
+def tokens_vs(runs: dict[str, list[dict]], x_key: str, title: str, x_title: str) -> go.Figure:
+    """Tokens committed against target forwards (NFE) or compute seconds, one line per run."""
+    fig = go.Figure()
+    for i, (name, steps) in enumerate(runs.items()):
+        xs, ys = _curve(steps, x_key)
+        fig.add_scatter(x=xs, y=ys, mode="lines+markers", name=name, line=dict(color=PALETTE[i % len(PALETTE)]),
+                        line_shape="hv", marker=dict(size=4))
+    if x_key == "target_forwards":
+        mx = max([max(_curve(s, x_key)[0]) for s in runs.values()] + [1])
+        fig.add_scatter(x=[0, mx], y=[0, mx], mode="lines", name="1 token / forward",
+                        line=dict(color="#AAAAAA", dash="dot"))
+    fig.update_layout(title=title, xaxis_title=x_title, yaxis_title="tokens committed", height=320,
+                      margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.3))
+    return fig
+
+
+def diff_html(ref_texts: list[str], out_texts: list[str]) -> str:
+    """Tokens of a run against the reference: equal tokens plain, the first divergence boxed, the rest red."""
+    div = None
+    for i, (a, b) in enumerate(zip(ref_texts, out_texts)):
+        if a != b:
+            div = i
+            break
+    if div is None and len(ref_texts) != len(out_texts):
+        div = min(len(ref_texts), len(out_texts))
+    spans = []
+    for i, t in enumerate(out_texts):
+        esc = html.escape(t).replace("\n", "↵")
+        if div is not None and i == div:
+            spans.append(f'<span title="first divergence at token {i}: reference has '
+                         f'{html.escape(repr(ref_texts[i]) if i < len(ref_texts) else "end")}" '
+                         f'style="outline:2px solid #D62728;background:#D6272833">{esc}</span>')
+        elif div is not None and i > div:
+            spans.append(f'<span style="background:#D627281A">{esc}</span>')
+        else:
+            spans.append(f"<span>{esc}</span>")
+    note = ("identical to the reference" if div is None else f"diverges at token {div}")
+    return (f'<div style="font-family:monospace;font-size:0.9em;line-height:1.7">{"".join(spans)}</div>'
+            f'<div style="font-size:0.8em;color:#666">{note}</div>')
