@@ -187,6 +187,8 @@ def main(argv=None):
             print("--smoke needs TRITON_INTERPRET=1 in the environment")
             return 2
         device, shapes, reps, dtype = torch.device("cpu"), SMOKE, 2, torch.float32
+        print("# smoke run: tiny shapes, CPU, kernels in Triton's Python interpreter -- the times and ratios "
+              "below say nothing about GPU speed")
     else:
         if not torch.cuda.is_available():
             print("No CUDA device: the Triton kernels run only on a GPU (the app uses the torch references "
