@@ -71,19 +71,21 @@ class Tree:
             if parents.parents is None:
                 return Tree.from_visibility(parents.ancestry, device)
             parents = parents.parents
-        p = torch.as_tensor(parents, dtype=torch.long, device=device).reshape(-1)
-        p = _tree.as_parents(p, p.numel(), device=device)
+        # built on the CPU (a few small ops per tree level, no GPU syncs), then moved once
+        p = torch.as_tensor(parents, dtype=torch.long).reshape(-1).cpu()
+        p = _tree.as_parents(p, p.numel())
         anc = _tree.ancestor_matrix(p)
-        return Tree(p, anc, _tree.pack_bits(anc), _tree.is_chain(p))
+        dev = device if device is not None else torch.as_tensor(parents).device
+        return Tree(p.to(dev), anc.to(dev), _tree.pack_bits(anc).to(dev), _tree.is_chain(p))
 
     @staticmethod
     def from_visibility(visibility, device=None) -> "Tree":
         vis = _tree.check_visibility(visibility, len(visibility))
-        if device is not None:
-            vis = vis.to(device)
+        dev = device if device is not None else vis.device
+        vis = vis.cpu()
         t = vis.shape[0]
-        causal = torch.ones(t, t, dtype=torch.bool, device=vis.device).tril()
-        return Tree(None, vis, _tree.pack_bits(vis), bool(torch.equal(vis, causal)))
+        chain = bool(torch.equal(vis, torch.ones(t, t, dtype=torch.bool).tril()))
+        return Tree(None, vis.to(dev), _tree.pack_bits(vis).to(dev), chain)
 
     def __len__(self) -> int:
         return self.ancestry.shape[0]
