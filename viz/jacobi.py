@@ -1,0 +1,412 @@
+"""Jacobi / lookahead view: trajectory grid, dependency graph, lookahead window and n-gram pool, stats.
+
+Pure functions of step records (engine/methods/jacobi.py and lookahead.py): no torch, no streamlit, so a
+saved trace replays without a model. Colours come from viz.legend.
+"""
+from __future__ import annotations
+
+import html
+
+import networkx as nx
+import pandas as pd
+import plotly.graph_objects as go
+
+from viz import legend
+
+# grid cell states, in colour-scale order
+STATES = ["earlier", "fixed", "committed", "changed", "unchanged"]
+STATE_COLOUR = {
+    "earlier": "#E6ECF5",                 # committed in an earlier iteration (pale)
+    "fixed": legend.JACOBI_FIXED,         # guess was already the fixed point: accepted as is
+    "committed": legend.JACOBI_COMMITTED, # the convergence front: corrected (or bonus) token, committed now
+    "changed": legend.JACOBI_CHANGED,     # changed this iteration, not committed yet
+    "unchanged": legend.JACOBI_GUESS,     # unchanged this iteration but not yet known to be fixed
+}
+STATE_LABEL = {
+    "earlier": "committed earlier",
+    "fixed": "fixed: guess already right, accepted",
+    "committed": "committed now (the convergence front)",
+    "changed": "changed this iteration",
+    "unchanged": "unchanged, not yet known to be fixed",
+}
+
+
+def tok(text: str, width: int = 7) -> str:
+    """A token as a short visible label: spaces as ·, newlines as ↵."""
+    s = (text or "").replace(" ", "·").replace("\n", "↵").replace("\t", "⇥")
+    return s if len(s) <= width else s[: width - 1] + "…"
+
+
+def legend_items() -> dict[str, str]:
+    return {STATE_LABEL[k]: STATE_COLOUR[k] for k in STATES}
+
+
+# ---------------------------------------------------------------------------------------- Jacobi
+def cells(step: dict) -> list[dict]:
+    """The cells of one iteration's row: the block after this iteration's update, with a state each."""
+    guesses = step.get("guess_ids", [])
+    pred, ptext = step.get("pred_ids", []), step.get("pred_text", [])
+    changed = step.get("changed", [])
+    m = step.get("accepted", 0)
+    start = step.get("block_start", 0)
+    next_start, carried = step.get("next_start", start + m + 1), step.get("carried", 0)
+    n_new = step.get("committed", m + 1)
+    out = []
+    for i, t in enumerate(pred):
+        pos = start + i
+        if i <= m:
+            if i >= n_new:  # truncated at EOS / max_new_tokens
+                break
+            state = "fixed" if i < m else "committed"
+        else:
+            if i >= len(guesses) and pos >= next_start + carried:
+                continue  # the prediction beyond the block, not carried to the next iteration
+            state = "changed" if (i < len(changed) and changed[i]) else "unchanged"
+        out.append({"pos": pos, "id": t, "text": ptext[i] if i < len(ptext) else "?", "state": state,
+                    "guess_id": guesses[i] if i < len(guesses) else None,
+                    "guess_text": (step.get("guess_text") or [None] * len(guesses))[i] if i < len(guesses) else None})
+    return out
+
+
+def trajectory_grid(steps: list[dict], upto: int | None = None, final_ids: list[int] | None = None,
+                    first_row: int = 0) -> go.Figure:
+    """Iteration x output position; each cell the token after that iteration's update, coloured by state.
+
+    The black staircase is the convergence front (everything left of it is committed). A small dot marks a
+    cell that already equals the final output although the decoder cannot know it yet: the gap between
+    DDGviz's "equals final output" and what the fixed-point test can prove.
+    """
+    upto = len(steps) - 1 if upto is None else upto
+    rows = steps[first_row: upto + 1]
+    if not rows:
+        return go.Figure()
+    max_pos = max((c["pos"] for s in rows for c in cells(s)), default=0)
+    committed_before = {}
+    final = final_ids or []
+    z, text, hover = [], [], []
+    out_so_far: dict[int, str] = {}
+    for s in steps[:first_row]:
+        for c in cells(s):
+            if c["state"] in ("fixed", "committed"):
+                out_so_far[c["pos"]] = c["text"]
+    dots_x, dots_y = [], []
+    front_x, front_y = [], []
+    for r, s in enumerate(rows):
+        zr, tr, hr = [None] * (max_pos + 1), [""] * (max_pos + 1), [""] * (max_pos + 1)
+        for pos, t in out_so_far.items():
+            if pos <= max_pos:
+                zr[pos], tr[pos] = STATES.index("earlier"), tok(t)
+                hr[pos] = f"position {pos}: {t!r} (committed earlier)"
+        for c in cells(s):
+            zr[c["pos"]] = STATES.index(c["state"])
+            tr[c["pos"]] = tok(c["text"])
+            g = "" if c["guess_id"] is None else f"<br>input guess {c['guess_text']!r}"
+            hr[c["pos"]] = (f"iteration {s['index']}, position {c['pos']}<br>token {c['text']!r}{g}"
+                            f"<br>{STATE_LABEL[c['state']]}")
+            if c["state"] in ("changed", "unchanged") and c["pos"] < len(final) and final[c["pos"]] == c["id"]:
+                dots_x.append(c["pos"] + 0.38)
+                dots_y.append(r - 0.3)
+            if c["state"] in ("fixed", "committed"):
+                out_so_far[c["pos"]] = c["text"]
+        z.append(zr)
+        text.append(tr)
+        hover.append(hr)
+        fx = s.get("front", s.get("block_start", 0) + s.get("accepted", 0)) + 0.5
+        front_x += [fx, fx]
+        front_y += [r - 0.5, r + 0.5]
+    n = len(STATES)
+    scale = []
+    for i, k in enumerate(STATES):
+        scale += [[i / n, STATE_COLOUR[k]], [(i + 1) / n, STATE_COLOUR[k]]]
+    fig = go.Figure(go.Heatmap(z=z, text=text, texttemplate="%{text}", hovertext=hover, hoverinfo="text",
+                               colorscale=scale, zmin=-0.5, zmax=n - 0.5, showscale=False, xgap=1, ygap=1,
+                               textfont=dict(size=10)))
+    fig.add_scatter(x=front_x, y=front_y, mode="lines", line=dict(color="#000", width=2.5),
+                    name="convergence front", hoverinfo="skip")
+    if dots_x:
+        fig.add_scatter(x=dots_x, y=dots_y, mode="markers", marker=dict(size=5, color="#000", symbol="circle"),
+                        name="already equals the final output (not yet provable)", hoverinfo="skip")
+    labels = [f"it {s['index']}" for s in rows]
+    fig.update_layout(height=max(220, 60 + 24 * len(rows)), margin=dict(l=10, r=10, t=40, b=10),
+                      title="Jacobi trajectory: iteration × output position",
+                      xaxis=dict(title="output position", range=[-0.5, max_pos + 0.5], dtick=max(1, (max_pos + 1) // 20)),
+                      yaxis=dict(tickmode="array", tickvals=list(range(len(rows))), ticktext=labels,
+                                 autorange="reversed"),
+                      legend=dict(orientation="h", y=-0.08), plot_bgcolor="#FFFFFF")
+    return fig
+
+
+def dependency_dag(steps: list[dict], upto: int | None = None, first_row: int = 0) -> nx.DiGraph:
+    """Node (iteration, position) with its token; edge (t, j) -> (t+1, i) when position i's prediction at
+    t+1 was computed from the token at j that changed at t (the step record's `forced` ranges)."""
+    upto = len(steps) - 1 if upto is None else upto
+    g = nx.DiGraph()
+    rows = steps[first_row: upto + 1]
+    for s in rows:
+        for c in cells(s):
+            g.add_node((s["index"], c["pos"]), token=c["text"], state=c["state"], id=c["id"])
+    for s in rows:
+        t = s["index"]
+        for j, first, last in s.get("forced", []):
+            if (t, j) not in g:
+                continue
+            for p in range(first, last + 1):
+                if (t + 1, p) in g:
+                    g.add_edge((t, j), (t + 1, p))
+    return g
+
+
+def critical_chain(steps: list[dict], g: nx.DiGraph) -> list[tuple[int, int]]:
+    """The chain that set the number of iterations: each iteration's convergence front, the token whose
+    change forced every later position to be recomputed in the next iteration. Consecutive front nodes are
+    linked in the DAG; the chain is cut where a link is missing (e.g. a hybrid switch)."""
+    chain = []
+    for s in steps:
+        node = (s["index"], s.get("front", 0))
+        if node not in g:
+            continue
+        if chain and not g.has_edge(chain[-1], node):
+            chain = []  # keep the chain that reaches the last iteration shown
+        chain.append(node)
+    return chain
+
+
+def dependency_graph(steps: list[dict], upto: int | None = None, first_row: int = 0,
+                     max_edges: int = 4000) -> go.Figure:
+    """The dependency DAG drawn on the (position, iteration) grid, the critical chain highlighted."""
+    g = dependency_dag(steps, upto, first_row)
+    chain = critical_chain(steps[first_row: (len(steps) if upto is None else upto + 1)], g)
+    chain_edges = set(zip(chain, chain[1:]))
+    fig = go.Figure()
+    ex, ey = [], []
+    for k, (a, b) in enumerate(g.edges):
+        if k >= max_edges:
+            break
+        if (a, b) in chain_edges:
+            continue
+        ex += [a[1], b[1], None]
+        ey += [a[0], b[0], None]
+    fig.add_scatter(x=ex, y=ey, mode="lines", line=dict(color="rgba(120,120,120,0.35)", width=1),
+                    name="forced recomputation", hoverinfo="skip")
+    cx, cy = [], []
+    for a, b in zip(chain, chain[1:]):
+        cx += [a[1], b[1], None]
+        cy += [a[0], b[0], None]
+    fig.add_scatter(x=cx, y=cy, mode="lines", line=dict(color="#000", width=3),
+                    name=f"critical chain ({len(chain)} iterations)", hoverinfo="skip")
+    for state in STATES[1:]:
+        nodes = [n for n, d in g.nodes(data=True) if d["state"] == state]
+        if not nodes:
+            continue
+        fig.add_scatter(
+            x=[n[1] for n in nodes], y=[n[0] for n in nodes], mode="markers+text",
+            text=[tok(g.nodes[n]["token"], 5) for n in nodes], textposition="top center", textfont=dict(size=9),
+            marker=dict(size=[13 if n in set(chain) else 9 for n in nodes], color=STATE_COLOUR[state],
+                        line=dict(color="#000", width=[2 if n in set(chain) else 0 for n in nodes])),
+            hovertext=[f"iteration {n[0]}, position {n[1]}: {g.nodes[n]['token']!r}<br>{STATE_LABEL[state]}"
+                       f"<br>forced {g.out_degree(n)} recomputations" for n in nodes],
+            hoverinfo="text", name=STATE_LABEL[state])
+    n_rows = len({n[0] for n in g.nodes})
+    fig.update_layout(height=max(260, 80 + 30 * n_rows), margin=dict(l=10, r=10, t=40, b=10),
+                      title=f"Dependency graph: {g.number_of_nodes()} nodes, {g.number_of_edges()} edges",
+                      xaxis=dict(title="output position"), yaxis=dict(title="iteration", autorange="reversed"),
+                      legend=dict(orientation="h", y=-0.12), plot_bgcolor="#FFFFFF")
+    return fig
+
+
+def jacobi_stats(steps: list[dict]) -> dict:
+    """Compression ratio and iterations per block from the records alone (also works on a partial trace)."""
+    forwards = len(steps)
+    tokens = sum(s.get("committed", len(s.get("new_ids", []))) for s in steps)
+    blocks: dict = {}
+    for s in steps:
+        if s.get("block_index") is not None and s.get("phase", "jacobi") == "jacobi":
+            blocks[s["block_index"]] = blocks.get(s["block_index"], 0) + 1
+    out = {"forwards": forwards, "tokens": tokens, "compression_ratio": tokens / forwards if forwards else None}
+    if blocks:
+        out["iterations_per_block"] = sum(blocks.values()) / len(blocks)
+    return out
+
+
+def progress_figure(steps: list[dict], upto: int | None = None) -> go.Figure:
+    """Cumulative tokens against forward passes, next to autoregressive's one token per forward."""
+    upto = len(steps) - 1 if upto is None else upto
+    xs, ys, per = [0], [0], []
+    total = 0
+    for i, s in enumerate(steps[: upto + 1]):
+        k = s.get("committed", len(s.get("new_ids", [])))
+        total += k
+        xs.append(i + 1)
+        ys.append(total)
+        per.append(k)
+    fig = go.Figure()
+    fig.add_bar(x=xs[1:], y=per, name="tokens committed by this forward", marker_color=legend.JACOBI_COMMITTED,
+                opacity=0.45, yaxis="y2")
+    fig.add_scatter(x=xs, y=ys, mode="lines+markers", name="tokens so far", line=dict(color=legend.JACOBI_FIXED))
+    fig.add_scatter(x=xs, y=xs, mode="lines", name="autoregressive (1 per forward)",
+                    line=dict(color="#888", dash="dash"))
+    fig.update_layout(height=280, margin=dict(l=10, r=10, t=40, b=10), title="Tokens vs forward passes",
+                      xaxis_title="forward pass", yaxis=dict(title="tokens"),
+                      yaxis2=dict(overlaying="y", side="right", title="per forward", showgrid=False, rangemode="tozero"),
+                      legend=dict(orientation="h", y=-0.2))
+    return fig
+
+
+# ---------------------------------------------------------------------------------------- lookahead
+def lookahead_window_figure(step: dict, final_ids: list[int] | None = None) -> go.Figure:
+    """The 2-D lookahead window (levels x output position), the newest level's predictions, and the
+    verification branch (candidate n-grams) with what was accepted. Each harvested n-gram is a diagonal."""
+    final = final_ids or []
+    window = step.get("window", [])
+    base = step.get("base", 0)
+    rows: list[tuple[str, list[tuple[int, str, str, str]]]] = []  # label, [(pos, text, colour, hover)]
+    rows.append(("last token", [(base - 1, step.get("last_text", ""), legend.JACOBI_COMMITTED,
+                                 "the last committed token (key of the verified n-grams)")]))
+    for lv in window:
+        cells_ = []
+        for p, t, i in zip(lv["positions"], lv["text"], lv["ids"]):
+            right = p < len(final) and final[p] == i and p >= 0
+            cells_.append((p, t, legend.JACOBI_FIXED if right else legend.JACOBI_GUESS,
+                           f"level {lv['level']}, position {p}: {t!r}" + (" (equals the final output)" if right else "")))
+        rows.append((f"level {lv['level']}", cells_))
+    f = step.get("fill_level", len(window) - 1)
+    if window:
+        lv = window[f]
+        pred_pos = [p + 1 for p in lv["positions"]]
+        rows.append(("predicted", [(p, t, "#F4D35E", f"prediction from level {f}: {t!r}")
+                                   for p, t in zip(pred_pos, step.get("level_out_text", []))]))
+    best = step.get("best")
+    a = step.get("accepted_len", 0)
+    for g, cnd in enumerate(step.get("candidates", [])):
+        cells_ = []
+        for d, (i, t) in enumerate(zip(cnd["ids"], cnd["text"])):
+            p = base + d
+            if g == best and d < a:
+                col, what = legend.ACCEPTED, "accepted"
+            elif d < cnd.get("accepted_len", 0):
+                col, what = "#A8D5A2", "matches (shorter than the accepted one)"
+            elif d == cnd.get("accepted_len", 0):
+                col, what = legend.REJECTED, "rejected"
+            else:
+                col, what = legend.UNVERIFIED, "after a rejection"
+            cells_.append((p, t, col, f"candidate {g}, depth {d}: {t!r} — {what}"))
+        rows.append((f"cand {g}", cells_))
+    bonus_pos = base + a
+    rows.append(("committed", [(base + d, t, legend.ACCEPTED, "accepted from the pool")
+                               for d, t in enumerate(step.get("accepted_text", []))]
+                 + [(bonus_pos, step.get("new_text", "") and _bonus_text(step), legend.BONUS,
+                     "the model's own next token (bonus / correction)")]))
+    all_pos = [p for _, cs in rows for p, *_ in cs]
+    lo, hi = min(all_pos), max(all_pos)
+    fig = go.Figure()
+    ys = [lab for lab, _ in rows]
+    for y, (lab, cs) in enumerate(rows):
+        if not cs:
+            continue
+        fig.add_scatter(x=[p for p, *_ in cs], y=[y] * len(cs), mode="markers+text",
+                        marker=dict(symbol="square", size=30, color=[c for _, _, c, _ in cs],
+                                    line=dict(color="#666", width=0.5)),
+                        text=[tok(t, 6) for _, t, _, _ in cs], textfont=dict(size=9),
+                        hovertext=[h for *_, h in cs], hoverinfo="text", showlegend=False)
+    # the n-grams harvested this step: diagonals through the window
+    if step.get("phase") == "lookahead" and len(window) >= 2:
+        for col in range(len(window[1]["ids"])):
+            xs, yl = [], []
+            if col == 0:
+                xs.append(base - 1)
+                yl.append(0)
+            else:
+                xs.append(window[0]["positions"][col - 1])
+                yl.append(1)
+            for lv in window[1:]:
+                xs.append(lv["positions"][col])
+                yl.append(1 + lv["level"])
+            xs.append(window[-1]["positions"][col] + 1)
+            yl.append(1 + len(window))
+            fig.add_scatter(x=xs, y=yl, mode="lines", line=dict(color="rgba(0,0,0,0.25)", width=1),
+                            hoverinfo="skip", showlegend=col == 0, name="harvested n-gram (one per column)")
+    fig.update_layout(height=90 + 34 * len(rows), margin=dict(l=10, r=10, t=40, b=10),
+                      title=f"step {step.get('index')}: window (levels), predictions and verified n-grams",
+                      xaxis=dict(title="output position", range=[lo - 0.7, hi + 0.7], dtick=1),
+                      yaxis=dict(tickmode="array", tickvals=list(range(len(ys))), ticktext=ys, autorange="reversed"),
+                      plot_bgcolor="#FFFFFF", legend=dict(orientation="h", y=-0.15))
+    return fig
+
+
+def _bonus_text(step: dict) -> str:
+    # the bonus is the last committed token; new_text is the decoded committed span
+    ids = step.get("new_ids", [])
+    acc = step.get("accepted_text", [])
+    if len(ids) > len(acc):
+        txt = step.get("new_text", "")
+        return txt[len("".join(acc)):] if txt.startswith("".join(acc)) else txt
+    return ""
+
+
+def replay_pool(steps: list[dict], upto: int, guess_set_size: int) -> dict[int, list[tuple]]:
+    """Rebuild the n-gram pool as it was after step `upto` from the records (same LRU as the engine)."""
+    pool: dict[int, list[tuple]] = {}
+
+    def add(gram):
+        key, tail = int(gram[0]), tuple(gram[1:])
+        lst = pool.setdefault(key, [])
+        if tail in lst:
+            lst.remove(tail)
+        elif len(lst) >= guess_set_size:
+            lst.pop(0)
+        lst.append(tail)
+
+    for s in steps[: upto + 1]:
+        for key in ("seeded", "harvested", "appended"):
+            for gram in s.get(key, []):
+                add(gram)
+    return pool
+
+
+def pool_table(steps: list[dict], upto: int, guess_set_size: int, token_text, only_key: int | None = None,
+               limit: int = 200) -> pd.DataFrame:
+    """The pool after step `upto` as a table (most recently used last within a key). `token_text(id)` maps
+    ids to text (the page passes the tokenizer's; a replay without a model can pass str)."""
+    pool = replay_pool(steps, upto, guess_set_size)
+    nxt = steps[upto + 1] if upto + 1 < len(steps) else None
+    verified = {tuple(c["ids"]) for c in (nxt or {}).get("candidates", [])} if nxt else set()
+    rows = []
+    keys = [only_key] if only_key is not None else list(pool)
+    for key in keys:
+        for rank, tail in enumerate(reversed(pool.get(key, []))):
+            rows.append({"key": token_text(key), "n-gram continuation": "".join(token_text(t) for t in tail),
+                         "LRU rank (0 = newest)": rank,
+                         "verified next step": "yes" if (nxt and key == nxt.get("last_id") and tail in verified) else ""})
+            if len(rows) >= limit:
+                return pd.DataFrame(rows)
+    return pd.DataFrame(rows)
+
+
+def candidates_table(step: dict) -> pd.DataFrame:
+    best = step.get("best")
+    return pd.DataFrame([{"#": g, "n-gram": "".join(c["text"]), "tokens": " | ".join(c["text"]),
+                          "accepted prefix": c.get("accepted_len", 0), "chosen": "✓" if g == best else ""}
+                         for g, c in enumerate(step.get("candidates", []))])
+
+
+def lookahead_stats(steps: list[dict]) -> dict:
+    forwards = len(steps)
+    tokens = sum(s.get("committed", 0) for s in steps)
+    with_c = [s for s in steps if s.get("candidates")]
+    return {"forwards": forwards, "tokens": tokens, "compression_ratio": tokens / forwards if forwards else None,
+            "steps_with_candidates": len(with_c),
+            "mean_accepted_len": sum(s.get("accepted_len", 0) for s in steps) / forwards if forwards else None,
+            "pool_size": steps[-1].get("pool_size") if steps else 0}
+
+
+def token_stream_html(steps: list[dict], upto: int) -> str:
+    """The committed output, each iteration's span underlined; multi-token iterations stand out."""
+    spans = []
+    for i, s in enumerate(steps[: upto + 1]):
+        n = s.get("committed", len(s.get("new_ids", [])))
+        colour = legend.JACOBI_COMMITTED if n > 1 else "#BBBBBB"
+        border = "2px solid #000" if i == upto else "1px solid transparent"
+        txt = html.escape(s.get("new_text", "")).replace("\n", "↵<br>")
+        spans.append(f'<span title="step {i}: {n} token(s)" style="background:{colour}22;border-bottom:3px solid '
+                     f'{colour};outline:{border};padding:1px 0;margin:0 1px">{txt}</span>')
+    return f'<div style="font-family:monospace;line-height:1.9;font-size:0.95em">{"".join(spans)}</div>'
