@@ -1,0 +1,400 @@
+"""Speculative decoding: a drafter proposes a chain or tree, the target verifies it in ONE forward.
+
+Round: propose a tree after the committed sequence; run the target once over the root (the last
+committed token) and every drafted node with a tree attention mask (each node sees the prefix
+and its own ancestors; position = prefix length + depth); a verification rule picks the
+accepted path and the token appended after it; the KV entries of the accepted nodes are
+compacted into place and the rest dropped, so no prefix is ever recomputed.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache
+
+from engine import sampling as S
+from engine.methods import Job, MethodError, register
+from engine.methods.speculative import verify as V
+from engine.methods.speculative.drafters import (DraftModelDrafter, PromptLookup, SubModelDrafter, TokenRecycling,
+                                                 Trigram)
+from engine.methods.speculative.trees import ShapeError, parse_shape, tree_mask
+from engine.trace import clean_float
+
+DRAFTERS = {
+    "draft_model": "a separate causal LM sharing the tokenizer ('self:K' = the target's first K layers as a model)",
+    "early_exit": "the target's first exit_layer layers + final norm + LM head, sharing the target's KV cache",
+    "layer_skip": "the target with skip_layers skipped (SWIFT-style self-speculation)",
+    "kangaroo": "early exit that stops drafting when the draft's confidence < exit_threshold",
+    "prompt_lookup": "copy the continuation of the last n-gram's latest earlier occurrence (n = max..1)",
+    "token_recycling": "adjacency matrix of each token's latest top-k successors from verified logits",
+    "trigram": "online tri-gram table of the committed text (bigram fallback)",
+}
+RULES = ("auto", "greedy", "sampling", "typical")
+SCHEDULES = ("constant", "heuristic")
+MAX_K = 32
+
+OPTIONS = {
+    "drafter": ("prompt_lookup", "who drafts: " + " / ".join(DRAFTERS)),
+    "tree": ("chain", "draft shape: chain, a template like 2.2.2, Medusa choices [[0],[1],[0,0]] or dynamic"),
+    "num_assistant_tokens": (5, "draft length k (chain length / dynamic tree depth)"),
+    "schedule": ("constant", "draft length schedule: constant, or heuristic (HF: +2 after a full accept, else -1)"),
+    "confidence_threshold": (0.0, "adaptive length: stop a branch when its cumulative draft confidence < this (0 off)"),
+    "verify": ("auto", "rule: auto (greedy at temperature 0, else sampling), greedy, sampling, typical (lossy)"),
+    "draft_model": ("", "draft model for drafter=draft_model: HF id, local path, or self:K"),
+    "exit_layer": (0, "early_exit / kangaroo: number of target layers the draft runs (0: 80% of them)"),
+    "exit_threshold": (0.6, "kangaroo: stop drafting when the draft's top probability < this"),
+    "skip_layers": ("", "layer_skip: layers to skip, e.g. 5,7,9-20 (empty: every other layer of the back half)"),
+    "max_matching_ngram_size": (3, "prompt_lookup: longest n-gram matched"),
+    "prompt_lookup_num_tokens": (10, "prompt_lookup: tokens copied after a match"),
+    "tree_budget": (16, "dynamic tree: drafted nodes per round"),
+    "tree_topk": (4, "dynamic tree: children per node and nodes kept per depth"),
+    "recycle_k": (8, "token_recycling: successors kept per token"),
+    "typical_epsilon": (0.09, "typical acceptance: epsilon"),
+    "typical_alpha": (0.3, "typical acceptance: alpha"),
+    "dense_mask_max": (64, "record the dense tree mask when the tree has at most this many nodes"),
+}
+
+_DRAFT_LMS: dict = {}
+
+
+@dataclass
+class Ctx:
+    lm: object
+    seq: list[int]
+    cache: DynamicCache
+    prefix_len: int
+    sampling: S.SamplingConfig
+    gen: torch.Generator | None
+    counters: object
+    vocab: int
+    shape: object = None
+    stochastic: bool = False
+    min_cum: float = 0.0
+    round_draft_forwards: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+# ---- construction and validation ------------------------------------------------------------
+
+def parse_layers(spec: str, n_layers: int) -> list[int]:
+    out = set()
+    for part in str(spec).replace(" ", "").split(","):
+        if not part:
+            continue
+        try:
+            if "-" in part:
+                a, b = part.split("-", 1)
+                out.update(range(int(a), int(b) + 1))
+            else:
+                out.add(int(part))
+        except ValueError:
+            raise MethodError(f"skip_layers must be a list like 5,7,9-20; cannot read '{part}'.") from None
+    bad = [i for i in out if not 0 <= i < n_layers]
+    if bad:
+        raise MethodError(f"skip_layers {sorted(bad)} are outside 0..{n_layers - 1} (the model has {n_layers} layers).")
+    return sorted(out)
+
+
+def _layers_of(lm):
+    inner = getattr(lm.model, "model", None)
+    need = ("embed_tokens", "layers", "norm", "rotary_emb")
+    if inner is None or not all(hasattr(inner, a) for a in need) or not hasattr(lm.model, "lm_head"):
+        raise MethodError(f"The self-speculative drafters need a Llama-style model (model.layers, norm, lm_head); "
+                          f"{type(lm.model).__name__} is not one. Use prompt_lookup, token_recycling or trigram.")
+    return inner.layers
+
+
+def truncated_view(lm, k: int):
+    """The target's first k layers + final norm + LM head as a standalone causal LM (shared weights)."""
+    from transformers import AutoModelForCausalLM
+    from engine.models import LM
+    layers = _layers_of(lm)
+    if not 1 <= k < len(layers):
+        raise MethodError(f"self:K needs 1 <= K < {len(layers)} (the target's layer count), got {k}.")
+    cfg = copy.deepcopy(lm.model.config)
+    cfg.num_hidden_layers = k
+    if isinstance(getattr(cfg, "layer_types", None), list):
+        cfg.layer_types = cfg.layer_types[:k]
+    with torch.device("meta"):
+        small = AutoModelForCausalLM.from_config(cfg)
+    inner, src = small.model, lm.model.model
+    inner.embed_tokens, inner.norm, inner.rotary_emb = src.embed_tokens, src.norm, src.rotary_emb
+    inner.layers = torch.nn.ModuleList(list(layers[:k]))
+    small.lm_head = lm.model.lm_head
+    small.generation_config = copy.deepcopy(lm.model.generation_config)
+    small.eval()
+    return LM(model=small, tokenizer=lm.tokenizer, name=f"self:{k}", device=lm.device, dtype=lm.dtype,
+              is_instruct=lm.is_instruct)
+
+
+def load_draft(lm, name: str):
+    name = (name or "").strip()
+    if not name:
+        raise MethodError("drafter=draft_model needs draft_model: a Hugging Face id or local path of a causal LM "
+                          "with the target's tokenizer, or self:K for the target's first K layers.")
+    if name.lower().startswith("self:"):
+        try:
+            k = int(name.split(":", 1)[1])
+        except ValueError:
+            raise MethodError(f"draft_model '{name}': write self:K with K an integer, e.g. self:8.") from None
+        return truncated_view(lm, k)
+    key = (name, str(lm.device), str(lm.dtype))
+    if key not in _DRAFT_LMS:
+        from engine import models
+        try:
+            _DRAFT_LMS[key] = models.load(name, device=lm.device, dtype=lm.dtype)
+        except models.ModelLoadError as e:
+            raise MethodError(f"Cannot load the draft model: {e}") from e
+    draft = _DRAFT_LMS[key]
+    check_tokenizers(lm, draft)
+    return draft
+
+
+def check_tokenizers(lm, draft) -> None:
+    va, vb = lm.tokenizer.get_vocab(), draft.tokenizer.get_vocab()
+    if va != vb:
+        diff = sum(1 for t, i in vb.items() if va.get(t) != i) + sum(1 for t in va if t not in vb)
+        raise MethodError(
+            f"The draft model '{draft.name}' does not share the target's tokenizer ({len(vb)} vs {len(va)} tokens, "
+            f"{diff} entries differ): speculative decoding compares token ids, so the draft must use the same "
+            "vocabulary. Pick a draft from the same model family.")
+
+
+def make_drafter(job: Job, o: dict):
+    lm = job.lm
+    name = o["drafter"]
+    if name not in DRAFTERS:
+        raise MethodError(f"Unknown drafter '{name}'. Known: {', '.join(DRAFTERS)}.")
+    if name in ("early_exit", "kangaroo", "layer_skip"):
+        n = len(_layers_of(lm))
+        if name == "layer_skip":
+            skip = parse_layers(o["skip_layers"], n) if str(o["skip_layers"]).strip() else \
+                [i for i in range(n // 2, n - 1) if i % 2 == 1]
+            keep = [i for i in range(n) if i not in skip]
+            if not skip or not keep:
+                raise MethodError("layer_skip must skip at least one layer and keep at least one.")
+            return SubModelDrafter(lm, keep, name)
+        k = int(o["exit_layer"]) or max(1, round(0.8 * n))
+        if not 1 <= k < n:
+            raise MethodError(f"exit_layer must be in 1..{n - 1} for this {n}-layer model, got {k}.")
+        thr = float(o["exit_threshold"]) if name == "kangaroo" else 0.0
+        if not 0 <= thr < 1:
+            raise MethodError(f"exit_threshold must be in [0, 1), got {thr}.")
+        return SubModelDrafter(lm, list(range(k)), name, thr)
+    if name == "draft_model":
+        draft = load_draft(lm, o["draft_model"])
+        return DraftModelDrafter(draft)
+    if name == "prompt_lookup":
+        n, k = o["max_matching_ngram_size"], o["prompt_lookup_num_tokens"]
+        if not 1 <= n <= 16:
+            raise MethodError(f"max_matching_ngram_size must be in 1..16, got {n}.")
+        if not 1 <= k <= MAX_K:
+            raise MethodError(f"prompt_lookup_num_tokens must be in 1..{MAX_K}, got {k}.")
+        return PromptLookup(n, k)
+    if name == "token_recycling":
+        if not 1 <= o["recycle_k"] <= 64:
+            raise MethodError(f"recycle_k must be in 1..64, got {o['recycle_k']}.")
+        return TokenRecycling(lm.model.get_output_embeddings().weight.shape[0], o["recycle_k"])
+    return Trigram()
+
+
+def check_attention(lm):
+    impl = getattr(lm.model.config, "_attn_implementation", None) or "eager"
+    if impl not in ("sdpa", "eager"):
+        raise MethodError(f"Tree verification passes a 4D attention mask, which the '{impl}' attention does not "
+                          "accept; load the model with attn_implementation='sdpa' or 'eager'.")
+
+
+# ---- one round ------------------------------------------------------------------------------
+
+def keep_path(cache: DynamicCache, start: int, keep: list[int]) -> int:
+    """Keep cache entries [0, start) and start + keep[j], moved to start + j. Returns dropped entries."""
+    dropped = 0
+    src = torch.tensor(keep, dtype=torch.long)
+    for layer in cache.layers:
+        k = getattr(layer, "keys", None)
+        if k is None or not k.numel():
+            continue
+        total = k.shape[2]
+        idx = (src + start).to(k.device)
+        if keep != list(range(len(keep))):
+            layer.keys[:, :, start:start + len(keep)] = k[:, :, idx]
+            layer.values[:, :, start:start + len(keep)] = layer.values[:, :, idx]
+        layer.keys = layer.keys[:, :, :start + len(keep)]
+        layer.values = layer.values[:, :, :start + len(keep)]
+        dropped = total - start - len(keep)
+    return dropped
+
+
+def target_forward(lm, tree, cache, prefix_len):
+    """ONE target forward over root + drafted nodes with the tree mask; returns logits [n, V]."""
+    dev = lm.device
+    ids = torch.tensor([tree.tokens], device=dev)
+    pos = torch.tensor([[prefix_len + d for d in tree.depths]], device=dev)
+    mask = tree_mask(tree.parents, prefix_len, lm.dtype, dev)
+    out = lm.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True)
+    return out.logits[0].float()
+
+
+@register("speculative", "speculative",
+          "Draft a chain or tree (7 drafters), verify it in one target forward with a tree mask; "
+          "lossless unless verify=typical.", options=OPTIONS, lossless=True)
+def generate(job: Job, **opts):
+    o = {k: v[0] for k, v in OPTIONS.items()}
+    o.update(opts)
+    lm, cfg, c = job.lm, job.sampling, job.counters
+    # -- validate everything before model work
+    rule = o["verify"]
+    if rule not in RULES:
+        raise MethodError(f"verify must be one of {', '.join(RULES)}, got '{rule}'.")
+    if rule == "auto":
+        rule = "greedy" if cfg.greedy else "sampling"
+    if rule == "greedy" and not cfg.greedy:
+        raise MethodError("verify=greedy needs greedy decoding (temperature 0); use verify=sampling to sample.")
+    if rule == "typical" and cfg.greedy:
+        raise MethodError("verify=typical (Medusa) needs a temperature > 0; at temperature 0 use greedy.")
+    if rule == "sampling" and cfg.greedy:
+        rule = "greedy"  # p is a point mass at the argmax: speculative sampling reduces to greedy matching
+    if o["schedule"] not in SCHEDULES:
+        raise MethodError(f"schedule must be constant or heuristic, got '{o['schedule']}'.")
+    if not 0 <= float(o["confidence_threshold"]) < 1:
+        raise MethodError(f"confidence_threshold must be in [0, 1), got {o['confidence_threshold']}.")
+    if not (0 < o["typical_epsilon"] <= 1 and 0 < o["typical_alpha"] <= 1):
+        raise MethodError("typical_epsilon and typical_alpha must be in (0, 1].")
+    k = o["prompt_lookup_num_tokens"] if o["drafter"] == "prompt_lookup" else o["num_assistant_tokens"]
+    if not isinstance(k, int) or not 1 <= k <= MAX_K:
+        raise MethodError(f"num_assistant_tokens must be in 1..{MAX_K}, got {k!r}.")
+    try:
+        shape0 = parse_shape(o["tree"], k, o["tree_budget"], o["tree_topk"])
+    except ShapeError as e:
+        raise MethodError(str(e)) from None
+    check_attention(lm)
+    drafter = make_drafter(job, o)
+    if o["drafter"] == "prompt_lookup" and shape0.kind == "static":
+        pass  # the template fixes the depth
+    lossless = rule != "typical"
+    gen = cfg.generator(lm.device) if not cfg.greedy else None
+
+    seq = job.input_ids[0].tolist()
+    cache = DynamicCache()
+    ctx = Ctx(lm, seq, cache, len(seq) - 1, cfg, gen, c, vocab=0, min_cum=float(o["confidence_threshold"]))
+    stats = {"rounds": 0, "drafted": 0, "accepted": 0, "reached": {}, "accepted_at": {}, "draft_s": 0.0,
+             "verify_s": 0.0, "nodes": 0, "dropped": 0, "rejected_rounds": 0}
+    job.extra["summary"] = {}
+    with torch.inference_mode():
+        with c.compute():
+            if len(seq) > 1:  # the prompt minus its last token: that one is the first round's root
+                lm.model(input_ids=job.input_ids[:, :-1], past_key_values=cache, use_cache=True, logits_to_keep=1)
+                c.target_forwards += 1
+            ctx.vocab = lm.model.get_output_embeddings().weight.shape[0]
+        index = 0
+        while True:
+            remaining = job.max_new_tokens - len(job.output_ids) - 1
+            ctx.shape = shape0.with_depth(min(k, remaining))
+            ctx.stochastic = (rule == "sampling" and drafter.model_based
+                              and (ctx.shape.kind != "static" or ctx.shape.rank_closed))
+            ctx.round_draft_forwards = 0
+            ctx.prefix_len = len(seq) - 1
+            with c.compute():
+                t0 = time.perf_counter()
+                tree = drafter.propose(ctx)
+                t1 = time.perf_counter()
+                logits = target_forward(lm, tree, cache, ctx.prefix_len)
+                c.target_forwards += 1
+                if rule == "greedy":
+                    verdict = V.greedy(tree, logits)
+                    probs = None
+                else:
+                    probs = S.warp(logits, cfg).softmax(-1)
+                    verdict = V.sampling(tree, probs, gen) if rule == "sampling" else \
+                        V.typical(tree, probs, gen, o["typical_epsilon"], o["typical_alpha"])
+                dropped = keep_path(cache, ctx.prefix_len, verdict.path)
+                t2 = time.perf_counter()
+                if isinstance(drafter, TokenRecycling):
+                    drafter.observe(ctx, tree, probs if probs is not None else logits.softmax(-1), verdict)
+            accepted = [tree.nodes[i].token for i in verdict.path[1:]]
+            new = accepted + [verdict.token]
+            kept = job.commit(new)
+            seq.extend(new)
+            # -- statistics
+            depth_drafted = tree.max_depth if len(tree) > 1 else 0
+            stats["rounds"] += 1
+            stats["drafted"] += len(tree) - 1
+            stats["nodes"] += len(tree) - 1
+            stats["accepted"] += len(accepted)
+            stats["dropped"] += dropped
+            stats["draft_s"] += t1 - t0
+            stats["verify_s"] += t2 - t1
+            rejected = any(s == "rejected" for s in verdict.status)
+            stats["rejected_rounds"] += rejected
+            for d in range(1, depth_drafted + 1):
+                # depth d was reachable if the path reached d-1 and there was a node at depth d under it
+                if len(accepted) >= d - 1 and any(tree.nodes[ch].depth == d for ch in tree.children(verdict.path[d - 1])):
+                    stats["reached"][d] = stats["reached"].get(d, 0) + 1
+                    if len(accepted) >= d:
+                        stats["accepted_at"][d] = stats["accepted_at"].get(d, 0) + 1
+            job.extra["summary"] = summary(stats, c, o, drafter, rule, lossless, k)
+            rec = {"kind": "speculative", "index": index, "new_ids": kept, "accepted_len": len(accepted),
+                   "draft_len": depth_drafted, "tree_size": len(tree) - 1, "origin": verdict.origin,
+                   "kv_dropped": dropped, "prefix_len": ctx.prefix_len, "k": min(k, max(remaining, 0)),
+                   "draft_s": clean_float(t1 - t0), "verify_s": clean_float(t2 - t1),
+                   "compute_s": clean_float(t2 - t0), "draft_forwards": ctx.round_draft_forwards,
+                   "target_forwards": 1, "events": ["draft_rejected"] if rejected else [], "lossless": lossless,
+                   "rule": rule, "stochastic": ctx.stochastic}
+            if job.record:
+                with c.recording():
+                    rec.update(round_record(lm, tree, verdict, logits, probs, kept, o["dense_mask_max"]))
+            yield rec
+            index += 1
+            if job.finished(kept):
+                return
+            if o["schedule"] == "heuristic":
+                k = min(MAX_K, k + 2) if depth_drafted and len(accepted) == depth_drafted else max(1, k - 1)
+
+
+def round_record(lm, tree, verdict, logits, probs, kept, dense_max) -> dict:
+    p_all = probs if probs is not None else logits.softmax(-1)
+    nodes = []
+    for i, n in enumerate(tree.nodes):
+        d = {"id": i, "token": n.token, "text": lm.token_text(n.token), "parent": n.parent, "depth": n.depth,
+             "status": verdict.status[i], "q": clean_float(n.q) if i else None,
+             "p": clean_float(p_all[n.parent, n.token]) if i else None}
+        if verdict.u[i] is not None:
+            d["u"] = clean_float(verdict.u[i])
+        if verdict.ratio[i] is not None:
+            d["ratio"] = clean_float(verdict.ratio[i])
+        if i and logits is not None:
+            d["target_top"] = int(logits[n.parent].argmax())
+        nodes.append(d)
+    last = verdict.path[-1]
+    tok_p = float(p_all[last, verdict.token])
+    nodes.append({"id": len(tree), "token": verdict.token, "text": lm.token_text(verdict.token), "parent": last,
+                  "depth": tree.nodes[last].depth + 1, "status": verdict.origin, "q": None,
+                  "p": clean_float(tok_p), "appended": True})
+    origins = ["accepted"] * (len(verdict.path) - 1) + [verdict.origin]
+    conf = [float(p_all[tree.nodes[i].parent, tree.nodes[i].token]) for i in verdict.path[1:]] + [tok_p]
+    rec = {"nodes": nodes, "parents": tree.parents, "path": verdict.path, "origins": origins[:len(kept)],
+           "new_text": lm.decode(kept), "token_texts": [lm.token_text(t) for t in kept],
+           "confidence": clean_float(min(conf[:max(1, len(kept))]))}
+    if len(tree) <= dense_max:
+        from engine.methods.speculative.trees import ancestor_matrix
+        rec["mask"] = ancestor_matrix(tree.parents).int().tolist()
+    return rec
+
+
+def summary(st, c, o, drafter, rule, lossless, k) -> dict:
+    rounds = max(1, st["rounds"])
+    by_depth = {str(d): clean_float(st["accepted_at"].get(d, 0) / n) for d, n in sorted(st["reached"].items())}
+    out = {"tau": clean_float(c.generated_tokens / rounds), "rounds": st["rounds"],
+           "drafted_tokens": st["drafted"], "accepted_tokens": st["accepted"],
+           "acceptance_rate": clean_float(st["accepted"] / st["drafted"]) if st["drafted"] else None,
+           "acceptance_by_depth": by_depth, "target_forwards": c.target_forwards, "draft_forwards": c.draft_forwards,
+           "target_forwards_per_token": clean_float(c.target_forwards / max(1, c.generated_tokens)),
+           "mean_tree_size": clean_float(st["nodes"] / rounds), "kv_dropped": st["dropped"],
+           "draft_s": clean_float(st["draft_s"]), "verify_s": clean_float(st["verify_s"]),
+           "rule": rule, "lossless": lossless, "tree": o["tree"], "k_last": k}
+    out.update(drafter.describe())
+    return out

@@ -1,0 +1,44 @@
+"""The Speculative view's figures for one round of a trace (live page and replay share it)."""
+import pandas as pd
+import streamlit as st
+
+from ui import controls
+from viz import legend
+from viz import speculative as vz
+
+
+def render(r, prefix: str = "spec") -> None:
+    """`r` is a Runner or a replay view: anything with .trace and .cursor."""
+    steps = r.trace.steps
+    cur = r.cursor if r.cursor is not None else len(steps) - 1
+    step = steps[cur]
+    s = vz.summary_from_steps(steps, cur)
+    extra = {"tau (tokens / round)": f"{s['tau']:.2f}",
+             "acceptance": "-" if s["acceptance"] is None else f"{s['acceptance']:.0%}",
+             "draft forwards": s["draft_forwards"]}
+    sp = r.trace.extra.get("speedup_vs_ar")
+    if sp:
+        extra["speedup vs AR"] = f"{sp['speedup']:.2f}x"
+    controls.metrics_row(r, extra)
+    summ = r.trace.extra.get("summary", {})
+    lossy = summ.get("lossless") is False or step.get("lossless") is False
+    st.caption(f"rule: **{step.get('rule', '?')}**{' (lossy: typical acceptance)' if lossy else ' (lossless)'}"
+               f" · proposals: {'sampled from q' if step.get('stochastic') else 'top-ranked (point masses)'}"
+               f" · this round: draft {1000 * (step.get('draft_s') or 0):.0f} ms, verify "
+               f"{1000 * (step.get('verify_s') or 0):.0f} ms, KV entries dropped {step.get('kv_dropped', 0)}")
+    st.markdown(legend.legend_html(vz.stream_legend()), unsafe_allow_html=True)
+    st.markdown(vz.stream_html(steps, cur), unsafe_allow_html=True)
+    if step.get("nodes"):
+        a, b = st.columns([3, 2])
+        a.plotly_chart(vz.tree_figure(step), key=f"{prefix}_tree_{cur}", width="stretch")
+        b.plotly_chart(vz.mask_figure(step), key=f"{prefix}_mask_{cur}", width="stretch")
+        with st.expander("nodes of this round (q: draft probability, p: target probability, u: uniform draw)"):
+            st.dataframe(pd.DataFrame(vz.round_table(step)), hide_index=True, width="stretch")
+    c, d = st.columns([3, 2])
+    c.plotly_chart(vz.acceptance_figure(steps, cur), key=f"{prefix}_acc_{cur}", width="stretch")
+    rates = vz.acceptance_by_depth(steps[: cur + 1])
+    if rates:
+        d.plotly_chart(vz.depth_figure(rates), key=f"{prefix}_depth_{cur}", width="stretch")
+    if sp:
+        st.caption(f"Measured on this prompt: autoregressive {sp['ar_tokens_per_s']:.1f} tok/s vs speculative "
+                   f"{sp['spec_tokens_per_s']:.1f} tok/s (compute time only) → {sp['speedup']:.2f}x.")
