@@ -1,0 +1,250 @@
+"""KV-cache eviction: decode with a cache that really shrinks to a budget, one policy at a time.
+
+One step = one token. Step 0 holds the prompt's forward (and the prefill compression to
+`prefill_budget`); every later step feeds the last token, captures the attention the policy
+needs, and evicts each layer (and head) down to `budget` entries. An optional full-cache
+shadow (`compare_full`) runs the same tokens through an uncompressed cache, to count top-1
+agreement with the full cache and the first step where the greedy outputs would diverge; its
+time is counted as recording, not compute.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from transformers import DynamicCache
+
+from engine import sampling as S
+from engine.methods import MAX_NEW_TOKENS, Job, MethodError, register
+from engine.methods.ar import candidates_record
+from engine.methods.kv.cache import CacheUnsupported, EvictingCache
+from engine.methods.kv.policies import POLICIES, make as make_policy
+from engine.trace import clean_float
+
+POSITION_MODES = ("original", "rerotate")
+
+OPTIONS = {
+    "policy": ("h2o", "eviction policy: " + " | ".join(POLICIES)),
+    "budget": (128, "decode budget: KV entries kept per layer and head after every step"),
+    "prefill_budget": (0, "entries kept after the prompt's forward (0 = same as budget, -1 = keep the whole prompt)"),
+    "n_sink": (4, "attention-sink tokens always kept by streaming_llm and lazy_eviction"),
+    "window": (-1, "recent window kept by h2o and lazy_eviction (-1 = half the budget)"),
+    "window_size": (32, "SnapKV observation window (queries that vote; also the recent entries it keeps)"),
+    "kernel_size": (5, "SnapKV average-pooling kernel over the votes (odd)"),
+    "hit_threshold": (1.0, "lazy_eviction: attention >= this x uniform counts as a re-attention"),
+    "positions": ("original", "original: keys keep their original RoPE positions | rerotate: positions inside the "
+                              "cache, keys re-rotated after each eviction (StreamingLLM)"),
+    "watch_layers": ("mid", "layers recorded per head (attention rows, scores): 'all', 'first,mid,last' or indices"),
+    "compare_full": (True, "run a full-cache shadow to count top-1 agreement and the first divergence"),
+}
+
+
+def parse_layers(spec: str, n_layers: int) -> list[int]:
+    spec = str(spec).strip().lower()
+    if spec == "all":
+        return list(range(n_layers))
+    if spec in ("", "none"):
+        return []
+    out = []
+    for part in spec.split(","):
+        part = part.strip()
+        named = {"first": 0, "mid": n_layers // 2, "middle": n_layers // 2, "last": n_layers - 1}
+        if part in named:
+            v = named[part]
+        else:
+            try:
+                v = int(part)
+            except ValueError:
+                raise MethodError(f"watch_layers: '{part}' is not a layer index, 'first', 'mid', 'last' or 'all'.")
+            if v < 0:
+                v += n_layers
+            if not 0 <= v < n_layers:
+                raise MethodError(f"watch_layers: layer {part} does not exist (the model has {n_layers} layers).")
+        if v not in out:
+            out.append(v)
+    return sorted(out)
+
+
+def validate(policy, budget, prefill_budget, n_sink, window, window_size, kernel_size, hit_threshold, positions):
+    """Raise MethodError for impossible settings; return (prefill_keep or None, window)."""
+    if policy not in POLICIES:
+        raise MethodError(f"Unknown KV policy '{policy}'. Choose one of: {', '.join(POLICIES)}.")
+    for name, v in (("budget", budget), ("prefill_budget", prefill_budget), ("n_sink", n_sink), ("window", window),
+                    ("window_size", window_size), ("kernel_size", kernel_size)):
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise MethodError(f"{name} must be an integer, got {v!r}.")
+    if not 1 <= budget <= MAX_NEW_TOKENS * 4:
+        raise MethodError(f"budget must be between 1 and {MAX_NEW_TOKENS * 4} cache entries, got {budget}.")
+    if prefill_budget < -1:
+        raise MethodError("prefill_budget must be -1 (keep the whole prompt), 0 (same as budget) or a positive size.")
+    if positions not in POSITION_MODES:
+        raise MethodError(f"positions must be one of {', '.join(POSITION_MODES)}, got '{positions}'.")
+    if n_sink < 0:
+        raise MethodError("n_sink must be >= 0.")
+    if window == -1:
+        window = budget // 2
+    if window < 0:
+        raise MethodError("window must be -1 (half the budget) or >= 0.")
+    prefill_keep = None if prefill_budget == -1 else (budget if prefill_budget == 0 else prefill_budget)
+    keeps = [budget] + ([prefill_keep] if prefill_keep is not None else [])
+    if policy == "streaming_llm" and min(keeps) <= n_sink:
+        raise MethodError(f"streaming_llm needs a budget larger than n_sink={n_sink} (sinks + a recent window).")
+    if policy == "h2o" and window >= budget:
+        raise MethodError(f"h2o: the recent window ({window}) must be smaller than the budget ({budget}) "
+                          "to leave room for heavy hitters.")
+    if policy == "lazy_eviction" and n_sink + window >= budget:
+        raise MethodError(f"lazy_eviction: n_sink + window ({n_sink + window}) must be smaller than the budget "
+                          f"({budget}).")
+    if policy == "snapkv":
+        if window_size < 1:
+            raise MethodError("snapkv: window_size must be >= 1.")
+        if window_size >= min(keeps):
+            raise MethodError(f"snapkv: window_size ({window_size}) must be smaller than the budget "
+                              f"({min(keeps)}) to leave room for the voted entries.")
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise MethodError(f"snapkv: kernel_size must be an odd integer >= 1, got {kernel_size}.")
+    if policy == "lazy_eviction" and not (isinstance(hit_threshold, (int, float)) and 0 < hit_threshold):
+        raise MethodError("lazy_eviction: hit_threshold must be > 0.")
+    return prefill_keep, window
+
+
+def build_cache(lm, policy_names: list[str], positions="original", watch=(), seed=0, **pkw) -> EvictingCache:
+    """One policy per batch row."""
+    n_layers = lm.model.config.num_hidden_layers
+    groups = [(make_policy(name, n_layers, seed=seed + i, **pkw), slice(i, i + 1))
+              for i, name in enumerate(policy_names)]
+    try:
+        return EvictingCache(lm.model, groups, positions=positions, watch=set(watch))
+    except CacheUnsupported as e:
+        raise MethodError(str(e)) from e
+
+
+def _r(x, d=4):
+    return round(float(x), d)
+
+
+def layer_record(ec: EvictingCache, li: int, detail: dict | None) -> dict:
+    """Per-head kept positions, candidates with scores, evicted entries and the new token's attention row."""
+    kept = ec.pos[li][0].tolist()
+    rec = {"kept": kept}
+    if detail is not None:
+        cand = detail["cand_pos"][0]
+        keep_idx = detail["keep_idx"][0]
+        scores = detail["scores"][0]
+        prot = detail["protected"][0]
+        rec["cand_pos"] = cand.tolist()
+        rec["scores"] = [[clean_float(v, 5) for v in row] for row in scores.tolist()]
+        rec["protected"] = [[int(v) for v in row] for row in prot.tolist()]
+        ev = []
+        for h in range(cand.shape[0]):
+            mask = torch.ones(cand.shape[1], dtype=torch.bool)
+            mask[keep_idx[h]] = False
+            ev.append([[int(p), clean_float(s, 5)] for p, s in zip(cand[h][mask].tolist(), scores[h][mask].tolist())])
+        rec["evicted"] = ev
+    if li in ec.last_probs:
+        p = ec.last_probs[li][0]  # [Hkv, g, n] over the candidates (cache before eviction)
+        rec["attn"] = [[_r(v) for v in row] for row in p.reshape(-1, p.shape[-1]).tolist()]
+        rec["group"] = int(p.shape[1])
+    return rec
+
+
+def kept_count(ec: EvictingCache) -> list[int]:
+    """How many (layer, KV head) slots keep each original position."""
+    n = ec.next_pos
+    tot = torch.zeros(n, dtype=torch.long)
+    for li in range(ec.n_layers):
+        tot += torch.bincount(ec.pos[li][0].flatten().cpu(), minlength=n)
+    return tot.tolist()
+
+
+@register("kv", "kv", "KV-cache eviction with a budget (StreamingLLM, H2O, SnapKV, TOVA, L2-norm, LazyEviction, "
+          "random): the cache really shrinks; quality vs the full cache.", options=OPTIONS, lossless=False)
+def generate(job: Job, policy="h2o", budget=128, prefill_budget=0, n_sink=4, window=-1, window_size=32,
+             kernel_size=5, hit_threshold=1.0, positions="original", watch_layers="mid", compare_full=True):
+    lm, cfg, c = job.lm, job.sampling, job.counters
+    prefill_keep, window = validate(policy, budget, prefill_budget, n_sink, window, window_size, kernel_size,
+                                    hit_threshold, positions)
+    n_layers = lm.model.config.num_hidden_layers
+    watch = parse_layers(watch_layers, n_layers)
+    ec = build_cache(lm, [policy], positions=positions, watch=watch if job.record else (),
+                     seed=0 if cfg.seed is None else int(cfg.seed), n_sink=n_sink, window=window,
+                     window_size=window_size, kernel_size=kernel_size, hit_threshold=float(hit_threshold))
+    evicting = policy != "full"
+    shadow = DynamicCache(config=lm.model.config) if (compare_full and evicting) else None
+    gen = cfg.generator(lm.device) if not cfg.greedy else None
+    per_tok = lm.kv_bytes_per_token()
+    record_layers = set(watch) if job.record else set()
+    L = job.input_ids.shape[1]
+    agree_n = steps_n = 0
+    first_div = None
+    evicted_total = 0
+    nll_sum = nll_full_sum = 0.0
+    with torch.inference_mode():
+        step = 0
+        tok_in = job.input_ids
+        while True:
+            with c.compute():
+                logits = ec.forward(tok_in)[:, -1, :].float()
+                n_keep = (prefill_keep if step == 0 else budget) if evicting else None
+                if n_keep is not None or record_layers:
+                    info = ec.evict_to(n_keep if n_keep is not None else 10 ** 9, record_layers)
+                else:
+                    info = {"layers": {}, "evicted": 0}
+                tok = int(S.choose(logits[0], cfg, gen))
+            c.target_forwards += 1
+            evicted_total += info["evicted"]
+            q = None
+            if shadow is not None:
+                with c.recording():
+                    start = ec.next_pos - tok_in.shape[1]
+                    pos_ids = torch.arange(start, start + tok_in.shape[1], device=lm.device)[None]
+                    full_logits = lm.model(input_ids=tok_in, past_key_values=shadow, position_ids=pos_ids,
+                                           use_cache=True, logits_to_keep=1).logits[:, -1, :].float()
+                    fa, pa = int(full_logits[0].argmax()), int(logits[0].argmax())
+                    agree = fa == pa
+                    agree_n += agree
+                    steps_n += 1
+                    if not agree and first_div is None:
+                        first_div = step
+                    nll = -float(logits[0].log_softmax(-1)[tok])
+                    nll_full = -float(full_logits[0].log_softmax(-1)[tok])
+                    nll_sum += nll
+                    nll_full_sum += nll_full
+                    q = {"full_argmax": fa, "full_argmax_text": lm.token_text(fa), "agree": bool(agree),
+                         "nll": clean_float(nll), "nll_full": clean_float(nll_full),
+                         "agreement": clean_float(agree_n / steps_n), "first_divergence": first_div}
+            job.commit([tok])
+            rec = {"kind": "kv", "index": step, "position": L + step, "phase": "prefill" if step == 0 else "decode",
+                   "new_ids": [tok], "token_id": tok}
+            if job.record:
+                with c.recording():
+                    rec.update(candidates_record(lm, logits[0], cfg, tok, 10))
+                    rec["new_text"], rec["confidence"] = rec["token_text"], rec["prob"]
+                    kv_bytes = sum(ec.bytes_per_layer())
+                    rec.update({
+                        "events": ["kv_evicted"] if info["evicted"] else [],
+                        "policy": policy, "budget": budget,
+                        "cache_len": ec.length(), "seq_len": ec.next_pos,
+                        "kv_bytes": kv_bytes, "kv_bytes_full": ec.next_pos * per_tok,
+                        "kv_bytes_per_layer": ec.bytes_per_layer(),
+                        "evicted_count": info["evicted"],
+                        "n_sink": n_sink if policy in ("streaming_llm", "lazy_eviction") else 0,
+                        "layers": {str(li): layer_record(ec, li, info["layers"].get(li)) for li in watch},
+                        "kept_count": kept_count(ec), "slots": n_layers * ec.cache.layers[0].keys.shape[1],
+                    })
+                    if q is not None:
+                        rec["quality"] = q
+            else:
+                rec["events"] = ["kv_evicted"] if info["evicted"] else []
+            job.extra["summary"] = {
+                "policy": policy, "budget": budget, "kv_bytes_kept": sum(ec.bytes_per_layer()),
+                "kv_bytes_full": ec.next_pos * per_tok, "cache_len": ec.length(), "evicted_entries": evicted_total,
+                **({"agreement_vs_full": agree_n / steps_n, "first_divergence": first_div,
+                    "ppl": math.exp(nll_sum / steps_n), "ppl_full": math.exp(nll_full_sum / steps_n)}
+                   if steps_n else {}),
+            }
+            yield rec
+            step += 1
+            if job.finished([tok]):
+                return
+            tok_in = torch.tensor([[tok]], device=lm.device)

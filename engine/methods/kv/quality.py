@@ -1,0 +1,100 @@
+"""Quality of an evicting cache against the full cache, measured honestly.
+
+Teacher forcing on a text of N tokens with a decode budget B: the first B tokens go in one
+forward (no eviction is needed yet, and every policy's state accumulates exactly as it would
+token by token), then every later token is fed alone and each layer/head is evicted back to B
+entries after each forward. The prediction of token t+1 made after feeding token t is compared
+with the full cache's (an uncompressed run over the same text): top-1 agreement of the argmax
+and the NLL of the true next token. Only predictions made after the first eviction count
+(t >= B + 1), so no policy is credited for steps where it equals the full cache by construction.
+
+All policies run together, one per batch row, with the same budget (one forward per token for
+all of them), so the comparison is on exactly the same tokens.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+from transformers import DynamicCache
+
+from engine.methods import MethodError
+
+
+def full_cache_predictions(lm, ids: torch.Tensor, chunk: int = 256):
+    """Argmax and NLL of the next token at every position of ids [N] with the full cache."""
+    cache = DynamicCache(config=lm.model.config)
+    argmax, nll = [], []
+    n = ids.shape[0]
+    for s in range(0, n - 1, chunk):
+        e = min(n - 1, s + chunk)
+        x = ids[s:e][None].to(lm.device)
+        pos = torch.arange(s, e, device=lm.device)[None]
+        logits = lm.model(input_ids=x, past_key_values=cache, position_ids=pos, use_cache=True).logits[0].float()
+        lp = logits.log_softmax(-1)
+        argmax.append(logits.argmax(-1).cpu())
+        nll.append(-lp.gather(-1, ids[s + 1:e + 1, None].to(lm.device))[:, 0].cpu())
+    return torch.cat(argmax), torch.cat(nll)
+
+
+def teacher_forced(lm, ids, policies: list[str], budget: int, positions: str = "original", full=None,
+                   progress=None, **policy_kw) -> dict:
+    """Per policy: top-1 agreement with the full cache, mean NLL / perplexity, KV bytes, seconds.
+
+    ids: 1-D token ids (list or tensor). full: optional precomputed full_cache_predictions(ids).
+    Returns {"n_eval", "budget", "full": {...}, "<policy>": {...}}.
+    """
+    from engine.methods.kv import build_cache
+    ids = torch.as_tensor(ids, dtype=torch.long).flatten().cpu()
+    n = ids.shape[0]
+    if "full" in policies:
+        raise MethodError("'full' is the reference of teacher_forced (reported under 'full'), not a row to evict.")
+    if not 1 <= budget < n - 2:
+        raise MethodError(f"budget {budget} must be between 1 and the text length minus 3 ({n - 3}).")
+    with lm.lock, torch.inference_mode():
+        if full is None:
+            full = full_cache_predictions(lm, ids)
+        full_argmax, full_nll = full
+        b = len(policies)
+        ec = build_cache(lm, list(policies), positions=positions, **policy_kw)
+        t0 = time.perf_counter()
+        ec.forward(ids[:budget][None].to(lm.device), broadcast=b)
+        agree = torch.zeros(b)
+        nll = torch.zeros(b)
+        count = 0
+        for t in range(budget, n - 1):
+            logits = ec.forward(ids[t:t + 1][None].expand(b, 1).to(lm.device))[:, -1].float()
+            ec.evict_to(budget)
+            if t >= budget + 1:
+                agree += (logits.argmax(-1).cpu() == full_argmax[t]).float()
+                nll += -logits.log_softmax(-1)[:, ids[t + 1]].cpu()
+                count += 1
+            if progress and (t - budget) % 100 == 0:
+                progress(t - budget, n - 1 - budget)
+        secs = time.perf_counter() - t0
+        kv_bytes = sum(ec.bytes_per_layer()) // b
+    full_nll_eval = float(full_nll[budget + 1:n - 1].mean())
+    per_tok = lm.kv_bytes_per_token()
+    out = {"n_eval": count, "budget": budget, "n_tokens": n, "seconds": secs,
+           "full": {"nll": full_nll_eval, "ppl": math.exp(full_nll_eval), "kv_bytes": n * per_tok}}
+    for i, name in enumerate(policies):
+        m = float(nll[i]) / count
+        out[name] = {"agreement": float(agree[i]) / count, "nll": m, "ppl": math.exp(m),
+                     "delta_nll": m - full_nll_eval, "kv_bytes": kv_bytes}
+    return out
+
+
+def quality_curve(lm, ids, policies: list[str], fractions=(0.1, 0.25, 0.5), **kw) -> list[dict]:
+    """teacher_forced at budgets = fraction x text length; one row per (policy, fraction)."""
+    ids = torch.as_tensor(ids, dtype=torch.long).flatten().cpu()
+    with lm.lock, torch.inference_mode():
+        full = full_cache_predictions(lm, ids)
+    rows = []
+    for f in fractions:
+        budget = max(2, int(len(ids) * f))
+        res = teacher_forced(lm, ids, policies, budget, full=full, **kw)
+        for name in policies:
+            rows.append({"policy": name, "fraction": f, "budget": budget, **res[name],
+                         "ppl_full": res["full"]["ppl"], "n_eval": res["n_eval"]})
+    return rows
