@@ -1,0 +1,91 @@
+"""Remasking rules on the embedded diffusion model: steps, NFE per token, tokens/s, judged perplexity.
+
+Every rule decodes the same held-out instructions (gen_length 64, block_length 16, greedy); the
+one-token-per-step low_confidence run (steps = 64) is the reference the parallel rules are
+compared with. Tokens/s is compute only (model forwards + rule arithmetic), measured in this run.
+Also: Fast-dLLM threshold with and without the prefix KV cache (NFE is the same; fewer tokens go
+through the model per step).
+
+    python benchmarks/diffusion.py [--n 6] [--gen-length 64] [--block-length 16]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from benchmarks.diffusion_quality import answer_len, distinct2, heldout_prompts, judge_perplexity  # noqa: E402
+from engine import models, run  # noqa: E402
+from engine.diffusion import adapters  # noqa: E402
+
+CONFIGS = [
+    ("low_confidence, 1 token/step", {"rule": "low_confidence"}, "full"),
+    ("low_confidence, 2 tokens/step", {"rule": "low_confidence"}, "half"),
+    ("random, 1 token/step", {"rule": "random"}, "full"),
+    ("topk_margin, 1 token/step", {"rule": "topk_margin"}, "full"),
+    ("entropy, 1 token/step", {"rule": "entropy"}, "full"),
+    ("threshold 0.9 (Fast-dLLM)", {"rule": "threshold", "threshold": 0.9}, "full"),
+    ("threshold 0.9 + prefix cache", {"rule": "threshold", "threshold": 0.9, "prefix_cache": True}, "full"),
+    ("threshold 0.7", {"rule": "threshold", "threshold": 0.7}, "full"),
+    ("prophet", {"rule": "prophet"}, "full"),
+    ("eos_ascending, 2 tokens/step avg", {"rule": "eos_ascending"}, "half"),
+    ("credit (CreditDecoding) 0.9", {"rule": "credit", "threshold": 0.9}, "full"),
+    ("local_leap 0.9 / 0.6", {"rule": "local_leap", "anchor": 0.9, "relaxed": 0.6}, "full"),
+]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=6, help="held-out instructions")
+    ap.add_argument("--gen-length", type=int, default=64)
+    ap.add_argument("--block-length", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--only", default="", help="comma-separated config indices (debug)")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    lm = models.load(models.EMBEDDED, device="cpu")
+    ad = adapters.embedded(lm)
+    eos = lm.eos_ids
+    prompts = heldout_prompts(a.n, seed=23)
+    configs = CONFIGS if not a.only else [CONFIGS[int(i)] for i in a.only.split(",")]
+    print(f"# Diffusion rules on {ad.name} ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})\n")
+    print(f"{len(prompts)} held-out instructions, gen_length {a.gen_length}, block_length {a.block_length}, greedy, "
+          f"torch threads {a.threads}\n")
+    print("| rule | steps | NFE / token | tokens / step | tokens forwarded / sample | tokens/s (compute) "
+          "| median judged ppl | distinct-2 | steps vs 1-token/step | ppl vs 1-token/step |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    ref = None
+    for name, opts, budget in configs:
+        steps = a.gen_length if budget == "full" else a.gen_length // 2
+        o = {"gen_length": a.gen_length, "block_length": a.block_length, "steps": steps, **opts}
+        n_steps, nfe, toks, comp, fwd, samples = 0, 0, 0, 0.0, 0, []
+        for p in prompts:
+            tr = run.run(lm, "diffusion", p, max_new_tokens=a.gen_length, options=o, record=False)
+            n_steps += len(tr.steps)
+            nfe += tr.counters.target_forwards
+            toks += tr.counters.generated_tokens
+            comp += tr.counters.compute_s
+            fwd += tr.extra["summary"]["forwarded_tokens"]
+            samples.append((tr.meta["prompt_ids"], tr.final_ids))
+        ppl = statistics.median(judge_perplexity(lm, pi, x, eos) for pi, x in samples)
+        d2 = distinct2([x for _, x in samples], eos)
+        st = n_steps / len(prompts)
+        if ref is None:
+            ref = (st, ppl)
+        print(f"| {name} | {st:.1f} | {nfe / max(toks, 1):.2f} | {toks / max(n_steps, 1):.2f} | {fwd / len(prompts):.0f} "
+              f"| {toks / max(comp, 1e-9):.1f} | {ppl:.1f} | {d2:.2f} | {ref[0] / st:.2f}x fewer | "
+              f"{(ppl / ref[1] - 1) * 100:+.0f}% |", flush=True)
+        if name.startswith("threshold 0.9 (") or name.startswith("low_confidence, 1"):
+            x = samples[0][1]
+            print(f"|  ↳ e.g. {prompts[0]!r}: {lm.decode(x[:answer_len(x, eos)])!r} |||||||||", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,220 @@
+"""Quality of the embedded diffusion LM (smol-diffusion = SmolLM2-135M + the shipped delta).
+
+1. Masked-token accuracy on held-out text at mask ratios 0.15 / 0.5 / 0.9 (one forward, argmax
+   at every masked answer position), against a unigram baseline (the held-out text's most frequent
+   token, leave-one-out) and against the base SmolLM2 used the same way without the delta.
+   Held-out text = SmolLM2-135M-Instruct answers (temperature 0.8, top-p 0.95, seed 1234) to
+   instructions on topics never used in training (training/prompts.py HELDOUT_TOPICS).
+2. 64-token samples (low_confidence, steps = 64) on held-out instructions, judged by SmolLM2-135M:
+   median perplexity of the answer given the prompt, and distinct-2 (unique / total bigrams over
+   all samples), against SmolLM2's own samples and the same samples with tokens shuffled.
+
+    python benchmarks/diffusion_quality.py [--n-heldout 32] [--n-samples 12]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from engine import models, run  # noqa: E402
+from engine.diffusion import adapters  # noqa: E402
+from engine.diffusion.adapters import DiffusionAdapter  # noqa: E402
+from engine.diffusion.smol import MASK_ID  # noqa: E402
+from engine.sampling import SamplingConfig  # noqa: E402
+from training.prompts import HELDOUT_TOPICS, TEMPLATES  # noqa: E402
+
+GEN = 64
+
+
+def heldout_prompts(n: int, seed: int = 7) -> list[str]:
+    ps = [t.format(x) for x in HELDOUT_TOPICS for t in TEMPLATES]
+    random.Random(seed).shuffle(ps)
+    return ps[:n]
+
+
+@torch.inference_mode()
+def smollm_answers(lm, prompts, temperature=0.8, seed=1234, batch=16):
+    """SmolLM2's own answers (64 tokens, EOS-padded like the training data)."""
+    eos = lm.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    torch.manual_seed(seed)
+    out = []
+    for i in range(0, len(prompts), batch):
+        enc = [lm.encode(p)[0].tolist() for p in prompts[i:i + batch]]
+        w = max(map(len, enc))
+        ids = torch.full((len(enc), w), eos)
+        att = torch.zeros_like(ids)
+        for j, e in enumerate(enc):
+            ids[j, w - len(e):] = torch.tensor(e)
+            att[j, w - len(e):] = 1
+        kw = dict(do_sample=True, temperature=temperature, top_p=0.95) if temperature > 0 else dict(do_sample=False)
+        gen = lm.model.generate(input_ids=ids, attention_mask=att, max_new_tokens=GEN, pad_token_id=eos,
+                                eos_token_id=eos, **kw)
+        for j, e in enumerate(enc):
+            a = gen[j, w:].tolist()
+            if eos in a:
+                a = a[:a.index(eos) + 1]
+            out.append((e, (a + [eos] * GEN)[:GEN]))
+    return out
+
+
+def answer_len(ans, eos_ids):
+    for i, t in enumerate(ans):
+        if t in eos_ids:
+            return i + 1
+    return len(ans)
+
+
+@torch.inference_mode()
+def masked_accuracy(adapter, examples, ratio, eos_ids, seed=0):
+    rng = random.Random(seed)
+    correct = n = 0
+    for prompt, ans in examples:
+        x = torch.tensor([prompt + ans])
+        scored = answer_len(ans, eos_ids)
+        P = len(prompt)
+        m = torch.zeros_like(x, dtype=torch.bool)
+        for j in range(GEN):
+            m[0, P + j] = rng.random() < ratio
+        if not bool(m[0, P:P + scored].any()):
+            m[0, P + rng.randrange(scored)] = True
+        xm = x.clone()
+        xm[m] = adapter.mask_id
+        pred = adapter.logits(xm)[0].argmax(-1)
+        score = m.clone()
+        score[0, P + scored:] = False
+        correct += int((pred[score[0]] == x[0][score[0]]).sum())
+        n += int(score.sum())
+    return correct / max(n, 1), n
+
+
+def unigram_accuracy(examples, ratio, eos_ids, seed=0):
+    """Leave-one-out: predict the most frequent token of the other held-out answers."""
+    from collections import Counter
+    rng = random.Random(seed)
+    counts = [Counter(a[:answer_len(a, eos_ids)]) for _, a in examples]
+    total = sum(counts, Counter())
+    correct = n = 0
+    for (prompt, ans), c in zip(examples, counts):
+        best = (total - c).most_common(1)[0][0]
+        scored = answer_len(ans, eos_ids)
+        picks = [j for j in range(GEN) if rng.random() < ratio and j < scored] or [0]
+        correct += sum(ans[j] == best for j in picks)
+        n += len(picks)
+    return correct / max(n, 1)
+
+
+@torch.inference_mode()
+def judge_perplexity(judge, prompt_ids, ans_ids, eos_ids):
+    """Perplexity of the answer (up to and including its first EOS) given the prompt, under SmolLM2."""
+    ans = ans_ids[:answer_len(ans_ids, eos_ids)]
+    if not ans:
+        return float("nan")
+    x = torch.tensor([list(prompt_ids) + list(ans)])
+    logits = judge.model(input_ids=x).logits[0, len(prompt_ids) - 1:-1].float()
+    nll = torch.nn.functional.cross_entropy(logits, torch.tensor(ans))
+    return float(torch.exp(nll))
+
+
+def distinct2(answers, eos_ids):
+    grams, total = set(), 0
+    for a in answers:
+        a = [t for t in a[:answer_len(a, eos_ids)] if t not in eos_ids]
+        for i in range(len(a) - 1):
+            grams.add((a[i], a[i + 1]))
+            total += 1
+    return len(grams) / max(total, 1)
+
+
+def diffusion_samples(lm, prompts, options, sampling=None):
+    outs, steps, nfe, t_compute, toks = [], 0, 0, 0.0, 0
+    for p in prompts:
+        tr = run.run(lm, "diffusion", p, max_new_tokens=GEN, sampling=sampling or SamplingConfig(),
+                     options=options, record=False)
+        outs.append((tr.meta["prompt_ids"], tr.final_ids))
+        steps += len(tr.steps)
+        nfe += tr.counters.target_forwards
+        t_compute += tr.counters.compute_s
+        toks += tr.counters.generated_tokens
+    return outs, {"steps": steps / len(prompts), "nfe": nfe / len(prompts), "compute_s": t_compute, "tokens": toks}
+
+
+def judged(judge, samples, eos_ids):
+    ppl = [judge_perplexity(judge, p, a, eos_ids) for p, a in samples]
+    ppl = [x for x in ppl if x == x]
+    return statistics.median(ppl) if ppl else float("nan"), distinct2([a for _, a in samples], eos_ids)
+
+
+def shuffled(samples, eos_ids, seed=0):
+    rng = random.Random(seed)
+    out = []
+    for p, a in samples:
+        n = answer_len(a, eos_ids)
+        body = a[:n - 1] if a[n - 1] in eos_ids else a[:n]
+        body = body[:]
+        rng.shuffle(body)
+        out.append((p, body + a[len(body):n]))
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n-heldout", type=int, default=32)
+    ap.add_argument("--n-samples", type=int, default=12)
+    ap.add_argument("--block-length", type=int, default=0, help="block length of the samples (0: 64)")
+    ap.add_argument("--temperature", type=float, default=0.0, help="diffusion sampling temperature")
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    t0 = time.time()
+    lm = models.load(models.EMBEDDED, device="cpu")
+    eos_ids = lm.eos_ids
+    dlm = adapters.embedded(lm)
+    base = DiffusionAdapter(lm.model, MASK_ID, shift=True, bidirectional=False, name="SmolLM2 as-is (causal)",
+                            eos_ids=eos_ids)
+    held = smollm_answers(lm, heldout_prompts(a.n_heldout, seed=11))
+    print(f"# Embedded diffusion model quality ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})\n")
+    print(f"delta: {dlm.name}; held-out answers: {len(held)} SmolLM2 answers to held-out-topic instructions\n")
+    print("## Masked-token accuracy (held-out text, one forward, argmax)\n")
+    print("| mask ratio | smol-diffusion | SmolLM2 as-is (causal, shift) | unigram baseline | scored tokens |")
+    print("|---|---|---|---|---|")
+    for r in (0.15, 0.5, 0.9):
+        acc, n = masked_accuracy(dlm, held, r, eos_ids)
+        acc_b, _ = masked_accuracy(base, held, r, eos_ids)
+        print(f"| {r} | {acc:.1%} | {acc_b:.1%} | {unigram_accuracy(held, r, eos_ids):.1%} | {n} |", flush=True)
+    prompts = heldout_prompts(a.n_samples, seed=23)
+    opts = {"rule": "low_confidence", "steps": GEN, "gen_length": GEN, "block_length": a.block_length}
+    samp = SamplingConfig(temperature=a.temperature, seed=0) if a.temperature > 0 else SamplingConfig()
+    dsamples, stats = diffusion_samples(lm, prompts, opts, samp)
+    own = smollm_answers(lm, prompts, temperature=0.8, seed=99)
+    own_greedy = smollm_answers(lm, prompts, temperature=0.0)
+    rows = [("smol-diffusion, low_confidence, steps=64" + (f", block {a.block_length}" if a.block_length else "")
+             + (f", T={a.temperature}" if a.temperature else ", greedy"), dsamples),
+            ("SmolLM2-135M own samples (AR, T=0.8, top-p 0.95)", own),
+            ("SmolLM2-135M own samples (AR, greedy)", own_greedy),
+            ("shuffled-token baseline (SmolLM2 T=0.8 samples, tokens shuffled)", shuffled(own, eos_ids))]
+    print(f"\n## 64-token samples on {len(prompts)} held-out instructions, judged by SmolLM2-135M\n")
+    print("| samples | median judged perplexity | distinct-2 | mean answer tokens |")
+    print("|---|---|---|---|")
+    for name, s in rows:
+        ppl, d2 = judged(lm, s, eos_ids)
+        mean_len = statistics.mean(answer_len(x, eos_ids) for _, x in s)
+        print(f"| {name} | {ppl:.1f} | {d2:.2f} | {mean_len:.1f} |", flush=True)
+    print(f"\nDiffusion sampling: {stats['steps']:.1f} steps and {stats['nfe']:.1f} NFE per sample, "
+          f"{stats['tokens'] / max(stats['compute_s'], 1e-9):.1f} tokens/s (compute).")
+    print("\nExamples:")
+    for (p, x), prompt in list(zip(dsamples, prompts))[:3]:
+        print(f"- {prompt!r} -> {lm.decode(x[:answer_len(x, eos_ids)])!r}")
+    print(f"\n(total {time.time() - t0:.0f} s, torch threads {a.threads})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""Diffusion language models: iterative unmasking, remasking rules, and two rules side by side."""
+import streamlit as st
+
+from engine.diffusion import rules as R
+from ui import common, controls, render_diffusion
+
+KEY = "runner_diffusion"
+KEY_A, KEY_B = "runner_diffusion_a", "runner_diffusion_b"
+
+lm = common.page_header(
+    "Diffusion",
+    "A masked diffusion LM writes the whole answer at once: it starts from [MASK] tokens and, step by step, "
+    "commits the predictions a remasking rule picks (semi-autoregressive blocks decode left to right). "
+    "With the embedded SmolLM2 the page runs smol-diffusion: SmolLM2-135M turned into a diffusion LM with "
+    "Dream's recipe (a small LoRA delta shipped in models/). LLaDA-8B-Instruct and Dream-v0-Instruct-7B run "
+    "here too when loaded on the home page (tick 'trust remote code' only if you trust their code).")
+
+RULE_NAMES = list(R.RULES)
+
+with st.sidebar:
+    st.header("Diffusion settings")
+    gen_length = st.number_input("gen_length (answer tokens)", 1, 512, 32, key="dlm_gen_length")
+    block_length = st.number_input("block_length (0 = gen_length)", 0, 512, 8, key="dlm_block_length")
+    steps = st.number_input("steps (0 = gen_length)", 0, 512, 0, key="dlm_steps",
+                            help="spread evenly over the blocks; threshold-style rules stop when a block is full")
+    rule = st.selectbox("remasking rule", RULE_NAMES, index=0, key="dlm_rule",
+                        format_func=lambda r: f"{r} — {R.RULES[r][1]}")
+    threshold = st.slider("threshold (threshold / credit)", 0.05, 1.0, 0.9, 0.05, key="dlm_threshold")
+    with st.expander("More rule parameters"):
+        anchor = st.slider("LocalLeap anchor", 0.05, 1.0, 0.9, 0.05, key="dlm_anchor")
+        relaxed = st.slider("LocalLeap relaxed", 0.05, 1.0, 0.6, 0.05, key="dlm_relaxed")
+        radius = st.number_input("LocalLeap radius", 0, 16, 2, key="dlm_radius")
+        decay = st.slider("CreditDecoding decay", 0.0, 1.0, 0.7, 0.05, key="dlm_decay")
+        alpha = st.slider("CreditDecoding alpha", 0.0, 3.0, 0.6, 0.1, key="dlm_alpha")
+        eos_gamma = st.slider("EOS rejection strength", 0.0, 8.0, 3.0, 0.5, key="dlm_eos_gamma")
+        cfg_scale = st.slider("classifier-free guidance scale", 0.0, 3.0, 0.0, 0.1, key="dlm_cfg")
+    prefix_cache = st.checkbox("Fast-dLLM prefix KV cache", False, key="dlm_prefix_cache",
+                               help="reuse the keys/values of the committed prefix within a block; "
+                                    "NFE is unchanged, fewer tokens go through the model per step")
+    stop_at_eos = st.checkbox("stop once EOS is settled", True, key="dlm_stop_eos")
+cfg = common.sampling_controls("dlm")
+bps = controls.breakpoint_controls("dlm", events=("remasked",))
+prompt = common.prompt_box("dlm_prompt", "Write a short story about a lost cat.")
+
+
+def options(rule_name: str) -> dict:
+    return {"rule": rule_name, "steps": int(steps), "gen_length": int(gen_length),
+            "block_length": int(block_length), "threshold": float(threshold), "cfg_scale": float(cfg_scale),
+            "prefix_cache": bool(prefix_cache), "stop_at_eos": bool(stop_at_eos), "anchor": float(anchor),
+            "relaxed": float(relaxed), "radius": int(radius), "decay": float(decay), "alpha": float(alpha),
+            "eos_gamma": float(eos_gamma)}
+
+
+ready = lm is not None and cfg is not None
+single, compare = st.tabs(["One rule, step by step", "Two rules side by side"])
+
+with single:
+    c1, c2, _ = st.columns([1, 1, 4])
+    go_clicked = c1.button("Generate", type="primary", key="dlm_go", disabled=not ready)
+    paused_clicked = c2.button("Start paused", key="dlm_go_paused", disabled=not ready,
+                               help="wait before the first step: use Step to denoise one step at a time")
+    if (go_clicked or paused_clicked) and ready:
+        controls.start(KEY, lm, "diffusion", prompt, breakpoints=bps, start_paused=paused_clicked,
+                       max_new_tokens=int(gen_length), sampling=cfg, options=options(rule))
+    controls.step_controls(KEY)
+    controls.live(KEY, render_diffusion.render)
+    controls.download_button(KEY)
+
+with compare:
+    a_col, b_col = st.columns(2)
+    rule_a = a_col.selectbox("left rule", RULE_NAMES, index=RULE_NAMES.index("low_confidence"), key="dlm_rule_a")
+    rule_b = b_col.selectbox("right rule", RULE_NAMES, index=RULE_NAMES.index("threshold"), key="dlm_rule_b")
+    if st.button("Run both on the prompt", key="dlm_compare_go", disabled=not ready) and ready:
+        for k, rname in ((KEY_A, rule_a), (KEY_B, rule_b)):
+            controls.start(k, lm, "diffusion", prompt, max_new_tokens=int(gen_length), sampling=cfg,
+                           options=options(rname))
+    with a_col:
+        controls.live(KEY_A, lambda r: render_diffusion.render(r, "dlm_a", compact=True))
+        controls.download_button(KEY_A)
+    with b_col:
+        controls.live(KEY_B, lambda r: render_diffusion.render(r, "dlm_b", compact=True))
+        controls.download_button(KEY_B)

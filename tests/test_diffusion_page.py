@@ -1,0 +1,66 @@
+"""AppTest: the Diffusion page runs the embedded diffusion model with three rules, side by side too."""
+import time
+
+import pytest
+
+from engine.runner import DONE
+from tests.conftest import app_test
+
+PAGE = "pages/5_Diffusion.py"
+
+
+def wait_done(at, key, timeout=180):
+    r = at.session_state[key]
+    end = time.time() + timeout
+    while not r.finished and time.time() < end:
+        time.sleep(0.1)
+    return r
+
+
+def small(at, rule):
+    at.text_area(key="dlm_prompt").input("Name a fruit.")
+    at.number_input(key="dlm_gen_length").set_value(8)
+    at.number_input(key="dlm_block_length").set_value(4)
+    at.number_input(key="dlm_steps").set_value(4)
+    at.selectbox(key="dlm_rule").set_value(rule)
+
+
+@pytest.mark.parametrize("rule", ["low_confidence", "threshold", "local_leap"])
+def test_diffusion_page_generates(embedded_lm, rule):
+    at = app_test(PAGE).run()
+    assert not at.exception
+    small(at, rule)
+    at.button(key="dlm_go").click().run()
+    r = wait_done(at, "runner_diffusion")
+    assert r.state == DONE and len(r.trace.steps) >= 1, r.error
+    at.run()
+    assert not at.exception
+    assert len(at.get("plotly_chart")) >= 3  # grid, confidence vs threshold, tokens per step
+    assert all(len(s["new_ids"]) >= 1 for s in r.trace.steps)
+    if len(r.trace.steps) > 1:
+        at.button(key="runner_diffusion_back").click().run()
+        assert r.cursor == len(r.trace.steps) - 2
+        assert not at.exception
+
+
+def test_diffusion_page_two_rules_side_by_side(embedded_lm):
+    at = app_test(PAGE).run()
+    small(at, "low_confidence")
+    at.button(key="dlm_compare_go").click().run()
+    a, b = wait_done(at, "runner_diffusion_a"), wait_done(at, "runner_diffusion_b")
+    assert a.state == DONE and b.state == DONE
+    assert a.trace.meta["params"]["rule"] == "low_confidence" and b.trace.meta["params"]["rule"] == "threshold"
+    at.run()
+    assert not at.exception
+
+
+def test_diffusion_page_bad_input_is_an_error(embedded_lm):
+    at = app_test(PAGE).run()
+    at.number_input(key="dlm_gen_length").set_value(10)
+    at.number_input(key="dlm_block_length").set_value(4)
+    at.button(key="dlm_go").click().run()
+    assert not at.exception
+    assert any("divide" in e.value for e in at.error)
+    at.text_area(key="dlm_prompt").input("  ")
+    at.button(key="dlm_go").click().run()
+    assert any("empty" in e.value for e in at.error)

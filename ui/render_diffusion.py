@@ -1,0 +1,38 @@
+"""The Diffusion view's figures for one step of a trace (live page and replay share it)."""
+import streamlit as st
+
+from ui import controls
+from viz import diffusion as vz
+from viz import legend
+
+
+def render(r, prefix: str = "diffusion", compact: bool = False) -> None:
+    """`r` is a Runner or a replay view: anything with .trace and .cursor."""
+    steps = r.trace.steps
+    cur = r.cursor if r.cursor is not None else len(steps) - 1
+    step = steps[cur]
+    s = vz.summary(steps, cur)
+    summ = r.trace.extra.get("summary", {}) if isinstance(r.trace.extra, dict) else {}
+    extra = {"steps": s["steps"], "NFE": s["NFE"], "tokens/step": s["tokens/step"]}
+    if summ.get("forwarded_tokens"):
+        extra["tokens forwarded"] = summ["forwarded_tokens"]
+    if compact:
+        cols = st.columns(4)
+        for col, (k, v) in zip(cols, {**extra, "compute s": f"{r.trace.counters.compute_s:.2f}"}.items()):
+            col.metric(k, v)
+    else:
+        controls.metrics_row(r, extra)
+    st.markdown(f"block {step['block']} (positions {step['block_range'][0]}–{step['block_range'][1] - 1}) · "
+                f"step {step['step_in_block']} of the block · committed {len(step['new_ids'])} · "
+                f"remasked {step.get('remasked', 0)}"
+                + (f" · threshold {step['threshold']:g}" if step.get("threshold") is not None else ""))
+    st.markdown(vz.text_html(step), unsafe_allow_html=True)
+    st.markdown(legend.legend_html(vz.grid_legend()), unsafe_allow_html=True)
+    graded = st.checkbox("grade new tokens by confidence", True, key=f"{prefix}_graded")
+    st.plotly_chart(vz.denoising_grid(steps, cur, graded=graded), key=f"{prefix}_grid_{cur}", width="stretch")
+    if compact:
+        st.plotly_chart(vz.confidence_figure(step), key=f"{prefix}_conf_{cur}", width="stretch")
+        return
+    a, b = st.columns([3, 2])
+    a.plotly_chart(vz.confidence_figure(step), key=f"{prefix}_conf_{cur}", width="stretch")
+    b.plotly_chart(vz.tokens_per_step_figure(steps, cur), key=f"{prefix}_tps_{cur}", width="stretch")
