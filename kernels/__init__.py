@@ -1,0 +1,1 @@
+"""Triton kernels beside their torch references; use them through kernels.dispatch (see README.md)."""

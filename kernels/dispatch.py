@@ -2,10 +2,11 @@
 
   tree_attention(q, k, v, prefix_len, parents)      -> [B, Hq, T, D]
   decode_attention_with_mass(q, k, v)               -> (out [B, Hq, Tq, D], mass [B, Hkv, S] fp32)
-  confidence(logits, temperature)                   -> Confidence(max_prob, margin, entropy, argmax)
+  confidence(logits, temperature, ids=None)         -> Confidence(max_prob, margin, entropy, argmax, token_prob)
 
 and a transformers attention function, registered as "lab_tree", that routes a model's attention
-through them: `with lab_attention(model): model(..., tree_parents=..., attention_mass={})`.
+through them: `with lab_attention(model): model(..., tree_parents=Tree | tree_visibility=... |
+attention_mass={})`. kernels/README.md says which call each method family makes.
 
 Which path runs:
   - DECODING_LAB_FORCE_TORCH=1 -> always the torch reference (to compare on a GPU);

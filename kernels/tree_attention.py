@@ -19,7 +19,8 @@ import math
 
 import torch
 
-from kernels._triton import HAVE_TRITON, LOG2E, dot_precision, jitted, next_pow2, plan_splits, tl, upcast_dot  # noqa: F401
+from kernels._triton import (HAVE_TRITON, LOG2E, dot_precision, jitted, next_pow2, plan_splits, tl,
+                             upcast_dot)
 
 
 # ----------------------------------------------------------------------------------------------

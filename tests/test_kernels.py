@@ -9,15 +9,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytest.importorskip("triton")
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_kernels_under_triton_interpreter():
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     env.pop("DECODING_LAB_FORCE_TORCH", None)
-    proc = subprocess.run([sys.executable, "-m", "pytest", "tests/test_kernels_interp.py", "-q", "-p", "no:cacheprovider"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    cmd = [sys.executable, "-m", "pytest", "tests/test_kernels_interp.py", "-q", "-p", "no:cacheprovider"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     tail = (proc.stdout + proc.stderr)[-6000:]
     assert proc.returncode == 0, tail
     summary = re.search(r"(\d+) passed", proc.stdout)
-    assert summary and int(summary.group(1)) >= 50 and "skipped" not in proc.stdout.splitlines()[-1], tail
+    assert summary and int(summary.group(1)) >= 100 and "skipped" not in proc.stdout.splitlines()[-1], tail

@@ -21,6 +21,7 @@ from kernels import decode_attention as DA
 from kernels import dispatch as KD
 from kernels import tree_attention as TA
 
+pytest.importorskip("triton")
 pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
                                 reason="needs TRITON_INTERPRET=1 from process start: run by tests/test_kernels.py")
 
