@@ -164,16 +164,19 @@ def lab_attention_forward(module, query, key, value, attention_mask, scaling=Non
     - `attention_mass` (a dict, or a callable(layer_idx, mass)): also return, per layer, each key's
       attention mass [B, Hkv, S] -> `decode_attention_with_mass` (causal over the new tokens).
     - otherwise: causal attention of the new tokens over cache + themselves (prefill, decode).
-    A 4D attention_mask passed by the caller is honoured by falling back to SDPA. Padding masks are
+    A 4D attention_mask passed by the caller, or a non-causal attention module (is_causal False),
+    is handled by falling back to SDPA. Padding masks are
     not supported (the engine decodes one sequence at a time); the model builds no mask for this
     implementation."""
     if tree_visibility is not None:
         if tree_parents is not None:
             raise ValueError("lab_tree attention: pass tree_parents or tree_visibility, not both")
         tree_parents = tree_visibility if isinstance(tree_visibility, Tree) else Tree.from_visibility(tree_visibility)
-    if attention_mask is not None:
+    bidirectional = kwargs.get("is_causal", getattr(module, "is_causal", True)) is False
+    if attention_mask is not None or (bidirectional and tree_parents is None and attention_mass is None):
         if tree_parents is not None or attention_mass is not None:
             raise ValueError("lab_tree attention: pass tree_parents / attention_mass or a 4D attention_mask, not both")
+        # a caller's own mask, or a bidirectional model (e.g. a diffusion LM): plain SDPA
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, **kwargs)

@@ -239,6 +239,20 @@ def test_confidence_rejects_bad_arguments():
 # ---------------------------------------------------------------------------------------------
 # dispatcher
 
+def test_lab_attention_keeps_bidirectional_modules_bidirectional():
+    """A non-causal attention module (a diffusion LM's) must not get the causal kernel path."""
+    class Module:
+        is_causal, layer_idx, num_key_value_groups = False, 0, 2
+    q, k = rand(1, 4, 6, 16, seed=1), rand(1, 2, 6, 16, seed=2)
+    out, _ = KD.lab_attention_forward(Module(), q, k, k, None, scaling=0.25)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, k, scale=0.25, enable_gqa=True)
+    torch.testing.assert_close(out, ref.transpose(1, 2), atol=1e-6, rtol=0)
+    Module.is_causal = True
+    causal, _ = KD.lab_attention_forward(Module(), q, k, k, None, scaling=0.25)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, k, scale=0.25, enable_gqa=True, is_causal=True)
+    torch.testing.assert_close(causal, ref.transpose(1, 2), atol=1e-5, rtol=0)
+
+
 def test_backend_selection(monkeypatch):
     x = torch.zeros(2)
     assert KD.backend(x) == "triton" and KD.enabled("cpu")          # interpreter on (fixture)
