@@ -226,6 +226,7 @@ def _run(job: Job, W: int, N: int, G: int, pool_from_prompt: bool):
     levels = [[from_context() for _ in range(W + N - 3)]]  # level 0; the other levels fill during warm-up
     cache = DynamicCache()
     st = {"verify_steps": 0, "accepted": 0, "input_tokens": 0}
+    seen: set[int] = set()  # token ids whose text a record already carries (for replaying the pool)
     step = 0
     with torch.inference_mode():
         while True:
@@ -312,6 +313,10 @@ def _run(job: Job, W: int, N: int, G: int, pool_from_prompt: bool):
                     })
                     if tests is not None:
                         rec["tests"] = tests
+                    new_ids = {t for grams in (rec["seeded"], harvested, appended) for gram in grams for t in gram}
+                    new_ids |= set(kept) | {int(last)}
+                    rec["vocab"] = {str(t): lm.token_text(t) for t in sorted(new_ids - seen)}
+                    seen |= new_ids
             job.extra["summary"] = _summary(job, st, W, N, G, pool)
             yield rec
             step += 1

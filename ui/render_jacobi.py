@@ -1,0 +1,132 @@
+"""The Jacobi / lookahead view of one step of a trace (the live page and the replay page share it)."""
+import pandas as pd
+import streamlit as st
+
+from ui import controls
+from viz import jacobi as vz
+from viz import legend
+
+
+def _vs_ar(r) -> None:
+    cmp = r.trace.extra.get("vs_ar")
+    if not cmp:
+        return
+    st.markdown("**Against autoregressive on the same prompt** (same model, same machine, compute time only)")
+    st.dataframe(pd.DataFrame(cmp["rows"]), hide_index=True, width="stretch")
+    if cmp.get("identical") is not None:
+        st.caption("greedy output identical to autoregressive: " + ("yes" if cmp["identical"] else "**no**"))
+
+
+def render(r, prefix: str = "jl") -> None:
+    """`r` is a Runner or a replay view: anything with .trace and .cursor."""
+    steps = r.trace.steps
+    cur = r.cursor if r.cursor is not None else len(steps) - 1
+    step = steps[cur]
+    if step["kind"] == "lookahead":
+        _render_lookahead(r, steps, cur, step, prefix)
+    else:
+        _render_jacobi(r, steps, cur, step, prefix)
+
+
+def _render_jacobi(r, steps, cur, step, prefix):
+    s = vz.jacobi_stats(steps[: cur + 1])
+    extra = {"compression (tokens / forward)": f"{s['compression_ratio']:.2f}"}
+    if "iterations_per_block" in s:
+        extra["iterations / block"] = f"{s['iterations_per_block']:.2f}"
+    controls.metrics_row(r, extra)
+    params = r.trace.meta.get("params", {})
+    st.caption(f"variant **{step.get('variant', params.get('variant', '?'))}** · init "
+               f"**{params.get('init', '?')}** · block_size **{params.get('block_size', '?')}** · "
+               f"iteration {cur}: {step.get('accepted', 0)} guesses were already fixed, "
+               f"{step.get('committed', 0)} token(s) committed"
+               + (" · autoregressive tail (hybrid)" if step.get("phase") == "ar" else ""))
+    st.markdown(vz.token_stream_html(steps, cur), unsafe_allow_html=True)
+    n_rows = st.slider("iterations shown", 4, 80, 24, key=f"{prefix}_rows")
+    first = max(0, cur - int(n_rows) + 1)
+    st.markdown(legend.legend_html(vz.legend_items()), unsafe_allow_html=True)
+    grid, dag, detail = st.tabs(["Trajectory grid", "Dependency graph", "This iteration"])
+    with grid:
+        st.plotly_chart(vz.trajectory_grid(steps, cur, r.trace.final_ids, first_row=first),
+                        key=f"{prefix}_grid_{cur}_{first}", width="stretch")
+        st.caption("Each row is the block after one Jacobi iteration. The black staircase is the convergence "
+                   "front: left of it every token is committed. A black dot marks a token that already equals "
+                   "the final output but cannot be proven fixed yet, because a token before it is still changing.")
+    with dag:
+        st.plotly_chart(vz.dependency_graph(steps, cur, first_row=first), key=f"{prefix}_dag_{cur}_{first}",
+                        width="stretch")
+        st.caption("Node = (iteration, position, token). An edge joins a token that changed to every later "
+                   "position whose prediction the next iteration had to recompute from it. The thick chain of "
+                   "convergence-front tokens is what set the number of iterations.")
+    with detail:
+        rows = [{"position": c["pos"], "input guess": c["guess_text"], "after update": c["text"],
+                 "state": vz.STATE_LABEL[c["state"]]} for c in vz.cells(step)]
+        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+        if step.get("tests"):
+            st.markdown("Speculative Jacobi tests (accept if u < min(1, p/q); q = 1 for an initial guess):")
+            st.dataframe(pd.DataFrame(step["tests"]), hide_index=True, width="stretch")
+    st.plotly_chart(vz.progress_figure(steps, cur), key=f"{prefix}_prog_{cur}", width="stretch")
+    _vs_ar(r)
+
+
+def _render_lookahead(r, steps, cur, step, prefix):
+    s = vz.lookahead_stats(steps[: cur + 1])
+    controls.metrics_row(r, {"compression (tokens / forward)": f"{s['compression_ratio']:.2f}",
+                             "n-gram pool": s["pool_size"],
+                             "accepted from pool / step": f"{s['mean_accepted_len']:.2f}"})
+    params = r.trace.meta.get("params", {})
+    st.caption(f"W={params.get('window_size', '?')} · N={params.get('level', '?')} · "
+               f"G={params.get('guess_set_size', '?')} · step {cur} ({step.get('phase')}): "
+               f"{len(step.get('candidates', []))} n-gram(s) verified, {step.get('accepted_len', 0)} token(s) "
+               f"accepted from the pool, {step.get('committed', 0)} committed · {step.get('input_tokens', '?')} "
+               "tokens in this forward")
+    st.markdown(vz.token_stream_html(steps, cur), unsafe_allow_html=True)
+    st.markdown(legend.legend_html({"window token equals the final output": legend.JACOBI_FIXED,
+                                    "window token (guess)": legend.JACOBI_GUESS,
+                                    "prediction of the newest level": "#F4D35E",
+                                    "accepted from the pool": legend.ACCEPTED, "rejected": legend.REJECTED,
+                                    "not reached": legend.UNVERIFIED, "model's own next token": legend.BONUS}),
+                unsafe_allow_html=True)
+    st.plotly_chart(vz.lookahead_window_figure(step, r.trace.final_ids), key=f"{prefix}_win_{cur}",
+                    width="stretch")
+    a, b = st.columns(2)
+    with a:
+        st.markdown(f"**Verified this step** (n-grams starting with {step.get('last_text', '')!r})")
+        t = vz.candidates_table(step)
+        if len(t):
+            st.dataframe(t, hide_index=True, width="stretch")
+        else:
+            st.caption("none: the pool has no n-gram for this token yet")
+    with b:
+        g = int(params.get("guess_set_size", 7) or 7)
+        only = st.checkbox("only the next step's key", False, key=f"{prefix}_pool_only")
+        nxt = steps[cur + 1] if cur + 1 < len(steps) else None
+        key_id = (nxt or {}).get("last_id") if only else None
+        st.markdown(f"**N-gram pool after this step** ({step.get('pool_size', 0)} n-grams)")
+        tok = _token_text(r)
+        st.dataframe(vz.pool_table(steps, cur, g, tok, only_key=key_id), hide_index=True, width="stretch", height=260)
+    st.plotly_chart(vz.progress_figure(steps, cur), key=f"{prefix}_prog_{cur}", width="stretch")
+    _vs_ar(r)
+
+
+def _token_text(r):
+    """Token id -> text from the texts recorded in the trace (works in replay with no tokenizer)."""
+    cache = getattr(r, "_jl_tokmap", None)
+    n = len(r.trace.steps)
+    if cache is None or cache[0] != n:
+        m = {}
+        for s in r.trace.steps:
+            m.update({int(k): v for k, v in s.get("vocab", {}).items()})
+            for lv in s.get("window", []):
+                m.update(zip(lv["ids"], lv["text"]))
+            for c in s.get("candidates", []):
+                m.update(zip(c["ids"], c["text"]))
+            m.update(zip(s.get("level_out", []), s.get("level_out_text", [])))
+            if "last_id" in s:
+                m[s["last_id"]] = s.get("last_text", "")
+        cache = (n, m)
+        try:
+            r._jl_tokmap = cache
+        except AttributeError:
+            pass
+    m = cache[1]
+    return lambda t: m.get(t, f"#{t}")
