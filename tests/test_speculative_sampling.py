@@ -15,8 +15,17 @@ from engine.sampling import SamplingConfig
 
 PROMPT = "a b a b a c a d a"
 CFG = dict(temperature=1.0, top_k=4)
-T = 3          # tokens per sample
-RUNS = 1200
+T = 2          # tokens per sample
+RUNS = 600
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Many short forwards: one thread avoids OpenMP spin-waits on a shared, busy CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 
 
 def exact_distribution(lm, ids: list[int]) -> dict[tuple, float]:
@@ -89,7 +98,7 @@ def test_sampling_preserves_target_distribution(tiny_lm, exact, opts):
         tr = run.run(tiny_lm, "speculative", PROMPT, max_new_tokens=T, chat=False, options=opts,
                      sampling=SamplingConfig(seed=seed, **CFG), record=seed < 40)
         counts[tuple(tr.final_ids)] += 1
-        stochastic.update(st["stochastic"] for st in tr.steps)
+        stochastic.update(st["stochastic"] for st in tr.steps if st["tree_size"])
         for st in tr.steps:
             statuses.update(n["status"] for n in st.get("nodes", []))
     emp = {k: v / RUNS for k, v in counts.items()}

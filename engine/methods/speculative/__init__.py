@@ -239,14 +239,8 @@ def target_forward(lm, tree, cache, prefix_len):
     return out.logits[0].float()
 
 
-@register("speculative", "speculative",
-          "Draft a chain or tree (7 drafters), verify it in one target forward with a tree mask; "
-          "lossless unless verify=typical.", options=OPTIONS, lossless=True)
-def generate(job: Job, **opts):
-    o = {k: v[0] for k, v in OPTIONS.items()}
-    o.update(opts)
-    lm, cfg, c = job.lm, job.sampling, job.counters
-    # -- validate everything before model work
+def check_options(lm, cfg, o: dict):
+    """Validate the options; return (rule, shape, draft length). Raises MethodError."""
     rule = o["verify"]
     if rule not in RULES:
         raise MethodError(f"verify must be one of {', '.join(RULES)}, got '{rule}'.")
@@ -258,6 +252,8 @@ def generate(job: Job, **opts):
         raise MethodError("verify=typical (Medusa) needs a temperature > 0; at temperature 0 use greedy.")
     if rule == "sampling" and cfg.greedy:
         rule = "greedy"  # p is a point mass at the argmax: speculative sampling reduces to greedy matching
+    if o["drafter"] not in DRAFTERS:
+        raise MethodError(f"Unknown drafter '{o['drafter']}'. Known: {', '.join(DRAFTERS)}.")
     if o["schedule"] not in SCHEDULES:
         raise MethodError(f"schedule must be constant or heuristic, got '{o['schedule']}'.")
     if not 0 <= float(o["confidence_threshold"]) < 1:
@@ -272,9 +268,32 @@ def generate(job: Job, **opts):
     except ShapeError as e:
         raise MethodError(str(e)) from None
     check_attention(lm)
+    return rule, shape0, k
+
+
+def validate(lm, sampling: S.SamplingConfig, options: dict) -> None:
+    """Raise MethodError for options the method would reject, before any forward (pages call this).
+    Builds the drafter too, so a draft model that cannot be loaded or does not match is reported."""
+    o = {k: v[0] for k, v in OPTIONS.items()}
+    unknown = set(options) - set(o)
+    if unknown:
+        raise MethodError(f"Unknown option(s): {', '.join(sorted(unknown))}.")
+    o.update(options)
+    check_options(lm, sampling, o)
+    job = Job(lm=lm, prompt="", input_ids=torch.zeros(1, 1, dtype=torch.long), max_new_tokens=1,
+              sampling=sampling, record=False)
+    make_drafter(job, o)
+
+
+@register("speculative", "speculative",
+          "Draft a chain or tree (7 drafters), verify it in one target forward with a tree mask; "
+          "lossless unless verify=typical.", options=OPTIONS, lossless=True)
+def generate(job: Job, **opts):
+    o = {k: v[0] for k, v in OPTIONS.items()}
+    o.update(opts)
+    lm, cfg, c = job.lm, job.sampling, job.counters
+    rule, shape0, k = check_options(lm, cfg, o)   # everything validated before model work
     drafter = make_drafter(job, o)
-    if o["drafter"] == "prompt_lookup" and shape0.kind == "static":
-        pass  # the template fixes the depth
     lossless = rule != "typical"
     gen = cfg.generator(lm.device) if not cfg.greedy else None
 
@@ -398,3 +417,4 @@ def summary(st, c, o, drafter, rule, lossless, k) -> dict:
            "rule": rule, "lossless": lossless, "tree": o["tree"], "k_last": k}
     out.update(drafter.describe())
     return out
+

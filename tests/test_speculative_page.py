@@ -1,0 +1,86 @@
+"""AppTest: the Speculative page runs a short generation with each drafter and draws its figures."""
+import time
+
+import pytest
+import torch
+
+from engine.methods.speculative import DRAFTERS
+from engine.runner import DONE
+from tests.conftest import app_test
+
+KEY = "runner_spec"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def wait_done(at, timeout=300):
+    r = at.session_state[KEY]
+    end = time.time() + timeout
+    while not r.finished and time.time() < end:
+        time.sleep(0.1)
+    return r
+
+
+def start(drafter: str, **extra):
+    at = app_test("pages/2_Speculative.py").run()
+    assert not at.exception
+    at.selectbox(key="spec_drafter").set_value(drafter).run()
+    at.number_input(key="spec_max_new").set_value(6)
+    if drafter == "prompt_lookup":
+        at.number_input(key="spec_pl_k").set_value(4)
+    else:
+        at.number_input(key="spec_k").set_value(2)
+    if drafter in ("early_exit", "kangaroo"):
+        at.number_input(key="spec_exit").set_value(4)
+    if drafter == "draft_model":
+        at.text_input(key="spec_dm").input("self:4")
+    for k, v in extra.items():
+        at.selectbox(key=k).set_value(v)
+    at.button(key="spec_go").click().run()
+    return at
+
+
+@pytest.mark.parametrize("drafter", list(DRAFTERS))
+def test_page_generates_with_each_drafter(embedded_lm, drafter):
+    at = start(drafter)
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    r = wait_done(at)
+    assert r.state == DONE and r.trace.steps
+    at.run()
+    assert not at.exception
+    assert len(at.get("plotly_chart")) >= 3   # tree, mask, acceptance over time
+    if len(r.trace.steps) > 1:
+        at.button(key=f"{KEY}_back").click().run()
+        assert r.cursor == len(r.trace.steps) - 2 and not at.exception
+
+
+def test_page_tree_and_speedup(embedded_lm):
+    at = start("prompt_lookup", spec_tree="template 2.2.2")
+    r = wait_done(at)
+    assert r.state == DONE
+    at.run()
+    at.button(key="spec_speedup").click().run()
+    assert not at.exception
+    sp = r.trace.extra["speedup_vs_ar"]
+    assert sp["same_output"] and sp["speedup"] > 0
+
+
+def test_page_bad_options_show_errors(embedded_lm):
+    at = app_test("pages/2_Speculative.py").run()
+    at.selectbox(key="spec_tree").set_value("custom").run()
+    at.text_input(key="spec_tree_custom").input("2.x")
+    at.button(key="spec_go").click().run()
+    assert not at.exception
+    assert any("tree shape" in e.value for e in at.error)
+    at.text_input(key="spec_tree_custom").input("2.2")
+    at.selectbox(key="spec_rule").set_value("typical")
+    at.button(key="spec_go").click().run()
+    assert any("temperature" in e.value for e in at.error)
+    assert KEY not in at.session_state or at.session_state[KEY] is None
