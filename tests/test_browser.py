@@ -1,0 +1,98 @@
+"""Real-browser tests: headless Debian chromium (Playwright) against a real `streamlit run` server.
+
+For every page: start a short generation, wait for the live figures, step back and forward, check that no
+Streamlit exception box appears, and save a screenshot to docs/screenshots/ (the README shows them).
+"""
+import os
+import re
+import shutil
+import time
+
+import pytest
+
+from tests.browser import SHOTS, browser, no_exception, streamlit_server, wait_for_idle
+
+pytestmark = pytest.mark.skipif(not shutil.which("chromium") and not os.path.exists("/usr/bin/chromium"),
+                                reason="Debian chromium is not installed (.ci/run installs it)")
+
+# page url path -> (run button label, max-new-tokens value to type or None, screenshot name)
+PAGES = [
+    ("Autoregressive", "Generate", 24, "autoregressive"),
+    ("Speculative", "Generate", 24, "speculative"),
+    ("KV_Cache", "Generate", 24, "kv_cache"),
+    ("Jacobi_Lookahead", "Generate", 24, "jacobi_lookahead"),
+    ("Diffusion", "Generate", None, "diffusion"),
+    ("Compare", "Run all", 16, "compare"),
+]
+
+
+@pytest.fixture(scope="module")
+def session():
+    os.makedirs(SHOTS, exist_ok=True)
+    with streamlit_server() as url, browser() as b:
+        page = b.new_page(viewport={"width": 1500, "height": 1100})
+        page.set_default_timeout(180_000)
+        page.goto(url)
+        page.get_by_text("Loaded", exact=False).first.wait_for(timeout=180_000)  # home page loads the model
+        no_exception(page)
+        page.screenshot(path=os.path.join(SHOTS, "home.png"))
+        yield url, page
+
+
+def set_max_tokens(page, n):
+    box = page.get_by_label(re.compile("max new tokens", re.I))
+    if n is not None and box.count():
+        box.first.fill(str(n))
+        box.first.press("Enter")
+        wait_for_idle(page)
+
+
+def wait_finished(page, timeout_s=300):
+    end = time.time() + timeout_s
+    while time.time() < end:
+        no_exception(page)
+        body = page.locator("section.main, [data-testid='stMain']").first.inner_text()
+        if re.search(r"\b(done|error)\b", body):
+            return body
+        time.sleep(0.5)
+    page.screenshot(path=os.path.join(SHOTS, "_timeout.png"), full_page=True)
+    raise AssertionError("the run did not finish in time: " + body[-1500:])
+
+
+@pytest.mark.parametrize("path, button, max_new, shot", PAGES, ids=[p[0] for p in PAGES])
+def test_page_in_browser(session, path, button, max_new, shot):
+    url, page = session
+    page.goto(f"{url}/{path}")
+    page.get_by_role("button", name=button).first.wait_for()
+    wait_for_idle(page)
+    no_exception(page)
+    set_max_tokens(page, max_new)
+    page.get_by_role("button", name=button).first.click()
+    # live: the status line or a figure appears while the worker runs
+    page.locator(".js-plotly-plot, [data-testid='stMarkdownContainer'] strong").first.wait_for()
+    body = wait_finished(page)
+    assert " error" not in body.lower().split("breakpoint")[0] or "The run stopped with an error" not in body
+    wait_for_idle(page)
+    page.locator(".js-plotly-plot").first.wait_for()
+    assert page.locator(".js-plotly-plot").count() >= 1
+    back = page.get_by_role("button", name="◀ Back")
+    if back.count() and back.first.is_enabled():
+        back.first.click()
+        wait_for_idle(page)
+        page.get_by_role("button", name="Step ▶").first.click()
+        wait_for_idle(page)
+    no_exception(page)
+    page.screenshot(path=os.path.join(SHOTS, f"{shot}.png"), full_page=True)
+
+
+def test_replay_in_browser(session):
+    url, page = session
+    page.goto(f"{url}/Replay?trace=autoregressive&step=5")
+    page.locator(".js-plotly-plot").first.wait_for()
+    wait_for_idle(page)
+    no_exception(page)
+    assert "showing step 5" in page.locator("[data-testid='stMain']").first.inner_text()
+    page.get_by_role("button", name="Step ▶").first.click()
+    wait_for_idle(page)
+    assert "showing step 6" in page.locator("[data-testid='stMain']").first.inner_text()
+    page.screenshot(path=os.path.join(SHOTS, "replay.png"), full_page=True)
