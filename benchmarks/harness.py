@@ -78,8 +78,13 @@ def run_suite(suite: str = "default", out_dir: str | os.PathLike = HERE) -> list
         ref["identical_to_greedy"] = True
         ref_tps = ref["tokens_per_s"]
         for name, p in avail.items():
-            row = ref if p.method == "ar" and not p.options else measure(lm, p.method, prompt, n, p.options,
-                                                                         ref_ids=ref["final_ids"], judge=lm)
+            try:
+                row = ref if p.method == "ar" and not p.options else measure(
+                    lm, p.method, prompt, n, p.options, ref_ids=ref["final_ids"], judge=lm)
+            except (ValueError, RuntimeError) as e:  # e.g. diffusion weights not trained on this checkout
+                print(f"{pname:<14}{name:<36} error: {e}", flush=True)
+                rows.append({"prompt": pname, "config": name, "error": str(e)[:200]})
+                continue
             row = dict(row, prompt=pname, config=name)
             row["speedup_vs_ar"] = round(row["tokens_per_s"] / ref_tps, 2) if row["tokens_per_s"] and ref_tps else None
             rows.append(row)
@@ -91,7 +96,7 @@ def run_suite(suite: str = "default", out_dir: str | os.PathLike = HERE) -> list
 
 
 COLUMNS = ["prompt", "config", "tokens", "target_forwards", "draft_forwards", "tau", "compute_s", "tokens_per_s",
-           "speedup_vs_ar", "identical_to_greedy", "judged_ppl"]
+           "speedup_vs_ar", "identical_to_greedy", "judged_ppl", "error"]
 
 
 def write(rows: list[dict], suite: str, out: Path, lm) -> None:
