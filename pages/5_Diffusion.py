@@ -1,7 +1,9 @@
 """Diffusion language models: iterative unmasking, remasking rules, and two rules side by side."""
 import streamlit as st
 
+from engine.diffusion import adapters
 from engine.diffusion import rules as R
+from engine.methods import MethodError
 from ui import common, controls, render_diffusion
 
 KEY = "runner_diffusion"
@@ -52,6 +54,15 @@ def options(rule_name: str) -> dict:
 
 
 ready = lm is not None and cfg is not None
+if lm is not None:
+    try:  # the diffusion model behind the loaded one (first use merges the shipped delta, a few seconds)
+        with st.spinner("Preparing the diffusion model..."):
+            dlm = adapters.for_lm(lm)
+        st.sidebar.markdown(f"**Diffusion model:** `{dlm.name}`  \n mask id {dlm.mask_id}, "
+                            f"{'logits shifted by one (Dream-style)' if dlm.shift else 'no shift (LLaDA-style)'}")
+    except MethodError as e:
+        st.error(str(e))
+        ready = False
 single, compare = st.tabs(["One rule, step by step", "Two rules side by side"])
 
 with single:

@@ -175,3 +175,28 @@ def for_lm(lm, adapter: str = "auto", mask_id: int = -1) -> DiffusionAdapter:
                                 style=adapter if remote else "hf", name=f"{lm.name} ({adapter}-style)",
                                 eos_ids=lm.eos_ids)
     raise MethodError(f"Unknown adapter '{adapter}': choose auto, embedded, llada or dream.")
+
+
+def load_remote(name: str, trust_remote_code: bool = False, device=None, dtype=None):
+    """Load LLaDA-8B-Instruct / Dream-v0-Instruct-7B (or a local copy) as an engine LM.
+
+    Both ship their own modelling code: nothing loads unless the user ticks that they trust it.
+    Dream registers only AutoModel in its config, so this falls back to AutoModel when
+    AutoModelForCausalLM has no mapping (engine.models.load covers the causal-LM case)."""
+    from engine import models
+    if not trust_remote_code:
+        raise models.ModelLoadError(f"'{name}' runs its own modelling code: tick 'trust remote code' only if you "
+                                    "trust its authors.")
+    try:
+        return models.load(name, device=device, dtype=dtype, trust_remote_code=True)
+    except models.ModelLoadError as first:
+        from transformers import AutoModel, AutoTokenizer
+        dev = models.auto_device(device)
+        dt = models.auto_dtype(dev, dtype)
+        try:
+            tok = AutoTokenizer.from_pretrained(name, trust_remote_code=True)
+            model = AutoModel.from_pretrained(name, dtype=dt, trust_remote_code=True).to(dev).eval()
+        except Exception as e:  # noqa: BLE001 - report both attempts
+            raise models.ModelLoadError(f"Could not load '{name}': {first}; AutoModel: {e}") from e
+        return models.LM(model=model, tokenizer=tok, name=name, device=dev, dtype=dt,
+                         is_instruct=bool(getattr(tok, "chat_template", None)))
