@@ -34,7 +34,7 @@ def policy_kw(budget: int) -> dict:
             "hit_threshold": 1.0}
 
 
-def quality(lm, ids, fractions, log):
+def quality(lm, ids, fractions, log, prefill_len=None, dump=None):
     from engine.methods.kv.quality import full_cache_predictions, teacher_forced
     with torch.inference_mode():
         full = full_cache_predictions(lm, torch.tensor(ids))
@@ -42,12 +42,15 @@ def quality(lm, ids, fractions, log):
     for f in fractions:
         budget = int(len(ids) * f)
         t = time.time()
-        res = teacher_forced(lm, ids, POLICIES, budget, full=full, **policy_kw(budget),
+        res = teacher_forced(lm, ids, POLICIES, budget, full=full, prefill_len=prefill_len, **policy_kw(budget),
                              progress=lambda i, n: log(f"  budget {budget}: {i}/{n} tokens"))
         log(f"budget {budget} ({f:.0%}) done in {time.time() - t:.0f} s")
         for p in POLICIES:
             rows.append({"fraction": f, "budget": budget, "policy": p, **res[p], "ppl_full": res["full"]["ppl"],
-                         "kv_bytes_full": res["full"]["kv_bytes"], "n_eval": res["n_eval"]})
+                         "kv_bytes_full": res["full"]["kv_bytes"], "n_eval": res["n_eval"],
+                         "prefill_len": prefill_len})
+        if dump:
+            dump(rows, [])
     return rows
 
 
@@ -73,13 +76,16 @@ def speed(lm, ids, fractions, new_tokens, log):
     return rows
 
 
-def table(q_rows, s_rows, n_tokens, p_tokens, new_tokens) -> str:
+def table(q_rows, s_rows, n_tokens, p_tokens, new_tokens, prefill=None) -> str:
     sp = {(r["fraction"], r["policy"]): r for r in s_rows}
     full_speed = sp.get((1.0, "full"), {}).get("tokens_per_s")
     out = []
     fracs = sorted({r["fraction"] for r in q_rows})
-    out.append(f"Teacher-forced on {n_tokens} tokens; speed / divergence: {p_tokens}-token prompt, {new_tokens} "
-               "greedy tokens.")
+    how = (f"the first {prefill} tokens prefilled and compressed to the budget, the last {n_tokens - prefill} fed "
+           "one at a time with eviction after each" if prefill else "every token after the first `budget` fed one at "
+           "a time with eviction after each")
+    out.append(f"Teacher-forced on {n_tokens} tokens ({how}); speed / divergence: {p_tokens}-token prompt, "
+               f"{new_tokens} greedy tokens.")
     if full_speed:
         out.append(f"Full cache: {full_speed:.1f} tokens/s (compute), KV {sp[(1.0, 'full')]['kv_bytes'] / 1e6:.2f} MB "
                    f"at the end of generation.")
@@ -114,6 +120,9 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, default=1600, help="tokens of the text used for teacher forcing")
     ap.add_argument("--fractions", default="0.1,0.25,0.5")
+    ap.add_argument("--prefill", type=int, default=0,
+                    help="teacher forcing: prefill (and compress) this many tokens at once, then feed the rest one "
+                         "at a time (0 = feed every token after the first `budget` one at a time)")
     ap.add_argument("--gen-prompt", type=int, default=1024, help="prompt tokens for the speed / divergence runs")
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy shared CPU)")
@@ -133,8 +142,15 @@ def main(argv=None):
             q += d["quality"]
             s += [r for r in d["speed"] if not any(r["policy"] == x["policy"] and r["fraction"] == x["fraction"]
                                                     for x in s)]
-            meta = d["meta"]
-        print(table(q, s, meta["tokens"], meta["gen_prompt"], meta["new_tokens"]))
+            if d["quality"]:
+                meta.update(tokens=d["meta"]["tokens"], prefill=d["meta"].get("prefill"), date=d["meta"]["date"])
+            if d["speed"]:
+                meta.update(gen_prompt=d["meta"]["gen_prompt"], new_tokens=d["meta"]["new_tokens"])
+        q.sort(key=lambda r: (r["fraction"], POLICIES.index(r["policy"])))
+        if a.json_out:
+            with open(a.json_out, "w") as fh:
+                json.dump({"quality": q, "speed": s, "meta": meta}, fh, indent=0)
+        print(table(q, s, meta["tokens"], meta.get("gen_prompt", 0), meta.get("new_tokens", 0), meta.get("prefill")))
         return 0
     torch.set_num_threads(a.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -144,15 +160,19 @@ def main(argv=None):
     if len(ids) < a.tokens:
         raise SystemExit(f"the text has only {len(ids)} tokens")
     fr = [float(x) for x in a.fractions.split(",")]
-    q = [] if a.skip_quality else quality(lm, ids[: a.tokens], fr, log)
-    s = [] if a.skip_speed else speed(lm, ids[: a.gen_prompt], fr, a.new_tokens, log)
-    meta = {"tokens": a.tokens, "gen_prompt": a.gen_prompt, "new_tokens": a.new_tokens,
+    meta = {"tokens": a.tokens, "gen_prompt": a.gen_prompt, "new_tokens": a.new_tokens, "prefill": a.prefill or None,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-    if a.json_out:
-        with open(a.json_out, "w") as fh:
-            json.dump({"quality": q, "speed": s, "meta": meta}, fh)
+
+    def dump(q, s):
+        if a.json_out:
+            with open(a.json_out, "w") as fh:
+                json.dump({"quality": q, "speed": s, "meta": meta}, fh)
+
+    q = [] if a.skip_quality else quality(lm, ids[: a.tokens], fr, log, prefill_len=a.prefill or None, dump=dump)
+    s = [] if a.skip_speed else speed(lm, ids[: a.gen_prompt], fr, a.new_tokens, log)
+    dump(q, s)
     if q:
-        print(table(q, s, a.tokens, a.gen_prompt, a.new_tokens))
+        print(table(q, s, a.tokens, a.gen_prompt, a.new_tokens, a.prefill or None))
     else:
         print(json.dumps(s, indent=1))
     return 0

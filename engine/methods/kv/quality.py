@@ -39,10 +39,17 @@ def full_cache_predictions(lm, ids: torch.Tensor, chunk: int = 256):
 
 
 def teacher_forced(lm, ids, policies: list[str], budget: int, positions: str = "original", full=None,
-                   progress=None, **policy_kw) -> dict:
+                   progress=None, prefill_len: int | None = None, **policy_kw) -> dict:
     """Per policy: top-1 agreement with the full cache, mean NLL / perplexity, KV bytes, seconds.
 
     ids: 1-D token ids (list or tensor). full: optional precomputed full_cache_predictions(ids).
+    prefill_len: None (default) feeds every token after the first `budget` one at a time, evicting
+    after each. An integer P > budget instead prefills the first P tokens in one forward and
+    compresses them to the budget with each policy's prefill scores (SnapKV's observation window,
+    H2O's accumulated prompt attention, TOVA's last query...), then feeds the rest one token at a
+    time with decode eviction; every prediction from position P on counts (all follow the
+    compression). The second protocol is the one kvpress evaluates (compress a long context, then
+    decode), and costs N - P forwards instead of N - budget.
     Returns {"n_eval", "budget", "full": {...}, "<policy>": {...}}.
     """
     from engine.methods.kv import build_cache
@@ -52,6 +59,10 @@ def teacher_forced(lm, ids, policies: list[str], budget: int, positions: str = "
         raise MethodError("'full' is the reference of teacher_forced (reported under 'full'), not a row to evict.")
     if not 1 <= budget < n - 2:
         raise MethodError(f"budget {budget} must be between 1 and the text length minus 3 ({n - 3}).")
+    if prefill_len is not None and not budget < prefill_len < n - 1:
+        raise MethodError(f"prefill_len {prefill_len} must be larger than the budget ({budget}) and below {n - 1}.")
+    start = budget if prefill_len is None else prefill_len
+    first_eval = budget + 1 if prefill_len is None else prefill_len
     with lm.lock, torch.inference_mode():
         if full is None:
             full = full_cache_predictions(lm, ids)
@@ -59,24 +70,25 @@ def teacher_forced(lm, ids, policies: list[str], budget: int, positions: str = "
         b = len(policies)
         ec = build_cache(lm, list(policies), positions=positions, **policy_kw)
         t0 = time.perf_counter()
-        ec.forward(ids[:budget][None].to(lm.device), broadcast=b)
+        ec.forward(ids[:start][None].to(lm.device), broadcast=b)
+        ec.evict_to(budget)
         agree = torch.zeros(b)
         nll = torch.zeros(b)
         count = 0
-        for t in range(budget, n - 1):
+        for t in range(start, n - 1):
             logits = ec.forward(ids[t:t + 1][None].expand(b, 1).to(lm.device))[:, -1].float()
             ec.evict_to(budget)
-            if t >= budget + 1:
+            if t >= first_eval:
                 agree += (logits.argmax(-1).cpu() == full_argmax[t]).float()
                 nll += -logits.log_softmax(-1)[:, ids[t + 1]].cpu()
                 count += 1
-            if progress and (t - budget) % 100 == 0:
-                progress(t - budget, n - 1 - budget)
+            if progress and (t - start) % 50 == 0:
+                progress(t - start, n - 1 - start)
         secs = time.perf_counter() - t0
         kv_bytes = sum(ec.bytes_per_layer()) // b
-    full_nll_eval = float(full_nll[budget + 1:n - 1].mean())
+    full_nll_eval = float(full_nll[first_eval:n - 1].mean())
     per_tok = lm.kv_bytes_per_token()
-    out = {"n_eval": count, "budget": budget, "n_tokens": n, "seconds": secs,
+    out = {"n_eval": count, "budget": budget, "n_tokens": n, "seconds": secs, "prefill_len": prefill_len,
            "full": {"nll": full_nll_eval, "ppl": math.exp(full_nll_eval), "kv_bytes": n * per_tok}}
     for i, name in enumerate(policies):
         m = float(nll[i]) / count
