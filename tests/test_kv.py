@@ -14,16 +14,17 @@ EVICTING = [p for p in POLICIES if p != "full"]
 
 
 def _opts(policy, budget, **kw):
-    o = {"policy": policy, "budget": budget, "window": 8, "window_size": 8, "kernel_size": 3, "n_sink": 4}
+    o = {"policy": policy, "budget": budget, "window": 8, "window_size": 8, "kernel_size": 3, "n_sink": 4,
+         "compare_full": False}
     o.update(kw)
     return o
 
 
-@pytest.mark.parametrize("positions", ["original", "rerotate"])
-@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("policy,positions", [(p, "original") for p in POLICIES]
+                         + [(p, "rerotate") for p in ("streaming_llm", "h2o", "tova")])
 def test_budget_above_length_equals_full_cache(tiny_lm, policy, positions):
-    ref = run.run(tiny_lm, "ar", PROMPT, max_new_tokens=16).final_ids
-    tr = run.run(tiny_lm, "kv", PROMPT, max_new_tokens=16, options=_opts(policy, 512, positions=positions))
+    ref = run.run(tiny_lm, "ar", PROMPT, max_new_tokens=12).final_ids
+    tr = run.run(tiny_lm, "kv", PROMPT, max_new_tokens=12, options=_opts(policy, 512, positions=positions))
     assert tr.final_ids == ref
     assert all(s["evicted_count"] == 0 and "kv_evicted" not in s["events"] for s in tr.steps)
 
@@ -32,7 +33,7 @@ def test_budget_above_length_equals_full_cache(tiny_lm, policy, positions):
 def test_budget_above_length_equals_full_cache_real_model(embedded_lm, policy):
     ref = run.run(embedded_lm, "ar", "Name three rivers in Europe.", max_new_tokens=16).final_ids
     tr = run.run(embedded_lm, "kv", "Name three rivers in Europe.", max_new_tokens=16,
-                 options=_opts(policy, 256, watch_layers="all"))
+                 options=_opts(policy, 256, watch_layers="all", compare_full=True))
     assert tr.final_ids == ref
     assert tr.extra["summary"]["agreement_vs_full"] == 1.0
 
@@ -307,7 +308,8 @@ def test_teacher_forced_batch_rows_are_independent(tiny_lm):
 
 
 def test_step_records_for_the_view(tiny_lm):
-    tr = run.run(tiny_lm, "kv", PROMPT, max_new_tokens=4, options=_opts("h2o", 20, watch_layers="0,1"))
+    tr = run.run(tiny_lm, "kv", PROMPT, max_new_tokens=4, options=_opts("h2o", 20, watch_layers="0,1",
+                                                                         compare_full=True))
     s = tr.steps[1]
     lay = s["layers"]["0"]
     hkv = len(lay["kept"])
@@ -321,3 +323,29 @@ def test_step_records_for_the_view(tiny_lm):
     assert len(s["kept_count"]) == s["seq_len"]
     assert sum(s["kept_count"]) == s["slots"] * s["cache_len"]
     assert s["quality"]["agreement"] is not None
+
+
+def test_viz_figures_from_a_saved_trace(tiny_lm):
+    from engine import trace as T
+    from viz import kv as vz
+    tr = run.run(tiny_lm, "kv", PROMPT, max_new_tokens=5,
+                 options=_opts("streaming_llm", 16, watch_layers="all", compare_full=True))
+    steps = T.loads(tr.to_json()).steps  # the view works from JSON alone
+    z, width = vz.eviction_matrix(steps, 0, 0)
+    last = z[-1]
+    n = steps[-1]["seq_len"]
+    assert width == n
+    assert last[:4] == [vz.SINK] * 4
+    assert last[n - 1] == vz.NEWEST
+    assert last.count(vz.EVICTED) == n - 16
+    assert set(last[n - 12:n - 1]) == {vz.KEPT}
+    frac, _ = vz.eviction_matrix(steps, "all", "all")
+    assert frac[-1][:4] == [1.0] * 4 and frac[-1][5] == 0.0
+    att, _ = vz.attention_matrix(steps, 1, 3)
+    assert abs(sum(v for v in att[-1] if v == v) - 1) < 1e-2
+    figs = [vz.eviction_map_figure(steps, 0, 1, cursor=2), vz.eviction_map_figure(steps, 0, "all"),
+            vz.attention_heatmap_figure(steps, 0, 0), vz.score_bars_figure(steps[-1], 1, 0),
+            vz.memory_figure({"a": steps}), vz.agreement_figure({"a": steps}),
+            vz.quality_figure([{"policy": "h2o", "fraction": 0.25, "agreement": 0.8, "ppl": 9.0, "ppl_full": 8.0}])]
+    assert all(len(f.data) >= 1 for f in figs)
+    assert "<div" in vz.tokens_html(steps, 3)
