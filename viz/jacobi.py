@@ -294,7 +294,7 @@ def lookahead_window_figure(step: dict, final_ids: list[int] | None = None) -> g
     bonus_pos = base + a
     rows.append(("committed", [(base + d, t, legend.ACCEPTED, "accepted from the pool")
                                for d, t in enumerate(step.get("accepted_text", []))]
-                 + [(bonus_pos, step.get("new_text", "") and _bonus_text(step), legend.BONUS,
+                 + [(bonus_pos, step.get("bonus_text", ""), legend.BONUS,
                      "the model's own next token (bonus / correction)")]))
     all_pos = [p for _, cs in rows for p, *_ in cs]
     lo, hi = min(all_pos), max(all_pos)
@@ -331,16 +331,6 @@ def lookahead_window_figure(step: dict, final_ids: list[int] | None = None) -> g
                       yaxis=dict(tickmode="array", tickvals=list(range(len(ys))), ticktext=ys, autorange="reversed"),
                       plot_bgcolor="#FFFFFF", legend=dict(orientation="h", y=-0.15))
     return fig
-
-
-def _bonus_text(step: dict) -> str:
-    # the bonus is the last committed token; new_text is the decoded committed span
-    ids = step.get("new_ids", [])
-    acc = step.get("accepted_text", [])
-    if len(ids) > len(acc):
-        txt = step.get("new_text", "")
-        return txt[len("".join(acc)):] if txt.startswith("".join(acc)) else txt
-    return ""
 
 
 def replay_pool(steps: list[dict], upto: int, guess_set_size: int) -> dict[int, list[tuple]]:

@@ -306,7 +306,7 @@ def _run(job: Job, W: int, N: int, G: int, pool_from_prompt: bool):
                                        for cnd, ln in zip(cands, lens)],
                         "best": best if a else None,
                         "accepted_ngram": list(committed[:a]), "accepted_text": texts(lm, committed[:a]),
-                        "bonus_id": int(committed[-1]),
+                        "bonus_id": int(committed[-1]), "bonus_text": lm.token_text(committed[-1]),
                         "new_text": lm.decode(kept),
                         "confidence": _confidence(root, cand_logits[best] if a else None, committed[:len(kept)]),
                         "events": (["draft_rejected"] if cands and a < N - 1 else []),
