@@ -41,6 +41,8 @@ def options(drafter, tree):
         o["exit_layer"] = 4
     if drafter == "kangaroo":
         o["exit_threshold"] = 0.05
+    if drafter == "layer_skip":
+        o["skip_layers"] = "4-27"
     return o
 
 
@@ -110,7 +112,7 @@ def test_kv_cache_keeps_only_accepted_path(tiny_lm):
         tree.add(3, a)
         c = tree.add(4, b)
         tree.add(6, c)
-        logits = target_forward(lm, tree, cache, len(seq) - 1)
+        rows = target_forward(lm, tree, cache, len(seq) - 1)
         dropped = keep_path(cache, len(seq) - 1, [0, b, c])
         assert dropped == 3
         full = DynamicCache()
@@ -119,7 +121,8 @@ def test_kv_cache_keeps_only_accepted_path(tiny_lm):
             assert la.keys.shape == lb.keys.shape
             assert torch.allclose(la.keys, lb.keys, atol=1e-5) and torch.allclose(la.values, lb.values, atol=1e-5)
         # the tree logits at node c equal the plain causal logits after seq + [8, 4]
-        assert torch.allclose(logits[c], out.logits[0, -1].float(), atol=1e-4)
+        assert torch.allclose(rows.logits(c), out.logits[0, -1].float(), atol=1e-4)
+        assert torch.allclose(rows.all_logits()[c], out.logits[0, -1].float(), atol=1e-4)
 
 
 @pytest.mark.parametrize("opts,msg", [

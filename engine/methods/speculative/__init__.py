@@ -229,14 +229,23 @@ def keep_path(cache: DynamicCache, start: int, keep: list[int]) -> int:
     return dropped
 
 
-def target_forward(lm, tree, cache, prefix_len):
-    """ONE target forward over root + drafted nodes with the tree mask; returns logits [n, V]."""
+def target_forward(lm, tree, cache, prefix_len, cfg=None) -> V.Rows:
+    """ONE target forward over root + drafted nodes with the tree mask.
+
+    Returns the per-node logits lazily: for Llama-style models the LM head runs only on the rows
+    the verifier visits; other models return all logits."""
     dev = lm.device
     ids = torch.tensor([tree.tokens], device=dev)
     pos = torch.tensor([[prefix_len + d for d in tree.depths]], device=dev)
     mask = tree_mask(tree.parents, prefix_len, lm.dtype, dev)
+    cfg = cfg or S.SamplingConfig()
+    base, head = getattr(lm.model, "model", None), getattr(lm.model, "lm_head", None)
+    if base is not None and head is not None and getattr(lm.model.config, "final_logit_softcapping", None) is None \
+            and hasattr(base, "layers") and hasattr(base, "norm"):
+        out = base(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True)
+        return V.Rows(out.last_hidden_state[0], head, cfg=cfg)
     out = lm.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True)
-    return out.logits[0].float()
+    return V.Rows(None, logits=out.logits[0].float(), cfg=cfg)
 
 
 def check_options(lm, cfg, o: dict):
@@ -321,19 +330,18 @@ def generate(job: Job, **opts):
                 t0 = time.perf_counter()
                 tree = drafter.propose(ctx)
                 t1 = time.perf_counter()
-                logits = target_forward(lm, tree, cache, ctx.prefix_len)
+                rows = target_forward(lm, tree, cache, ctx.prefix_len, cfg)
                 c.target_forwards += 1
                 if rule == "greedy":
-                    verdict = V.greedy(tree, logits)
-                    probs = None
+                    verdict = V.greedy(tree, rows)
+                elif rule == "sampling":
+                    verdict = V.sampling(tree, rows, gen)
                 else:
-                    probs = S.warp(logits, cfg).softmax(-1)
-                    verdict = V.sampling(tree, probs, gen) if rule == "sampling" else \
-                        V.typical(tree, probs, gen, o["typical_epsilon"], o["typical_alpha"])
+                    verdict = V.typical(tree, rows, gen, o["typical_epsilon"], o["typical_alpha"])
                 dropped = keep_path(cache, ctx.prefix_len, verdict.path)
                 t2 = time.perf_counter()
                 if isinstance(drafter, TokenRecycling):
-                    drafter.observe(ctx, tree, probs if probs is not None else logits.softmax(-1), verdict)
+                    drafter.observe(ctx, tree, rows.all_logits().softmax(-1), verdict)
             accepted = [tree.nodes[i].token for i in verdict.path[1:]]
             new = accepted + [verdict.token]
             kept = job.commit(new)
@@ -365,7 +373,7 @@ def generate(job: Job, **opts):
                    "rule": rule, "stochastic": ctx.stochastic}
             if job.record:
                 with c.recording():
-                    rec.update(round_record(lm, tree, verdict, logits, probs, kept, o["dense_mask_max"]))
+                    rec.update(round_record(lm, tree, verdict, rows, rule, kept, o["dense_mask_max"]))
             yield rec
             index += 1
             if job.finished(kept):
@@ -374,8 +382,9 @@ def generate(job: Job, **opts):
                 k = min(MAX_K, k + 2) if depth_drafted and len(accepted) == depth_drafted else max(1, k - 1)
 
 
-def round_record(lm, tree, verdict, logits, probs, kept, dense_max) -> dict:
-    p_all = probs if probs is not None else logits.softmax(-1)
+def round_record(lm, tree, verdict, rows, rule, kept, dense_max) -> dict:
+    logits = rows.all_logits()   # the rows the verifier skipped are computed here, timed as recording
+    p_all = logits.softmax(-1) if rule == "greedy" else rows.all_p()
     nodes = []
     for i, n in enumerate(tree.nodes):
         d = {"id": i, "token": n.token, "text": lm.token_text(n.token), "parent": n.parent, "depth": n.depth,

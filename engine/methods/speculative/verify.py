@@ -31,14 +31,50 @@ def _blank(tree):
     return ["root"] + ["unverified"] * (n - 1), [None] * n, [None] * n
 
 
-def greedy(tree, logits: torch.Tensor) -> Verdict:
+class Rows:
+    """The target's logits per tree node, computed from the final hidden states only where needed.
+
+    On a CPU the LM head is a fifth of the per-token cost, so rows of rejected branches are never
+    computed unless asked for (a table drafter learning from them, or the step record)."""
+
+    def __init__(self, hidden: torch.Tensor | None, head=None, logits: torch.Tensor | None = None, cfg=None):
+        self.hidden, self.head, self.cfg = hidden, head, cfg
+        self.n = hidden.shape[0] if hidden is not None else logits.shape[0]
+        self._logits: dict[int, torch.Tensor] = {}
+        self._p: dict[int, torch.Tensor] = {}
+        if logits is not None:
+            self._logits = {i: logits[i] for i in range(self.n)}
+
+    def logits(self, i: int) -> torch.Tensor:
+        if i not in self._logits:
+            self._logits[i] = self.head(self.hidden[i]).float()
+        return self._logits[i]
+
+    def p(self, i: int) -> torch.Tensor:
+        """The warped target distribution at node i (what sampling draws from)."""
+        if i not in self._p:
+            self._p[i] = S.warp(self.logits(i), self.cfg).softmax(-1)
+        return self._p[i]
+
+    def all_logits(self) -> torch.Tensor:
+        missing = [i for i in range(self.n) if i not in self._logits]
+        if missing:
+            rows = self.head(self.hidden[missing]).float()
+            for j, i in enumerate(missing):
+                self._logits[i] = rows[j]
+        return torch.stack([self._logits[i] for i in range(self.n)])
+
+    def all_p(self) -> torch.Tensor:
+        return torch.stack([self.p(i) for i in range(self.n)])
+
+
+def greedy(tree, rows: Rows) -> Verdict:
     """Longest path whose every token is the target's argmax at its parent."""
     status, u, ratio = _blank(tree)
-    best = logits.argmax(-1).tolist()
     kids = tree.child_lists()
     path, cur = [0], 0
     while True:
-        want = best[cur]
+        want = int(rows.logits(cur).argmax())
         nxt = None
         for c in kids[cur]:
             if tree.nodes[c].token == want and nxt is None:
@@ -58,10 +94,10 @@ def _residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return r / s if s > 0 else p
 
 
-def sampling(tree, p: torch.Tensor, gen) -> Verdict:
+def sampling(tree, rows: Rows, gen) -> Verdict:
     """Lossless speculative sampling over a chain or tree (recursive rejection over siblings).
 
-    p: [n, V] target distributions at every node (warped). Children of a node are tried in
+    rows.p(i): the target's warped distribution at node i. Children of a node are tried in
     their draw order. Stochastic trees (children drawn from q without replacement): accept x if
     u < min(1, p(x)/q(x)); on rejection p <- norm(max(0, p - q)) and x is removed from q.
     Point-mass proposals: accept x if u < p(x); on rejection x is zeroed in p and p renormalised.
@@ -71,7 +107,8 @@ def sampling(tree, p: torch.Tensor, gen) -> Verdict:
     kids = tree.child_lists()
     path, cur = [0], 0
     while True:
-        p_cur = p[cur].clone()
+        p_node = rows.p(cur)
+        p_cur = p_node.clone()
         q_cur = tree.q_dists[cur].clone().float() if tree.stochastic and kids[cur] else None
         nxt = None
         for c in kids[cur]:
@@ -83,7 +120,7 @@ def sampling(tree, p: torch.Tensor, gen) -> Verdict:
                 r = min(1.0, float(p_cur[x]) / qx) if qx > 0 else 0.0
             else:
                 r = min(1.0, float(p_cur[x]))
-            u = float(torch.rand((), generator=gen, device=p.device))
+            u = float(torch.rand((), generator=gen, device=p_node.device))
             us[c], ratios[c] = u, r
             if u < r:
                 status[c] = "accepted"
@@ -97,19 +134,20 @@ def sampling(tree, p: torch.Tensor, gen) -> Verdict:
                 else:
                     p_cur[x] = 0
                     s = p_cur.sum()
-                    p_cur = p_cur / s if s > 0 else p[cur].clone()
+                    p_cur = p_cur / s if s > 0 else p_node.clone()
         if nxt is None:
             tok = int(S.sample(p_cur, gen))
             rejected = any(status[c] == "rejected" for c in kids[cur])
             return Verdict(path, tok, "resampled" if rejected else "bonus", status, us, ratios,
-                           float(p[cur][tok]))
+                           float(p_node[tok]))
         path.append(nxt)
         cur = nxt
 
 
-def typical(tree, p: torch.Tensor, gen, epsilon: float, alpha: float) -> Verdict:
+def typical(tree, rows: Rows, gen, epsilon: float, alpha: float) -> Verdict:
     """Medusa's typical acceptance (lossy): accept x if p(x) > min(epsilon, alpha * exp(-H(p)))."""
     status, us, ratios = _blank(tree)
+    p = rows.all_p()
     kids = tree.child_lists()
     ent = S.entropy(p)
     thresh = torch.minimum(torch.full_like(ent, epsilon), alpha * torch.exp(-ent))
