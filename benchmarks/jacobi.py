@@ -23,9 +23,9 @@ import torch
 from engine import models, run
 
 PROMPTS = {
-    "chat": "Explain in two sentences why the sky is blue.",
     "code (repetitive)": "Write a Python class Point with methods add, sub, mul and div, each returning a new Point.",
     "list (repetitive)": "Count from one to thirty in words, separated by commas.",
+    "chat": "Explain in two sentences why the sky is blue.",
 }
 
 METHODS = [
@@ -81,24 +81,28 @@ def main(argv=None) -> int:
                    f"{'yes' if tr.final_ids == ar_tr.final_ids else 'NO'} |")
             print(row, flush=True)
             lines.append(row)
-    if a.write:
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-        head = [
-            "# Jacobi and lookahead decoding: results",
-            "",
-            f"Command: `.venv/bin/python -m benchmarks.jacobi {' '.join(sys.argv[1:] if argv is None else argv)}`",
-            f"Date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} · model: embedded "
-            f"SmolLM2-135M-Instruct (fp32, CPU, {a.threads} threads) · {platform.processor() or platform.machine()} "
-            f"· greedy · max_new_tokens {a.max_new_tokens} · repeats {a.repeats}",
-            f"Machine: shared with other jobs (1-min load average {load:.1f} on {os.cpu_count()} cores at the end), "
-            "so the wall-clock columns are noisy; tokens / forward is exact and load-independent.",
-            "",
-            "Wall-clock ratio = (AR seconds per token) / (method seconds per token), both measured in this run "
-            "on the same prompt; > 1 means faster than autoregressive.",
-            "",
-        ]
-        Path(__file__).with_name("results_jacobi.md").write_text("\n".join(head + lines) + "\n")
+        if a.write:  # after every prompt, so that a stopped run keeps what it measured
+            write(a, argv, lines)
     return 0
+
+
+def write(a, argv, lines) -> None:
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    head = [
+        "# Jacobi and lookahead decoding: results",
+        "",
+        f"Command: `.venv/bin/python -m benchmarks.jacobi {' '.join(sys.argv[1:] if argv is None else argv)}`",
+        f"Date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} · model: embedded "
+        f"SmolLM2-135M-Instruct (fp32, CPU, {a.threads} threads) · {platform.processor() or platform.machine()} "
+        f"· greedy · max_new_tokens {a.max_new_tokens} · repeats {a.repeats}",
+        f"Machine: shared with other jobs (1-min load average {load:.1f} on {os.cpu_count()} cores when written), "
+        "so the wall-clock columns are noisy; tokens / forward is exact and load-independent.",
+        "",
+        "Wall-clock ratio = (AR seconds per token) / (method seconds per token), both measured in this run "
+        "on the same prompt; > 1 means faster than autoregressive.",
+        "",
+    ]
+    Path(__file__).with_name("results_jacobi.md").write_text("\n".join(head + lines) + "\n")
 
 
 if __name__ == "__main__":

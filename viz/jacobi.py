@@ -127,12 +127,12 @@ def trajectory_grid(steps: list[dict], upto: int | None = None, final_ids: list[
         fig.add_scatter(x=dots_x, y=dots_y, mode="markers", marker=dict(size=5, color="#000", symbol="circle"),
                         name="already equals the final output (not yet provable)", hoverinfo="skip")
     labels = [f"it {s['index']}" for s in rows]
-    fig.update_layout(height=max(220, 60 + 24 * len(rows)), margin=dict(l=10, r=10, t=40, b=10),
+    fig.update_layout(height=max(220, 60 + 24 * len(rows)), margin=dict(l=10, r=10, t=70, b=10),
                       title="Jacobi trajectory: iteration × output position",
                       xaxis=dict(title="output position", range=[-0.5, max_pos + 0.5], dtick=max(1, (max_pos + 1) // 20)),
                       yaxis=dict(tickmode="array", tickvals=list(range(len(rows))), ticktext=labels,
                                  autorange="reversed"),
-                      legend=dict(orientation="h", y=-0.08), plot_bgcolor="#FFFFFF")
+                      legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0), plot_bgcolor="#FFFFFF")
     return fig
 
 
@@ -207,10 +207,10 @@ def dependency_graph(steps: list[dict], upto: int | None = None, first_row: int 
                        f"<br>forced {g.out_degree(n)} recomputations" for n in nodes],
             hoverinfo="text", name=STATE_LABEL[state])
     n_rows = len({n[0] for n in g.nodes})
-    fig.update_layout(height=max(260, 80 + 30 * n_rows), margin=dict(l=10, r=10, t=40, b=10),
+    fig.update_layout(height=max(260, 110 + 30 * n_rows), margin=dict(l=10, r=10, t=70, b=10),
                       title=f"Dependency graph: {g.number_of_nodes()} nodes, {g.number_of_edges()} edges",
-                      xaxis=dict(title="output position"), yaxis=dict(title="iteration", autorange="reversed"),
-                      legend=dict(orientation="h", y=-0.12), plot_bgcolor="#FFFFFF")
+                      xaxis=dict(title="output position"), yaxis=dict(title="iteration", autorange="reversed", dtick=1),
+                      legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0), plot_bgcolor="#FFFFFF")
     return fig
 
 
