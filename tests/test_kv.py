@@ -294,7 +294,7 @@ def test_bad_options_raise_before_model_work(tiny_lm):
     ]
     for opts in bad:
         with pytest.raises(MethodError):
-            run.run(tiny_lm, "kv", PROMPT, max_new_tokens=2, options=opts)
+            run.prepare(tiny_lm, "kv", PROMPT, max_new_tokens=2, options=opts)  # before any forward
 
 
 def test_teacher_forced_batch_rows_are_independent(tiny_lm):

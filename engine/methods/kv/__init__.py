@@ -161,14 +161,19 @@ def kept_count(ec: EvictingCache) -> list[int]:
           "random): the cache really shrinks; quality vs the full cache.", options=OPTIONS, lossless=False)
 def generate(job: Job, policy="h2o", budget=128, prefill_budget=0, n_sink=4, window=-1, window_size=32,
              kernel_size=5, hit_threshold=1.0, positions="original", watch_layers="mid", compare_full=True):
-    lm, cfg, c = job.lm, job.sampling, job.counters
+    """Validate now (so that engine.run.prepare raises MethodError before any model work); return the steps."""
     prefill_keep, window = validate(policy, budget, prefill_budget, n_sink, window, window_size, kernel_size,
                                     hit_threshold, positions)
-    n_layers = lm.model.config.num_hidden_layers
-    watch = parse_layers(watch_layers, n_layers)
-    ec = build_cache(lm, [policy], positions=positions, watch=watch if job.record else (),
-                     seed=0 if cfg.seed is None else int(cfg.seed), n_sink=n_sink, window=window,
+    watch = parse_layers(watch_layers, job.lm.model.config.num_hidden_layers)
+    ec = build_cache(job.lm, [policy], positions=positions, watch=watch if job.record else (),
+                     seed=0 if job.sampling.seed is None else int(job.sampling.seed), n_sink=n_sink, window=window,
                      window_size=window_size, kernel_size=kernel_size, hit_threshold=float(hit_threshold))
+    return _steps(job, ec, policy, budget, prefill_keep, n_sink, watch, compare_full)
+
+
+def _steps(job: Job, ec: EvictingCache, policy, budget, prefill_keep, n_sink, watch, compare_full):
+    lm, cfg, c = job.lm, job.sampling, job.counters
+    n_layers = lm.model.config.num_hidden_layers
     evicting = policy != "full"
     shadow = DynamicCache(config=lm.model.config) if (compare_full and evicting) else None
     gen = cfg.generator(lm.device) if not cfg.greedy else None
