@@ -393,3 +393,25 @@ def test_benchmark_script_smoke(capsys):
     for title in ("tree-verification attention", "decode attention", "confidence", "model forward"):
         assert title in out
     assert "nan" not in out
+
+
+# ---------------------------------------------------------------------------------------------
+# the methods the app exposes, through the kernels (what runs on CUDA), against their torch paths
+
+def _both_paths(monkeypatch, fn):
+    """fn() once with the kernels forced off (torch path) and once through the interpreter."""
+    monkeypatch.setenv(KD.FORCE_TORCH_ENV, "1")
+    ref = fn()
+    monkeypatch.delenv(KD.FORCE_TORCH_ENV)
+    return ref, fn()
+
+
+def test_kv_method_uses_the_mass_kernel(lm, monkeypatch):
+    from engine import run
+    opts = {"policy": "h2o", "budget": 8, "compare_full": False, "watch_layers": "all"}
+    spy = Spy(monkeypatch, DA, "decode_attention_triton")
+    ref, got = _both_paths(monkeypatch, lambda: run.run(lm, "kv", PROMPT, max_new_tokens=12, options=opts))
+    assert spy.calls > 0
+    assert got.final_ids == ref.final_ids
+    kept = lambda tr: [{li: v["kept"] for li, v in s["layers"].items()} for s in tr.steps if "layers" in s]
+    assert kept(got) and kept(got) == kept(ref)  # the same entries evicted in every layer and head

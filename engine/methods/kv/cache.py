@@ -32,6 +32,7 @@ from contextlib import contextmanager
 
 import torch
 from transformers import DynamicCache
+from kernels import dispatch as KD
 
 PREFIX = "dlab_kv_capture|"
 _local = threading.local()
@@ -198,9 +199,19 @@ class EvictingCache:
         start = self.next_pos if self.positions == "original" else self.length()
         pos_ids = torch.arange(start, start + q, device=dev)[None].expand(b, q)
         layers = set(range(self.n_layers)) if self.needs_attention else set(self.watch)
-        with capture(self.model, layers) as store:
-            out = self.model(input_ids=input_ids, past_key_values=self.cache, position_ids=pos_ids,
-                             use_cache=True, logits_to_keep=logits_to_keep)
+        masses = {}
+        if q == 1 and broadcast == 1 and layers and KD.enabled(dev):
+            # CUDA (or the Triton interpreter): one fused kernel gives each key's attention mass summed
+            # over its KV group, instead of recomputing q.K per layer. Per-query-head rows are then the
+            # group mean (what the policies use; the view shows it per KV head).
+            store = {"q": {}, "scaling": {}}
+            with KD.lab_attention(self.model):
+                out = self.model(input_ids=input_ids, past_key_values=self.cache, position_ids=pos_ids,
+                                 use_cache=True, logits_to_keep=logits_to_keep, attention_mass=masses)
+        else:
+            with capture(self.model, layers) as store:
+                out = self.model(input_ids=input_ids, past_key_values=self.cache, position_ids=pos_ids,
+                                 use_cache=True, logits_to_keep=logits_to_keep)
         if broadcast > 1:
             self.cache.batch_repeat_interleave(broadcast)
             b = broadcast
@@ -215,10 +226,15 @@ class EvictingCache:
             self.pos[li] = add.clone() if self.pos[li] is None else torch.cat([self.pos[li], add], -1)
             for pol, rows in self.groups:
                 pol.extend(li, q, rows_n=len(range(b)[rows]), hkv=hkv, device=dev)
-            if li in store["q"]:
-                query = store["q"][li]
+            if li in store["q"] or li in masses:
                 n = keys.shape[2]
-                for s, probs in attention_probs(query, keys[:query.shape[0]], store["scaling"][li]):
+                if li in masses:
+                    g = self.model.config.num_attention_heads // hkv
+                    chunks = [(0, (masses[li].float() / g)[:, :, None, None, :].expand(-1, -1, g, 1, -1))]
+                else:
+                    query = store["q"][li]
+                    chunks = attention_probs(query, keys[:query.shape[0]], store["scaling"][li])
+                for s, probs in chunks:
                     if probs.shape[0] != b:
                         probs = probs.expand(b, *probs.shape[1:])
                     c = probs.shape[3]
