@@ -261,3 +261,24 @@ def test_non_diffusion_model_is_refused():
     m = make_tiny_lm(seed=4)
     with pytest.raises(MethodError, match="not a masked diffusion"):
         run.run(m, "diffusion", PROMPT, max_new_tokens=8)
+
+
+def test_viz_figures_from_step_records(lm):
+    from viz import diffusion as vz
+    from viz import legend
+    t = run.run(lm, "diffusion", PROMPT, max_new_tokens=8, options={"block_length": 4, "steps": 8, "rule": "threshold",
+                                                                     "stop_at_eos": False})
+    steps = json.loads(t.to_json())["steps"]  # figures work from the saved JSON alone
+    grid = vz.denoising_grid(steps, 2)
+    heat = grid.data[0]
+    assert len(heat.z) == 3 and len(heat.z[0]) == 8
+    colours = {c for _, c in heat.colorscale}
+    assert {legend.MASK, legend.COMMITTED_EARLIER} <= colours
+    assert len(grid.layout.shapes) == 3  # the block outline of every row
+    ghosts = grid.data[1]
+    assert len(ghosts.text) == sum(s == "mask" for s in steps[0]["state"] + steps[1]["state"] + steps[2]["state"])
+    conf = vz.confidence_figure(steps[0])
+    assert len(conf.data[0].x) == 8 and any(s.type == "line" for s in conf.layout.shapes)
+    assert vz.tokens_per_step_figure(steps, len(steps) - 1).data[0].y == tuple(len(s["new_ids"]) for s in steps)
+    assert "▒" in vz.text_html(steps[0]) or legend.MASK in vz.text_html(steps[0])
+    assert vz.summary(steps)["NFE"] == len(steps)

@@ -129,6 +129,7 @@ def diffuse(adapter, prompt: torch.Tensor, gen_length: int = 64, block_length: i
                 both = adapter.logits(torch.cat([x, un], 0))
                 cond, unc = both[0, P:], both[1, P:]
                 logits = unc + (cfg_scale + 1) * (cond - unc)
+                logits[:, mask_id] = float("-inf")  # -inf - -inf is nan there
                 forwarded = 2 * x.shape[1]
             else:
                 logits = adapter.logits(x)[0, P:]
@@ -152,6 +153,8 @@ def diffuse(adapter, prompt: torch.Tensor, gen_length: int = 64, block_length: i
                 if not bool(torch.isfinite(best).any()):
                     best = torch.where(cand, conf, torch.tensor(-1.0, dtype=conf.dtype))
                 commit[int(best.argmax())] = True
+            if bool((x0[commit] == mask_id).any()):  # would never finish: fail loudly instead
+                raise MethodError("The model predicted the mask token itself; its logits are not usable.")
             x[0, P:][commit] = x0[commit]
             i += 1
             done = not bool((x[0, P:] == mask_id).any())

@@ -12,7 +12,7 @@ import torch
 
 from engine.diffusion import adapters
 from engine.diffusion import rules as R
-from engine.diffusion.sampler import diffuse
+from engine.diffusion.sampler import diffuse, validate
 from engine.methods import Job, MethodError, register
 from engine.trace import clean_float
 
@@ -84,7 +84,7 @@ def step_record(lm, st, index: int, mask_id: int, t0: float) -> dict:
 def generate(job: Job, rule="low_confidence", steps=0, gen_length=0, block_length=0, threshold=0.9,
              cfg_scale=0.0, prefix_cache=False, stop_at_eos=True, adapter="auto", mask_id=-1,
              anchor=0.9, relaxed=0.6, radius=2, decay=0.7, alpha=0.6, eos_gamma=3.0):
-    lm, c = job.lm, job.counters
+    lm = job.lm
     gen_length = int(gen_length) or job.max_new_tokens
     if rule not in R.RULES:
         raise MethodError(f"Unknown rule '{rule}'. Known: {', '.join(R.RULES)}.")
@@ -97,39 +97,48 @@ def generate(job: Job, rule="low_confidence", steps=0, gen_length=0, block_lengt
     all_params = {"threshold": threshold, "decay": decay, "alpha": alpha, "anchor": anchor, "relaxed": relaxed,
                   "radius": int(radius), "eos_gamma": eos_gamma}
     params = {k: all_params[k] for k in RULE_PARAMS.get(rule, ())}
+    # everything checkable is checked here, before the first step: run.prepare raises it to the caller
+    validate(gen_length, int(block_length), int(steps), rule, job.input_ids.shape[1], float(cfg_scale),
+             bool(prefix_cache))
     ad = adapters.for_lm(lm, adapter, int(mask_id))
-    if True:
-        it = diffuse(ad, job.input_ids, gen_length=gen_length, block_length=int(block_length), steps=int(steps),
-                     rule=rule, rule_params=params, sampling=job.sampling, cfg_scale=float(cfg_scale),
-                     prefix_cache=bool(prefix_cache), stop_at_eos=bool(stop_at_eos))
-        index, forwarded, per_step = 0, 0, []
-        while True:
-            t = time.perf_counter()
-            with c.compute(), torch.inference_mode():
-                st = next(it, None)
-            if st is None:
-                break
-            dt = time.perf_counter() - t
-            c.target_forwards += 1
-            forwarded += st.forwarded
-            per_step.append(int(st.committed.sum()))
-            if st.done:
-                final = [int(t) for t in st.x.tolist() if t != ad.mask_id]
-                job.commit(final)
-                job.extra["summary"] = {
-                    "model": ad.name, "rule": rule, "steps": index + 1, "nfe": st.nfe,
-                    "nfe_per_token": clean_float(st.nfe / max(len(job.output_ids), 1)),
-                    "tokens_per_step": clean_float(sum(per_step) / len(per_step)),
-                    "forwarded_tokens": forwarded, "prefix_cache": bool(prefix_cache),
-                }
-            if job.record:
-                with c.recording():
-                    rec = step_record(lm, st, index, ad.mask_id, dt)
-            else:
-                rec = {"kind": "diffusion", "index": index, "new_ids": [int(st.x[i]) for i in
-                                                                      st.committed.nonzero()[:, 0].tolist()],
-                       "nfe": st.nfe}
-            yield rec
-            index += 1
-            if st.done:
-                return
+    if prefix_cache and not ad.supports_prefix_cache():
+        raise MethodError(f"The prefix cache is not available for {ad.name}.")
+    return _steps(job, ad, rule, params, gen_length, block_length, steps, cfg_scale, prefix_cache, stop_at_eos)
+
+
+def _steps(job, ad, rule, params, gen_length, block_length, steps, cfg_scale, prefix_cache, stop_at_eos):
+    lm, c = job.lm, job.counters
+    it = diffuse(ad, job.input_ids, gen_length=gen_length, block_length=int(block_length), steps=int(steps),
+                 rule=rule, rule_params=params, sampling=job.sampling, cfg_scale=float(cfg_scale),
+                 prefix_cache=bool(prefix_cache), stop_at_eos=bool(stop_at_eos))
+    index, forwarded, per_step = 0, 0, []
+    while True:
+        t = time.perf_counter()
+        with c.compute(), torch.inference_mode():
+            st = next(it, None)
+        if st is None:
+            break
+        dt = time.perf_counter() - t
+        c.target_forwards += 1
+        forwarded += st.forwarded
+        per_step.append(int(st.committed.sum()))
+        if st.done:
+            final = [int(t) for t in st.x.tolist() if t != ad.mask_id]
+            job.commit(final)
+            job.extra["summary"] = {
+                "model": ad.name, "rule": rule, "steps": index + 1, "nfe": st.nfe,
+                "nfe_per_token": clean_float(st.nfe / max(len(job.output_ids), 1)),
+                "tokens_per_step": clean_float(sum(per_step) / len(per_step)),
+                "forwarded_tokens": forwarded, "prefix_cache": bool(prefix_cache),
+            }
+        if job.record:
+            with c.recording():
+                rec = step_record(lm, st, index, ad.mask_id, dt)
+        else:
+            rec = {"kind": "diffusion", "index": index, "new_ids": [int(st.x[i]) for i in
+                                                                  st.committed.nonzero()[:, 0].tolist()],
+                   "nfe": st.nfe}
+        yield rec
+        index += 1
+        if st.done:
+            return
