@@ -415,3 +415,12 @@ def test_kv_method_uses_the_mass_kernel(lm, monkeypatch):
     assert got.final_ids == ref.final_ids
     kept = lambda tr: [{li: v["kept"] for li, v in s["layers"].items()} for s in tr.steps if "layers" in s]
     assert kept(got) and kept(got) == kept(ref)  # the same entries evicted in every layer and head
+
+
+def test_lookahead_uses_the_tree_kernel(lm, monkeypatch):
+    from engine import run
+    spy = Spy(monkeypatch, TA, "tree_attention_triton")
+    prompt = "one two three one two three one two three one two"
+    ref, got = _both_paths(monkeypatch, lambda: run.run(lm, "lookahead", prompt, max_new_tokens=12))
+    assert spy.calls > 0
+    assert got.final_ids == ref.final_ids == run.run(lm, "ar", prompt, max_new_tokens=12).final_ids

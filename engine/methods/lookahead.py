@@ -34,6 +34,7 @@ from engine import sampling as S
 from engine.methods import Job, MethodError, register
 from engine.methods.jacobi import crop_to, texts
 from engine.trace import clean_float
+from kernels import dispatch as KD
 
 MAX_W, MAX_N, MAX_G = 64, 16, 64
 
@@ -242,8 +243,16 @@ def _run(job: Job, W: int, N: int, G: int, pool_from_prompt: bool):
                 rows = [k - 1] + list(range(off_last, off_last + len(levels[f])))
                 for oc in lay["cand_offsets"]:
                     rows += list(range(oc, oc + N - 1))
-                o = lm.model(input_ids=ids, position_ids=pos, attention_mask=mask, past_key_values=cache,
-                             use_cache=True, logits_to_keep=torch.tensor(rows, device=lm.device))
+                keep = torch.tensor(rows, device=lm.device)
+                if KD.enabled(lm.device):
+                    # Triton: the window + candidates' visibility as a bitmask, no dense mask over the prefix
+                    vis = KD.Tree.from_visibility(mask[0, 0, :, cache_len:] == 0, device=lm.device)
+                    with KD.lab_attention(lm.model):
+                        o = lm.model(input_ids=ids, position_ids=pos, past_key_values=cache, use_cache=True,
+                                     logits_to_keep=keep, tree_visibility=vis)
+                else:
+                    o = lm.model(input_ids=ids, position_ids=pos, attention_mask=mask, past_key_values=cache,
+                                 use_cache=True, logits_to_keep=keep)
                 logits = o.logits[0].float()
                 root = logits[0]
                 level_out = logits[1:1 + len(levels[f])].argmax(-1).tolist()
