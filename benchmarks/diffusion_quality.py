@@ -172,6 +172,7 @@ def main(argv=None):
     ap.add_argument("--block-length", type=int, default=0, help="block length of the samples (0: 64)")
     ap.add_argument("--temperature", type=float, default=0.0, help="diffusion sampling temperature")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--skip-accuracy", action="store_true", help="only the judged samples")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     t0 = time.time()
@@ -180,8 +181,15 @@ def main(argv=None):
     dlm = adapters.embedded(lm)
     base = DiffusionAdapter(lm.model, MASK_ID, shift=True, bidirectional=False, name="SmolLM2 as-is (causal)",
                             eos_ids=eos_ids)
-    held = smollm_answers(lm, heldout_prompts(a.n_heldout, seed=11))
     print(f"# Embedded diffusion model quality ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})\n")
+    if not a.skip_accuracy:
+        accuracy_table(lm, dlm, base, a.n_heldout)
+    sample_tables(lm, a, t0)
+
+
+def accuracy_table(lm, dlm, base, n_heldout):
+    eos_ids = lm.eos_ids
+    held = smollm_answers(lm, heldout_prompts(n_heldout, seed=11))
     print(f"delta: {dlm.name}; held-out answers: {len(held)} SmolLM2 answers to held-out-topic instructions\n")
     print("## Masked-token accuracy (held-out text, one forward, argmax)\n")
     print("| mask ratio | smol-diffusion | SmolLM2 as-is (causal, shift) | unigram baseline | scored tokens |")
@@ -190,6 +198,10 @@ def main(argv=None):
         acc, n = masked_accuracy(dlm, held, r, eos_ids)
         acc_b, _ = masked_accuracy(base, held, r, eos_ids)
         print(f"| {r} | {acc:.1%} | {acc_b:.1%} | {unigram_accuracy(held, r, eos_ids):.1%} | {n} |", flush=True)
+
+
+def sample_tables(lm, a, t0):
+    eos_ids = lm.eos_ids
     prompts = heldout_prompts(a.n_samples, seed=23)
     opts = {"rule": "low_confidence", "steps": GEN, "gen_length": GEN, "block_length": a.block_length}
     samp = SamplingConfig(temperature=a.temperature, seed=0) if a.temperature > 0 else SamplingConfig()
