@@ -29,16 +29,18 @@ PROMPTS = {
         "farmers plant rice in the flooded fields. In summer the river is low and the fields are dry, so farmers "
         "grow beans and maize. In autumn the farmers harvest the rice, the beans and the maize, and sell them at "
         "the market in the town."),
-    "code_edit": (
-        "Rename the variable `total` to `running_sum` in this function and return the whole function.\n\n"
-        "def average(values):\n    total = 0\n    count = 0\n    for v in values:\n        total = total + v\n"
-        "        count = count + 1\n    if count == 0:\n        return 0\n    return total / count\n"),
+    "proofread": (
+        "Correct the spelling mistakes in this paragraph and write out the corrected paragraph.\n\nThe comittee met "
+        "on Tuesday to discuss the new libary. Members agreed that the libary should open earlier in the morning and "
+        "close later in the evening, so that students can study after their clases."),
     "open_ended": "Write a short story about a robot who learns to paint.",
 }
-GROUNDED = ("summarise", "code_edit")
+GROUNDED = ("summarise", "proofread")
 
 CONFIGS = [
     ("prompt_lookup", {"drafter": "prompt_lookup"}),
+    ("prompt_lookup k=5", {"drafter": "prompt_lookup", "prompt_lookup_num_tokens": 5}),
+    ("prompt_lookup heuristic", {"drafter": "prompt_lookup", "schedule": "heuristic", "prompt_lookup_num_tokens": 4}),
     ("prompt_lookup tree", {"drafter": "prompt_lookup", "tree": "dynamic", "tree_budget": 24}),
     ("token_recycling 2.2.2", {"drafter": "token_recycling", "tree": "2.2.2"}),
     ("trigram", {"drafter": "trigram", "num_assistant_tokens": 4}),
@@ -102,7 +104,7 @@ def main(argv=None):
             tps = len(tr.final_ids) / dt
             rows.append((pname, f"ours: {name}", s["tau"], s["target_forwards_per_token"], tps, tps / ar_tps,
                          tr.final_ids == ar.final_ids))
-            if name == "prompt_lookup":
+            if name == "prompt_lookup":  # HF with the same k and n-gram size
                 dt_h, ids = best_of(a.repeats, lambda: hf_generate(lm, prompt, a.new, prompt_lookup_num_tokens=10,
                                                                    max_matching_ngram_size=3))
                 rows.append((pname, "HF prompt_lookup_num_tokens=10", None, None, len(ids) / dt_h,
