@@ -424,3 +424,15 @@ def test_lookahead_uses_the_tree_kernel(lm, monkeypatch):
     ref, got = _both_paths(monkeypatch, lambda: run.run(lm, "lookahead", prompt, max_new_tokens=12))
     assert spy.calls > 0
     assert got.final_ids == ref.final_ids == run.run(lm, "ar", prompt, max_new_tokens=12).final_ids
+
+
+@pytest.mark.parametrize("opts", [{"drafter": "prompt_lookup"}, {"drafter": "token_recycling", "tree": "2.2.2"},
+                                  {"drafter": "early_exit", "tree": "dynamic", "exit_layer": 1}],
+                         ids=["chain", "static-tree", "dynamic-tree"])
+def test_speculative_uses_the_tree_kernel(lm, monkeypatch, opts):
+    from engine import run
+    spy = Spy(monkeypatch, TA, "tree_attention_triton")
+    prompt = "one two three one two three one two three one two"
+    ref, got = _both_paths(monkeypatch, lambda: run.run(lm, "speculative", prompt, max_new_tokens=12, options=opts))
+    assert spy.calls > 0
+    assert got.final_ids == ref.final_ids == run.run(lm, "ar", prompt, max_new_tokens=12).final_ids

@@ -22,6 +22,7 @@ from engine.methods.speculative.drafters import (DraftModelDrafter, PromptLookup
                                                  Trigram)
 from engine.methods.speculative.trees import ShapeError, parse_shape, tree_mask
 from engine.trace import clean_float
+from kernels import dispatch as KD
 
 DRAFTERS = {
     "draft_model": "a separate causal LM sharing the tokenizer ('self:K' = the target's first K layers as a model)",
@@ -237,11 +238,20 @@ def target_forward(lm, tree, cache, prefix_len, cfg=None) -> V.Rows:
     dev = lm.device
     ids = torch.tensor([tree.tokens], device=dev)
     pos = torch.tensor([[prefix_len + d for d in tree.depths]], device=dev)
-    mask = tree_mask(tree.parents, prefix_len, lm.dtype, dev)
     cfg = cfg or S.SamplingConfig()
     base, head = getattr(lm.model, "model", None), getattr(lm.model, "lm_head", None)
-    if base is not None and head is not None and getattr(lm.model.config, "final_logit_softcapping", None) is None \
-            and hasattr(base, "layers") and hasattr(base, "norm"):
+    lazy_head = base is not None and head is not None and hasattr(base, "layers") and hasattr(base, "norm") \
+        and getattr(lm.model.config, "final_logit_softcapping", None) is None
+    if KD.enabled(dev):
+        # Triton tree attention: ancestors as a bitmask, no dense [T, prefix + T] mask built
+        kw = dict(input_ids=ids, position_ids=pos, past_key_values=cache, use_cache=True,
+                  tree_parents=KD.Tree.from_parents(tree.parents, device=dev))
+        with KD.lab_attention(lm.model):
+            if lazy_head:
+                return V.Rows(base(**kw).last_hidden_state[0], head, cfg=cfg)
+            return V.Rows(None, logits=lm.model(**kw).logits[0].float(), cfg=cfg)
+    mask = tree_mask(tree.parents, prefix_len, lm.dtype, dev)
+    if lazy_head:
         out = base(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True)
         return V.Rows(out.last_hidden_state[0], head, cfg=cfg)
     out = lm.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True)
