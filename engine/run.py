@@ -52,6 +52,8 @@ def prepare(lm, method: str, prompt: str, max_new_tokens: int = 64, sampling: Sa
             # running totals, so that any view can chart tokens against forwards and compute time
             rec["totals"] = {"tokens": len(job.output_ids), "target_forwards": c.target_forwards,
                              "draft_forwards": c.draft_forwards, "compute_s": round(c.compute_s, 6)}
+            if rec.get("lossless") is False:  # e.g. speculative with Medusa's typical acceptance
+                trace.meta["lossless"] = False
             trace.steps.append(rec)
             trace.final_ids = list(job.output_ids)
             yield rec
