@@ -436,3 +436,22 @@ def test_speculative_uses_the_tree_kernel(lm, monkeypatch, opts):
     ref, got = _both_paths(monkeypatch, lambda: run.run(lm, "speculative", prompt, max_new_tokens=12, options=opts))
     assert spy.calls > 0
     assert got.final_ids == ref.final_ids == run.run(lm, "ar", prompt, max_new_tokens=12).final_ids
+
+
+@pytest.mark.parametrize("rule", ["low_confidence", "topk_margin", "entropy", "threshold", "credit"])
+def test_diffusion_uses_the_confidence_kernel(monkeypatch, rule):
+    from engine import run
+    from engine.diffusion.adapters import DiffusionAdapter
+    from tests.conftest import make_tiny_lm
+    m = make_tiny_lm(seed=3)
+    with torch.no_grad():  # peaked distributions: a random model's are near-uniform, so its entropies tie in fp32
+        m.model.lm_head.weight.mul_(40)
+    m.diffusion = DiffusionAdapter(m.model, 16, shift=False, bidirectional=True, name="tiny-bidir", eos_ids=m.eos_ids)
+    spy = Spy(monkeypatch, C, "confidence_triton")
+    opts = {"rule": rule, "steps": 6, "gen_length": 12, "block_length": 4, "stop_at_eos": False,
+            "threshold": 0.05}
+    ref, got = _both_paths(monkeypatch, lambda: run.run(m, "diffusion", "Once upon a time", max_new_tokens=12,
+                                                        options=opts))
+    assert spy.calls > 0
+    assert got.final_ids == ref.final_ids
+    assert [s.get("new_ids") for s in got.steps] == [s.get("new_ids") for s in ref.steps]  # same order of commits

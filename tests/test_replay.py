@@ -18,7 +18,7 @@ def no_model(monkeypatch):
 
 def test_examples_exist_for_families():
     kinds = {T.load(p).steps[0]["kind"] for p in EXAMPLES}
-    assert "ar" in kinds
+    assert kinds == {"ar", "speculative", "kv", "jacobi", "lookahead", "diffusion"}
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)

@@ -21,10 +21,14 @@ NEG = float("-inf")
 
 @dataclass
 class StepView:
-    probs: torch.Tensor        # [N, V] softmax of the (unwarped) logits at the generated positions
+    probs: torch.Tensor | None  # [N, V] softmax of the (unwarped) logits; None when only the
+                                # per-position statistics below were computed (the fused kernel)
     logits: torch.Tensor       # [N, V]
     x0: torch.Tensor           # [N] candidate token per position (argmax of the noised logits)
     conf: torch.Tensor         # [N] probability of x0
+    max_prob: torch.Tensor     # [N] top-1 probability
+    margin: torch.Tensor       # [N] top-1 minus top-2 probability
+    neg_entropy: torch.Tensor  # [N] sum p log p
     candidates: torch.Tensor   # [N] bool: still masked and inside the current block
     k: int                     # tokens the even schedule commits this step
     step: int                  # step index inside the block
@@ -73,20 +77,17 @@ def random(v: StepView) -> Choice:
 
 def maskgit_plus(v: StepView) -> Choice:
     """Dream: the top-1 probability (differs from low_confidence only when sampling)."""
-    return _by_score(v.probs.max(-1).values, v)
+    return _by_score(v.max_prob, v)
 
 
 def topk_margin(v: StepView) -> Choice:
     """Dream: top-1 minus top-2 probability."""
-    top2 = v.probs.topk(2, dim=-1).values
-    return _by_score(top2[:, 0] - top2[:, 1], v)
+    return _by_score(v.margin, v)
 
 
 def entropy(v: StepView) -> Choice:
     """Dream: negative entropy of the position's distribution."""
-    p = v.probs
-    neg_h = (p * torch.log(p.clamp_min(1e-30))).sum(-1)
-    return _by_score(neg_h, v)
+    return _by_score(v.neg_entropy, v)
 
 
 # --- parallel rules ---------------------------------------------------------------------------
@@ -132,11 +133,11 @@ def credit(v: StepView, threshold: float = 0.9, decay: float = 0.7, alpha: float
     `decay` each step, increased by the predicted probability); the credit is fused into the
     logits (logit + alpha * log(1 + credit)) and the threshold rule runs on the fused confidence."""
     cred = v.state.get("credit")
-    if cred is None or cred.shape != v.probs.shape:
-        cred = torch.zeros_like(v.probs)
+    if cred is None or cred.shape != v.logits.shape:
+        cred = torch.zeros(v.logits.shape, dtype=torch.float64, device=v.logits.device)
     cred = cred * decay
-    top = v.probs.argmax(-1)
-    cred[torch.arange(cred.shape[0]), top] += v.probs.max(-1).values
+    top = v.logits.argmax(-1)
+    cred[torch.arange(cred.shape[0]), top] += v.max_prob
     v.state["credit"] = cred
     fused = torch.softmax(v.logits + alpha * torch.log1p(cred), dim=-1)
     fused_conf = fused.gather(-1, v.x0[:, None])[:, 0]

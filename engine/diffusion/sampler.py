@@ -17,12 +17,27 @@ import torch
 from engine import sampling as S
 from engine.diffusion import rules as R
 from engine.methods import MethodError
+from kernels import dispatch as KD
 
 
 def num_transfer_tokens(masked: int, steps: int) -> list[int]:
     """LLaDA's even schedule: floor(masked / steps) per step, the first `remainder` steps +1."""
     base, rem = divmod(masked, steps)
     return [base + (1 if i < rem else 0) for i in range(steps)]
+
+
+def position_stats(logits: torch.Tensor, x0: torch.Tensor):
+    """Per generated position: (probs or None, p(x0), top-1 p, top1 - top2 margin, sum p log p).
+
+    Where the kernels are enabled (CUDA) one fused pass over the vocabulary gives the statistics
+    without writing the [N, V] probability matrix (LLaDA's vocabulary is 126k)."""
+    if KD.enabled(logits.device):
+        c = KD.confidence(logits, 1.0, ids=x0)
+        return None, c.token_prob.double(), c.max_prob.double(), c.margin.double(), -c.entropy.double()
+    probs = torch.softmax(logits.double(), dim=-1)
+    top2 = probs.topk(2, dim=-1).values
+    neg_entropy = (probs * torch.log(probs.clamp_min(1e-30))).sum(-1)
+    return probs, probs.gather(-1, x0[:, None])[:, 0], top2[:, 0], top2[:, 0] - top2[:, 1], neg_entropy
 
 
 def candidate_tokens(logits: torch.Tensor, cfg: S.SamplingConfig, gen: torch.Generator | None) -> torch.Tensor:
@@ -136,14 +151,14 @@ def diffuse(adapter, prompt: torch.Tensor, gen_length: int = 64, block_length: i
                 forwarded = x.shape[1]
             nfe += 1
             # ---- choose ------------------------------------------------------------------------
-            probs = torch.softmax(logits.double(), dim=-1)
             x0 = candidate_tokens(logits, cfg, gen)
-            conf = probs.gather(-1, x0[:, None])[:, 0]
+            probs, conf, max_prob, margin, neg_entropy = position_stats(logits, x0)
             was_masked = x[0, P:] == mask_id
             cand = was_masked & in_block
             k = schedule[i] if i < len(schedule) else int(cand.sum())
             committed_before = N - int(was_masked.sum())
-            view = R.StepView(probs=probs, logits=logits, x0=x0, conf=conf, candidates=cand, k=k, step=i,
+            view = R.StepView(probs=probs, logits=logits, x0=x0, conf=conf, max_prob=max_prob, margin=margin,
+                              neg_entropy=neg_entropy, candidates=cand, k=k, step=i,
                               steps=steps_per_block, progress=committed_before / N, eos_ids=adapter.eos_ids,
                               generator=gen, state=state)
             choice = fn(view, **params)
