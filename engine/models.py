@@ -182,7 +182,14 @@ def load(name_or_path: str = EMBEDDED, device=None, dtype=None, trust_remote_cod
         raise ModelLoadError(f"'{name}' is not a causal language model (architectures: {archs}).")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dt, trust_remote_code=trust_remote_code)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dt, trust_remote_code=trust_remote_code)
+        except ValueError:
+            if not trust_remote_code:
+                raise
+            # some diffusion LMs' own code registers only AutoModel (Dream-v0): it still returns logits
+            from transformers import AutoModel
+            model = AutoModel.from_pretrained(path, dtype=dt, trust_remote_code=True)
     except torch.cuda.OutOfMemoryError as e:
         raise ModelLoadError(f"Out of GPU memory loading '{name}': choose a smaller model or dtype.") from e
     except MemoryError as e:
