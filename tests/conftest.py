@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import threading
+import time
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -46,3 +48,35 @@ def app_test(rel_path: str, timeout: float = 180):
     """An AppTest for a script given relative to the repository root."""
     from streamlit.testing.v1 import AppTest
     return AppTest.from_file(os.path.join(ROOT, rel_path), default_timeout=timeout)
+
+
+@contextmanager
+def torch_threads(n: int):
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny-model ops are too small for threads; on a shared CPU two threads spin-wait and run far slower."""
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def one_thread_module():
+    with torch_threads(1):
+        yield
+
+
+def wait_done(at, key: str, timeout: float = 180):
+    """Wait for the runner stored under `key` in an AppTest's session state to finish; return it."""
+    r = at.session_state[key]
+    end = time.time() + timeout
+    while not r.finished and time.time() < end:
+        time.sleep(0.1)
+    return r

@@ -52,7 +52,8 @@ def wait_finished(page, timeout_s=300):
     while time.time() < end:
         no_exception(page)
         body = page.locator("section.main, [data-testid='stMain']").first.inner_text()
-        if re.search(r"\b(done|error)\b", body):
+        # every run on the page has ended (Compare shows one status per configuration)
+        if re.search(r"\b(done|error)\b", body) and not re.search(r"(· running|running ·)", body):
             return body
         time.sleep(0.5)
     page.screenshot(path=os.path.join(SHOTS, "_timeout.png"), full_page=True)
@@ -82,6 +83,8 @@ def test_page_in_browser(session, path, button, max_new, shot):
         page.get_by_role("button", name="Step ▶").first.click()
         wait_for_idle(page)
     no_exception(page)
+    page.mouse.move(5, 5)  # no tooltip over the figures
+    time.sleep(0.5)
     page.screenshot(path=os.path.join(SHOTS, f"{shot}.png"), full_page=True)
 
 

@@ -4,17 +4,11 @@ import time
 import pytest
 
 from engine.runner import DONE
-from tests.conftest import app_test
+from tests.conftest import app_test, wait_done
 
 PAGE = "pages/5_Diffusion.py"
 
 
-def wait_done(at, key, timeout=180):
-    r = at.session_state[key]
-    end = time.time() + timeout
-    while not r.finished and time.time() < end:
-        time.sleep(0.1)
-    return r
 
 
 def small(at, rule):

@@ -22,13 +22,6 @@ PROMPTS = [
 N_TOKENS = 16
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny-model ops are too small for threads; with 2 threads on a shared CPU they run ~30x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 import time
 
 import pytest
-from tests.conftest import app_test
+from tests.conftest import app_test, wait_done
 
 from engine.methods.kv.policies import POLICIES
 from engine.runner import DONE
@@ -10,12 +10,6 @@ from engine.runner import DONE
 PAGE = "pages/3_KV_Cache.py"
 
 
-def wait_done(at, key, timeout=180):
-    r = at.session_state[key]
-    end = time.time() + timeout
-    while not r.finished and time.time() < end:
-        time.sleep(0.1)
-    return r
 
 
 def _setup(at, policy, budget=24, max_new=3):

@@ -22,13 +22,6 @@ PROMPTS = [
 N_TOKENS = 20
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny-model ops are too small for threads; with 2 threads on a shared CPU they run ~30x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 CONFIGS = [{}, {"window_size": 7, "level": 5, "guess_set_size": 7}, {"window_size": 1, "level": 3, "guess_set_size": 1},
            {"pool_from_prompt": False, "window_size": 3, "level": 6}]
 

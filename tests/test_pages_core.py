@@ -2,17 +2,11 @@
 import time
 
 import pytest
-from tests.conftest import app_test
+from tests.conftest import app_test, wait_done
 
 from engine.runner import DONE
 
 
-def wait_done(at, key, timeout=120):
-    r = at.session_state[key]
-    end = time.time() + timeout
-    while not r.finished and time.time() < end:
-        time.sleep(0.1)
-    return r
 
 
 def test_home_page_renders(embedded_lm):

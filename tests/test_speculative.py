@@ -22,13 +22,7 @@ PROMPTS = [
 DRAFTERS = ["draft_model", "early_exit", "layer_skip", "kangaroo", "prompt_lookup", "token_recycling", "trigram"]
 SHAPES = ["chain", "2.2.2", "[[0],[1],[0,0],[0,1],[0,0,0],[1,0]]", "dynamic"]
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Many short forwards: one thread avoids OpenMP spin-waits on a shared, busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 

@@ -11,12 +11,7 @@ from tests.conftest import app_test
 KEY = "runner_spec"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 def wait_done(at, timeout=300):

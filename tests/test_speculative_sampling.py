@@ -18,13 +18,7 @@ CFG = dict(temperature=1.0, top_k=4)
 T = 2          # tokens per sample
 RUNS = 600
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Many short forwards: one thread avoids OpenMP spin-waits on a shared, busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 
