@@ -171,7 +171,8 @@ class DraftModelDrafter(ModelDrafter):
 # ---- table drafters ---------------------------------------------------------------------------
 
 class PromptLookup(Drafter):
-    """Copy what followed the most recent earlier occurrence of the last n tokens (n = max..1)."""
+    """Copy what followed the most recent earlier occurrence of the last n tokens (n = max..1) that
+    still has num_tokens tokens after it (a truncated continuation is used only when none has)."""
     name = "prompt_lookup"
 
     def __init__(self, max_ngram: int = 3, num_tokens: int = 10, max_continuations: int = 16):
@@ -183,7 +184,10 @@ class PromptLookup(Drafter):
         for n in range(min(self.max_ngram, len(arr) - 1), 0, -1):
             win = np.lib.stride_tricks.sliding_window_view(arr[:-1], n)
             hits = np.flatnonzero((win == arr[-n:]).all(axis=1))
-            for i in hits[::-1]:
+            # most recent first, but a match whose continuation runs into the end of the sequence
+            # (shorter than num_tokens) goes after the full-length ones
+            hits = sorted(hits[::-1], key=lambda i: len(arr) - (i + n) < self.num_tokens)
+            for i in hits:
                 cont = arr[i + n:i + n + self.num_tokens].tolist()
                 key = tuple(cont)
                 if cont and key not in seen:
