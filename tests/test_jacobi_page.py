@@ -1,8 +1,7 @@
 """AppTest: the Jacobi & lookahead page runs a short generation with each method, steps through it, shows
 its figures, compares with autoregressive, and reports bad input as an error."""
-import time
 
-from tests.conftest import app_test
+from tests.conftest import app_test, wait_done
 
 from engine.runner import DONE
 
@@ -10,20 +9,13 @@ PAGE = "pages/4_Jacobi_Lookahead.py"
 KEY = "runner_jacobi"
 
 
-def wait_done(at, timeout=180):
-    r = at.session_state[KEY]
-    end = time.time() + timeout
-    while not r.finished and time.time() < end:
-        time.sleep(0.1)
-    return r
-
 
 def _generate(at, method: str, n: int = 10):
     at.radio(key="jl_method").set_value(method).run()
     at.text_area(key="jl_prompt").input("Count: one, two, three, four,")
     at.number_input(key="jl_max_new").set_value(n)
     at.button(key="jl_go").click().run()
-    r = wait_done(at)
+    r = wait_done(at, KEY, 180)
     assert r.state == DONE and r.trace.steps and r.trace.steps[0]["kind"] == method
     at.run()
     assert not at.exception

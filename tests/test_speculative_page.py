@@ -1,25 +1,17 @@
 """AppTest: the Speculative page runs a short generation with each drafter and draws its figures."""
-import time
 
 import pytest
 import torch
 
 from engine.methods.speculative import DRAFTERS
 from engine.runner import DONE
-from tests.conftest import app_test
+from tests.conftest import app_test, wait_done
 
 KEY = "runner_spec"
 
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")
 
-
-def wait_done(at, timeout=300):
-    r = at.session_state[KEY]
-    end = time.time() + timeout
-    while not r.finished and time.time() < end:
-        time.sleep(0.1)
-    return r
 
 
 def start(drafter: str, **extra):
@@ -46,7 +38,7 @@ def test_page_generates_with_each_drafter(embedded_lm, drafter):
     at = start(drafter)
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
-    r = wait_done(at)
+    r = wait_done(at, KEY, 300)
     assert r.state == DONE and r.trace.steps
     at.run()
     assert not at.exception
@@ -58,7 +50,7 @@ def test_page_generates_with_each_drafter(embedded_lm, drafter):
 
 def test_page_tree_and_speedup(embedded_lm):
     at = start("prompt_lookup", spec_tree="template 2.2.2")
-    r = wait_done(at)
+    r = wait_done(at, KEY, 300)
     assert r.state == DONE
     at.run()
     at.button(key="spec_speedup").click().run()
