@@ -6,7 +6,10 @@ compared with. Tokens/s is compute only (model forwards + rule arithmetic), meas
 Also: Fast-dLLM threshold with and without the prefix KV cache (NFE is the same; fewer tokens go
 through the model per step).
 
-    python benchmarks/diffusion.py [--n 6] [--gen-length 64] [--block-length 16]
+`--prompts formulaic` swaps the open-ended held-out instructions for low-entropy ones (lists,
+counting, copying), the regime where parallel rules have something to commit in parallel.
+
+    python benchmarks/diffusion.py [--n 6] [--gen-length 64] [--block-length 16] [--prompts formulaic]
 """
 from __future__ import annotations
 
@@ -41,6 +44,16 @@ CONFIGS = [
 ]
 
 
+FORMULAIC = [
+    "List the days of the week, separated by commas.",
+    "Count from 1 to 30, separated by commas.",
+    "List the months of the year, separated by commas.",
+    "Write the letters of the English alphabet in order, separated by spaces.",
+    "Repeat this sentence three times: The quick brown fox jumps over the lazy dog.",
+    "List the numbers from 10 to 40, one per line.",
+]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=6, help="held-out instructions")
@@ -48,15 +61,18 @@ def main(argv=None):
     ap.add_argument("--block-length", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--only", default="", help="comma-separated config indices (debug)")
+    ap.add_argument("--prompts", choices=("heldout", "formulaic"), default="heldout",
+                    help="open-ended held-out instructions, or low-entropy ones (lists, counting, copying)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     lm = models.load(models.EMBEDDED, device="cpu")
     ad = adapters.embedded(lm)
     eos = lm.eos_ids
-    prompts = heldout_prompts(a.n, seed=23)
+    prompts = heldout_prompts(a.n, seed=23) if a.prompts == "heldout" else FORMULAIC[:a.n]
     configs = CONFIGS if not a.only else [CONFIGS[int(i)] for i in a.only.split(",")]
     print(f"# Diffusion rules on {ad.name} ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})\n")
-    print(f"{len(prompts)} held-out instructions, gen_length {a.gen_length}, block_length {a.block_length}, greedy, "
+    kind = "held-out instructions" if a.prompts == "heldout" else "formulaic instructions (lists, counting, copying)"
+    print(f"{len(prompts)} {kind}, gen_length {a.gen_length}, block_length {a.block_length}, greedy, "
           f"torch threads {a.threads}\n")
     print("| rule | steps | NFE / token | tokens / step | tokens forwarded / sample | tokens/s (compute) "
           "| median judged ppl | distinct-2 | steps vs 1-token/step | ppl vs 1-token/step |")

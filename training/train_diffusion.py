@@ -12,6 +12,7 @@ Two stages, both CPU-friendly:
 
     .venv/bin/python -m training.train_diffusion gen --n 2000
     .venv/bin/python -m training.train_diffusion train --minutes 75
+    .venv/bin/python -m training.train_diffusion train --minutes 90 --resume   # continue the shipped delta
 """
 from __future__ import annotations
 
@@ -135,11 +136,20 @@ def cmd_train(args):
     model.train()
     for p in model.parameters():
         p.requires_grad_(False)
-    lora = add_lora(model, args.r, args.alpha)
     emb = model.get_input_embeddings().weight
     pad_id = lm.tokenizer.convert_tokens_to_ids("<|im_end|>")
-    with torch.no_grad():  # start the mask row at the mean embedding
-        emb[MASK_ID] = emb.mean(0)
+    resumed = None
+    if args.resume:  # continue from the shipped delta (LoRA + mask row), same r / alpha
+        from engine.diffusion.smol import apply_delta
+        resumed = apply_delta(model, DELTA_DIR, merge=False)
+        args.r, args.alpha = resumed["lora_r"], resumed["lora_alpha"]
+        lora = [p for n, p in model.named_parameters() if "lora_" in n]
+    else:
+        lora = add_lora(model, args.r, args.alpha)
+        with torch.no_grad():  # start the mask row at the mean embedding
+            emb[MASK_ID] = emb.mean(0)
+    for p in lora:
+        p.requires_grad_(True)
     mask_row = torch.nn.Parameter(emb[MASK_ID].detach().clone())
     opt = torch.optim.AdamW([{"params": lora, "lr": args.lr}, {"params": [mask_row], "lr": args.lr}],
                             weight_decay=0.0)
@@ -148,7 +158,11 @@ def cmd_train(args):
     train = examples[:-args.heldout]
     log({"stage": "train-start", "examples": len(train), "heldout": len(heldout), "seed": args.seed,
          "lr": args.lr, "lora_r": args.r, "lora_alpha": args.alpha, "batch": args.batch, "threads": args.threads,
-         "minutes": args.minutes, "data": "training/data (SmolLM2-135M-Instruct answers, see gen stage)"})
+         "minutes": args.minutes, "data": "training/data (SmolLM2-135M-Instruct answers, see gen stage)",
+         "resumed_from_steps": (resumed or {}).get("steps", 0), "lr_schedule": "20-step warmup, linear decay to "
+         "10% over --minutes"})
+    prior_steps = (resumed or {}).get("steps", 0)
+    prior_seconds = (resumed or {}).get("train_seconds", 0)
     meta = {"base": "smollm2-135m-instruct", "mask_id": MASK_ID, "shift": 1, "bidirectional": True,
             "lora_r": args.r, "lora_alpha": args.alpha, "gen_length": GEN_LEN, "seed": args.seed}
     lm_head = model.lm_head
@@ -157,7 +171,8 @@ def cmd_train(args):
     while time.time() - t0 < args.minutes * 60 and step < args.max_steps:
         batch = rng.sample(train, args.batch)
         X, Y, A, W = make_batch(batch, rng, MASK_ID, pad_id)
-        lr = args.lr * min(1.0, (step + 1) / 20)
+        frac = (time.time() - t0) / (args.minutes * 60)
+        lr = args.lr * min(1.0, (step + 1) / 20) * max(0.1, 1.0 - 0.9 * frac)
         for g in opt.param_groups:
             g["lr"] = lr
         # inputs_embeds so the mask row is a separate trainable parameter
@@ -187,12 +202,14 @@ def cmd_train(args):
             with torch.no_grad():
                 emb[MASK_ID] = mask_row
             ev = evaluate(model, heldout, rng_seed=123, mask_id=MASK_ID, pad_id=pad_id)
-            entry = {"stage": "train", "step": step, "seconds": round(time.time() - t0, 1), "ce_ema": round(ema, 4),
-                     **ev}
+            entry = {"stage": "train", "step": step, "total_steps": prior_steps + step,
+                     "seconds": round(time.time() - t0, 1), "lr": round(lr, 6), "ce_ema": round(ema, 4), **ev}
             if ev["heldout_ce"] < best:
                 best = ev["heldout_ce"]
-                save_delta(model, DELTA_DIR, {**meta, "steps": step, "train_seconds": round(time.time() - t0),
-                                             **ev})
+                save_delta(model, DELTA_DIR, {**meta, "lora_r": args.r, "lora_alpha": args.alpha,
+                                              "steps": prior_steps + step,
+                                              "train_seconds": prior_seconds + round(time.time() - t0),
+                                              "examples": len(train), **ev})
                 entry["saved"] = True
             log(entry)
             model.train()
@@ -242,6 +259,7 @@ def main(argv=None):
     t.add_argument("--heldout", type=int, default=48)
     t.add_argument("--save-every", type=int, default=50)
     t.add_argument("--threads", type=int, default=1)
+    t.add_argument("--resume", action="store_true", help="continue from the delta in models/smol-diffusion")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     {"gen": cmd_gen, "train": cmd_train}[args.cmd](args)
