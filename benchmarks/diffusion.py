@@ -54,23 +54,19 @@ FORMULAIC = [
 ]
 
 
-def neighbour_confidence(lm, prompts, opts):
+def neighbour_confidence(traces):
     """Why parallel rules stall on a shifted model: the confidence of a masked position whose left
     neighbour is already text vs. one whose left neighbour is still [MASK] (recorded steps)."""
-    after_text, after_mask = [], []
-    for p in prompts:
-        tr = run.run(lm, "diffusion", p, max_new_tokens=opts["gen_length"], options=opts, record=True)
+    groups = {"after_text": [], "after_mask": []}
+    for tr in traces:
         for s in tr.steps:
             for i, c in enumerate(s["conf"]):
                 if c is None or s["score"][i] is None:  # committed before this step, or outside the block
                     continue
                 left_text = i == 0 or s["state"][i - 1] == "committed"  # text when this step's forward ran
-                (after_text if left_text else after_mask).append(c)
-
-    def share(xs, t=0.9):
-        return sum(x >= t for x in xs) / max(len(xs), 1)
-    return {"after_text": (statistics.median(after_text) if after_text else float("nan"), share(after_text), len(after_text)),
-            "after_mask": (statistics.median(after_mask) if after_mask else float("nan"), share(after_mask), len(after_mask))}
+                groups["after_text" if left_text else "after_mask"].append(c)
+    return {k: (statistics.median(xs) if xs else float("nan"), sum(x >= 0.9 for x in xs) / max(len(xs), 1), len(xs))
+            for k, xs in groups.items()}
 
 
 def main(argv=None):
@@ -96,13 +92,17 @@ def main(argv=None):
     print("| rule | steps | NFE / token | tokens / step | tokens forwarded / sample | tokens/s (compute) "
           "| median judged ppl | distinct-2 | steps vs 1-token/step | ppl vs 1-token/step |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    ref = None
+    ref, ref_traces = None, None
     for name, opts, budget in configs:
         steps = a.gen_length if budget == "full" else a.gen_length // 2
         o = {"gen_length": a.gen_length, "block_length": a.block_length, "steps": steps, **opts}
         n_steps, nfe, toks, comp, fwd, samples = 0, 0, 0, 0.0, 0, []
+        is_ref = opts == {"rule": "low_confidence"} and budget == "full"
+        traces = []
         for p in prompts:
-            tr = run.run(lm, "diffusion", p, max_new_tokens=a.gen_length, options=o, record=False)
+            # the 1-token/step run is recorded: its steps feed the confidence table below
+            tr = run.run(lm, "diffusion", p, max_new_tokens=a.gen_length, options=o, record=is_ref)
+            traces.append(tr)
             n_steps += len(tr.steps)
             nfe += tr.counters.target_forwards
             toks += tr.counters.generated_tokens
@@ -114,14 +114,18 @@ def main(argv=None):
         st = n_steps / len(prompts)
         if ref is None:
             ref = (st, ppl)
+        if is_ref:
+            ref_traces = traces
         print(f"| {name} | {st:.1f} | {nfe / max(toks, 1):.2f} | {toks / max(n_steps, 1):.2f} | {fwd / len(prompts):.0f} "
               f"| {toks / max(comp, 1e-9):.1f} | {ppl:.1f} | {d2:.2f} | {ref[0] / st:.2f}x fewer | "
               f"{(ppl / ref[1] - 1) * 100:+.0f}% |", flush=True)
         if name.startswith("threshold 0.9 (") or name.startswith("low_confidence, 1"):
             x = samples[0][1]
             print(f"|  ↳ e.g. {prompts[0]!r}: {lm.decode(x[:answer_len(x, eos)])!r} |||||||||", flush=True)
-    o = {"gen_length": a.gen_length, "block_length": a.block_length, "steps": a.gen_length, "rule": "low_confidence"}
-    nc = neighbour_confidence(lm, prompts, o)
+    if ref_traces is None:  # --only left the 1-token/step run out
+        o = {"gen_length": a.gen_length, "block_length": a.block_length, "steps": a.gen_length, "rule": "low_confidence"}
+        ref_traces = [run.run(lm, "diffusion", p, max_new_tokens=a.gen_length, options=o, record=True) for p in prompts]
+    nc = neighbour_confidence(ref_traces)
     print("\nConfidence of still-masked positions in the current block over the low_confidence 1-token/step run "
           "(the model predicts position i from the hidden state at i-1):\n")
     print("| left neighbour | median confidence | share >= 0.9 | position-steps |")

@@ -153,16 +153,15 @@ def cmd_train(args):
     mask_row = torch.nn.Parameter(emb[MASK_ID].detach().clone())
     opt = torch.optim.AdamW([{"params": lora, "lr": args.lr}, {"params": [mask_row], "lr": args.lr}],
                             weight_decay=0.0)
+    prior_steps = (resumed or {}).get("steps", 0)
+    prior_seconds = (resumed or {}).get("train_seconds", 0)
     examples = load_data()
     heldout = examples[-args.heldout:]
     train = examples[:-args.heldout]
     log({"stage": "train-start", "examples": len(train), "heldout": len(heldout), "seed": args.seed,
          "lr": args.lr, "lora_r": args.r, "lora_alpha": args.alpha, "batch": args.batch, "threads": args.threads,
          "minutes": args.minutes, "data": "training/data (SmolLM2-135M-Instruct answers, see gen stage)",
-         "resumed_from_steps": (resumed or {}).get("steps", 0), "lr_schedule": "20-step warmup, linear decay to "
-         "10% over --minutes"})
-    prior_steps = (resumed or {}).get("steps", 0)
-    prior_seconds = (resumed or {}).get("train_seconds", 0)
+         "resumed_from_steps": prior_steps, "lr_schedule": "20-step warmup, linear decay to 10% over --minutes"})
     meta = {"base": "smollm2-135m-instruct", "mask_id": MASK_ID, "shift": 1, "bidirectional": True,
             "lora_r": args.r, "lora_alpha": args.alpha, "gen_length": GEN_LEN, "seed": args.seed}
     lm_head = model.lm_head
@@ -206,8 +205,7 @@ def cmd_train(args):
                      "seconds": round(time.time() - t0, 1), "lr": round(lr, 6), "ce_ema": round(ema, 4), **ev}
             if ev["heldout_ce"] < best:
                 best = ev["heldout_ce"]
-                save_delta(model, DELTA_DIR, {**meta, "lora_r": args.r, "lora_alpha": args.alpha,
-                                              "steps": prior_steps + step,
+                save_delta(model, DELTA_DIR, {**meta, "steps": prior_steps + step,
                                               "train_seconds": prior_seconds + round(time.time() - t0),
                                               "examples": len(train), **ev})
                 entry["saved"] = True
