@@ -66,3 +66,15 @@ def test_delta_round_trip(tmp_path, one_thread):
     got = smol.diffusion_logits(fresh, ids)
     assert torch.allclose(got, want, atol=2e-2)  # fp16 delta
     assert (got.argmax(-1) == want.argmax(-1)).float().mean() > 0.8
+
+
+def test_split_heldout_keeps_the_long_set_when_short_data_is_added():
+    from training.train_diffusion import split_heldout
+    old = _examples(10, seed=4)  # earlier data carries no "kind": long
+    train0, held0 = split_heldout(old, {"long": 3, "short": 2})
+    assert held0 == old[-3:] and train0 == old[:-3]
+    short = [{**e, "kind": "short"} for e in _examples(6, seed=5)]
+    train, held = split_heldout(old + short, {"long": 3, "short": 2})
+    assert [e for e in held if e.get("kind") is None] == held0  # the long held-out set is unchanged
+    assert [e for e in held if e.get("kind") == "short"] == short[-2:]
+    assert len(train) == 10 + 6 - 5 and not any(e in held for e in train)

@@ -12,6 +12,16 @@ TEMPLATES = [
     "Tell me something interesting about {}.",
     "How would you describe {} to a friend?",
 ]
+# Instructions SmolLM2 answers in one line (median ~20 tokens at T=0.8), so the 64-token answer
+# ends early and the rest is <|im_end|> padding: the regime LLaDA's SFT data is in (EOS-padded
+# answers), where a diffusion model learns to end an answer and fill the tail with EOS.
+SHORT_TEMPLATES = [
+    "In one sentence, what is {}?",
+    "Give a one-sentence definition of {}.",
+    "Write a title for a story about {}.",
+    "Write one sentence about {}.",
+    "Answer briefly: what is {}?",
+]
 TRAIN_TOPICS = [
     "the ocean", "a lost cat", "the moon", "friendship", "a rainy day", "volcanoes", "the city of Paris",
     "honey bees", "the internet", "a dragon", "winter", "trees", "the sun", "music", "a robot",
@@ -36,5 +46,5 @@ HELDOUT_TOPICS = [
 ]
 
 
-def prompts(topics):
-    return [t.format(x) for x in topics for t in TEMPLATES]
+def prompts(topics, templates=None):
+    return [t.format(x) for x in topics for t in (TEMPLATES if templates is None else templates)]

@@ -10,9 +10,13 @@ Two stages, both CPU-friendly:
         Saves the delta (fp16 LoRA + mask row) to models/smol-diffusion/ every --save-every steps
         and logs to training/train_log.jsonl.
 
-    .venv/bin/python -m training.train_diffusion gen --n 2000
+  The shipped delta's data (see benchmarks/results_diffusion.md): long answers sampled at T=0.8
+  (gen, seeds 0/1/2), one-line answers that end in an EOS tail (gen --templates short, seed 3), and
+  SmolLM2's greedy answer to every training instruction (gen --greedy), used as distillation targets.
+
+    .venv/bin/python -m training.train_diffusion gen --n 2000 [--templates short] [--greedy]
     .venv/bin/python -m training.train_diffusion train --minutes 75
-    .venv/bin/python -m training.train_diffusion train --minutes 90 --resume   # continue the shipped delta
+    .venv/bin/python -m training.train_diffusion train --minutes 60 --resume --greedy-share 0.5   # continue the shipped delta
 """
 from __future__ import annotations
 
@@ -46,13 +50,20 @@ def load_base():
 
 
 def cmd_gen(args):
-    from training.prompts import TRAIN_TOPICS, prompts
+    from training.prompts import SHORT_TEMPLATES, TEMPLATES, TRAIN_TOPICS, prompts
     torch.set_num_threads(args.threads)
     lm = load_base()
     tok = lm.tokenizer
     eos = tok.convert_tokens_to_ids("<|im_end|>")
     rng = random.Random(args.seed)
-    all_prompts = prompts(TRAIN_TOPICS)
+    if args.greedy:  # every instruction once (long and short templates), SmolLM2's greedy answer
+        all_prompts = prompts(TRAIN_TOPICS, TEMPLATES + SHORT_TEMPLATES)
+        rng.shuffle(all_prompts)
+        args.n = min(args.n, len(all_prompts))
+        kind = "greedy"
+    else:
+        all_prompts = prompts(TRAIN_TOPICS, SHORT_TEMPLATES if args.templates == "short" else TEMPLATES)
+        kind = args.templates
     DATA.mkdir(parents=True, exist_ok=True)
     shard = 0
     while (DATA / f"shard{shard:03d}.pt").exists():
@@ -60,7 +71,10 @@ def cmd_gen(args):
     made, t0 = 0, time.time()
     torch.manual_seed(args.seed + shard)
     while made < args.n:
-        batch = [rng.choice(all_prompts) for _ in range(args.batch)]
+        if args.greedy:
+            batch = all_prompts[made:made + args.batch]
+        else:
+            batch = [rng.choice(all_prompts) for _ in range(args.batch)]
         enc = [lm.encode(p)[0].tolist() for p in batch]
         width = max(map(len, enc))
         ids = torch.full((len(enc), width), eos)
@@ -69,23 +83,31 @@ def cmd_gen(args):
             ids[i, width - len(e):] = torch.tensor(e)
             att[i, width - len(e):] = 1
         with torch.inference_mode():
-            out = lm.model.generate(input_ids=ids, attention_mask=att, max_new_tokens=GEN_LEN, do_sample=True,
-                                    temperature=args.temperature, top_p=0.95, pad_token_id=eos, eos_token_id=eos)
+            out = lm.model.generate(input_ids=ids, attention_mask=att, max_new_tokens=GEN_LEN, pad_token_id=eos,
+                                    eos_token_id=eos, **({"do_sample": False} if args.greedy else
+                                                         {"do_sample": True, "temperature": args.temperature,
+                                                          "top_p": 0.95}))
         examples = []
         for i, e in enumerate(enc):
             ans = out[i, width:].tolist()
             if eos in ans:
                 ans = ans[:ans.index(eos) + 1]
             ans = (ans + [eos] * GEN_LEN)[:GEN_LEN]
-            examples.append({"prompt": e, "answer": ans})
+            examples.append({"prompt": e, "answer": ans, "kind": kind})
         torch.save(examples, DATA / f"shard{shard:03d}.pt")
         shard += 1
         made += len(examples)
         print(f"gen {made}/{args.n} {time.time() - t0:.0f}s  e.g. {tok.decode(examples[0]['answer'])[:80]!r}",
               flush=True)
-    log({"stage": "gen", "examples": made, "seconds": round(time.time() - t0, 1), "seed": args.seed,
-         "temperature": args.temperature, "top_p": 0.95, "source": "SmolLM2-135M-Instruct answers to "
-         "training/prompts.py TRAIN_TOPICS x TEMPLATES (chat template)"})
+    if args.greedy:
+        how = {"decoding": "greedy", "templates": "TEMPLATES + SHORT_TEMPLATES, each instruction once",
+               "source": "SmolLM2-135M-Instruct greedy answers to training/prompts.py TRAIN_TOPICS x "
+                         "(TEMPLATES + SHORT_TEMPLATES) (chat template)"}
+    else:
+        how = {"temperature": args.temperature, "top_p": 0.95, "templates": args.templates,
+               "source": "SmolLM2-135M-Instruct answers to training/prompts.py TRAIN_TOPICS x "
+                         + ("SHORT_TEMPLATES" if args.templates == "short" else "TEMPLATES") + " (chat template)"}
+    log({"stage": "gen", "examples": made, "seconds": round(time.time() - t0, 1), "seed": args.seed, **how})
 
 
 def load_data():
@@ -93,6 +115,17 @@ def load_data():
     for p in sorted(DATA.glob("shard*.pt")):
         ex += torch.load(p)
     return ex
+
+
+def split_heldout(examples, n_held: dict):
+    """Hold out the last n_held[kind] examples of each kind (earlier data has no "kind": it is "long"),
+    so adding data of a new kind leaves the held-out sets of the earlier kinds as they were."""
+    kinds = [e.get("kind", "long") for e in examples]
+    held = set()
+    for kind, n in n_held.items():
+        idx = [i for i, k in enumerate(kinds) if k == kind]
+        held.update(idx[len(idx) - n:] if n else [])
+    return [e for i, e in enumerate(examples) if i not in held], [examples[i] for i in sorted(held)]
 
 
 def make_batch(examples, rng: random.Random, mask_id: int, pad_id: int):
@@ -156,9 +189,14 @@ def cmd_train(args):
     prior_steps = (resumed or {}).get("steps", 0)
     prior_seconds = (resumed or {}).get("train_seconds", 0)
     examples = load_data()
-    heldout = examples[-args.heldout:]
-    train = examples[:-args.heldout]
-    log({"stage": "train-start", "examples": len(train), "heldout": len(heldout), "seed": args.seed,
+    train, heldout = split_heldout(examples, {"long": args.heldout, "short": args.heldout_short,
+                                              "greedy": args.heldout_short})
+    greedy_pool = [e for e in train if e.get("kind") == "greedy"]
+    other_pool = [e for e in train if e.get("kind") != "greedy"]
+    log({"stage": "train-start", "examples": len(train), "heldout": len(heldout),
+         "by_kind": {k: sum(e.get("kind", "long") == k for e in train) for k in ("long", "short", "greedy")},
+         "greedy_share": args.greedy_share,
+         "seed": args.seed,
          "lr": args.lr, "lora_r": args.r, "lora_alpha": args.alpha, "batch": args.batch, "threads": args.threads,
          "minutes": args.minutes, "data": "training/data (SmolLM2-135M-Instruct answers, see gen stage)",
          "resumed_from_steps": prior_steps, "lr_schedule": "20-step warmup, linear decay to 10% over --minutes"})
@@ -168,7 +206,11 @@ def cmd_train(args):
     t0, step, best = time.time(), 0, float("inf")
     ema = None
     while time.time() - t0 < args.minutes * 60 and step < args.max_steps:
-        batch = rng.sample(train, args.batch)
+        if args.greedy_share > 0 and greedy_pool:  # each slot: a greedy answer with probability greedy_share
+            n_g = sum(rng.random() < args.greedy_share for _ in range(args.batch))
+            batch = rng.sample(greedy_pool, n_g) + rng.sample(other_pool, args.batch - n_g)
+        else:
+            batch = rng.sample(train, args.batch)
         X, Y, A, W = make_batch(batch, rng, MASK_ID, pad_id)
         frac = (time.time() - t0) / (args.minutes * 60)
         lr = args.lr * min(1.0, (step + 1) / 20) * max(0.1, 1.0 - 0.9 * frac)
@@ -200,11 +242,21 @@ def cmd_train(args):
         if step % args.save_every == 0 or time.time() - t0 >= args.minutes * 60:
             with torch.no_grad():
                 emb[MASK_ID] = mask_row
-            ev = evaluate(model, heldout, rng_seed=123, mask_id=MASK_ID, pad_id=pad_id)
+            long_h = [e for e in heldout if e.get("kind", "long") == "long"]
+            ev = evaluate(model, long_h, rng_seed=123, mask_id=MASK_ID, pad_id=pad_id)  # same set as earlier runs
+            tot = ev["heldout_ce"] * len(long_h)
+            for kind in ("short", "greedy"):
+                hk = [e for e in heldout if e.get("kind") == kind]
+                if hk:
+                    evk = evaluate(model, hk, rng_seed=123, mask_id=MASK_ID, pad_id=pad_id)
+                    ev.update({f"{k}_{kind}": v for k, v in evk.items()})
+                    tot += evk["heldout_ce"] * len(hk)
+            ev["heldout_ce_all"] = round(tot / len(heldout), 4)  # checkpoint selection: every held-out set
             entry = {"stage": "train", "step": step, "total_steps": prior_steps + step,
                      "seconds": round(time.time() - t0, 1), "lr": round(lr, 6), "ce_ema": round(ema, 4), **ev}
-            if ev["heldout_ce"] < best:
-                best = ev["heldout_ce"]
+            sel_ce = ev.get("heldout_ce_all", ev["heldout_ce"])
+            if sel_ce < best:
+                best = sel_ce
                 save_delta(model, DELTA_DIR, {**meta, "steps": prior_steps + step,
                                               "train_seconds": prior_seconds + round(time.time() - t0),
                                               "examples": len(train), **ev})
@@ -246,6 +298,10 @@ def main(argv=None):
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--temperature", type=float, default=0.8)
     g.add_argument("--threads", type=int, default=1)
+    g.add_argument("--templates", choices=("long", "short"), default="long",
+                   help="long: TEMPLATES (answers fill the 64 tokens); short: SHORT_TEMPLATES (one-line answers + EOS)")
+    g.add_argument("--greedy", action="store_true",
+                   help="SmolLM2's greedy answer to every training instruction (long and short templates) once")
     t = sub.add_parser("train")
     t.add_argument("--minutes", type=float, default=75)
     t.add_argument("--max-steps", type=int, default=10 ** 9)
@@ -254,9 +310,12 @@ def main(argv=None):
     t.add_argument("--r", type=int, default=16)
     t.add_argument("--alpha", type=float, default=32)
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--heldout", type=int, default=48)
+    t.add_argument("--heldout", type=int, default=48, help="long-template examples held out (the last ones)")
+    t.add_argument("--heldout-short", type=int, default=24, help="short-template (and greedy) examples held out (the last ones)")
     t.add_argument("--save-every", type=int, default=50)
     t.add_argument("--threads", type=int, default=1)
+    t.add_argument("--greedy-share", type=float, default=0.0,
+                   help="share of each batch drawn from the greedy answers (0: uniform over all data)")
     t.add_argument("--resume", action="store_true", help="continue from the delta in models/smol-diffusion")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
