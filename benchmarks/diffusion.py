@@ -6,10 +6,15 @@ compared with. Tokens/s is compute only (model forwards + rule arithmetic), meas
 Also: Fast-dLLM threshold with and without the prefix KV cache (NFE is the same; fewer tokens go
 through the model per step).
 
-`--prompts formulaic` swaps the open-ended held-out instructions for low-entropy ones (lists,
-counting, copying), the regime where parallel rules have something to commit in parallel.
+Prompt sets (`--prompts`): `heldout` open-ended held-out instructions whose answers fill the 64
+tokens; `short` held-out one-line instructions (the answer ends early, the tail is EOS, as in
+LLaDA's EOS-padded SFT regime); `mixed` half of each (the default); `formulaic` low-entropy ones
+(lists, counting, copying). Every run stops once an EOS is committed with nothing masked before it,
+so the EOS tail is not counted against the 1-token/step reference; the "answer tokens / answer step"
+column counts only steps that committed a token of the answer (before its first EOS), so the
+parallelism inside the answer is shown apart from the EOS tail.
 
-    python benchmarks/diffusion.py [--n 6] [--gen-length 64] [--block-length 16] [--prompts formulaic]
+    python benchmarks/diffusion.py [--n 6] [--gen-length 64] [--block-length 16] [--prompts mixed]
 """
 from __future__ import annotations
 
@@ -69,6 +74,22 @@ def neighbour_confidence(traces):
             for k, xs in groups.items()}
 
 
+def answer_steps(tr, eos_ids):
+    """(answer tokens, steps that committed at least one of them): the answer ends at its first EOS."""
+    n = answer_len(tr.final_ids, eos_ids)
+    k = sum(any(st == "new" and i < n for i, st in enumerate(s["state"])) for s in tr.steps)
+    return n, k
+
+
+def pick_prompts(kind: str, n: int) -> list[str]:
+    if kind == "formulaic":
+        return FORMULAIC[:n]
+    if kind == "mixed":
+        return [p for pair in zip(heldout_prompts((n + 1) // 2, seed=23), heldout_prompts(n // 2 + 1, seed=23, short=True))
+                for p in pair][:n]
+    return heldout_prompts(n, seed=23, short=kind == "short")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=6, help="held-out instructions")
@@ -76,32 +97,38 @@ def main(argv=None):
     ap.add_argument("--block-length", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--only", default="", help="comma-separated config indices (debug)")
-    ap.add_argument("--prompts", choices=("heldout", "formulaic"), default="heldout",
-                    help="open-ended held-out instructions, or low-entropy ones (lists, counting, copying)")
+    ap.add_argument("--prompts", choices=("mixed", "heldout", "short", "formulaic"), default="mixed",
+                    help="held-out long-answer instructions, one-line ones, half of each (mixed), or low-entropy "
+                         "ones (lists, counting, copying)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     lm = models.load(models.EMBEDDED, device="cpu")
     ad = adapters.embedded(lm)
     eos = lm.eos_ids
-    prompts = heldout_prompts(a.n, seed=23) if a.prompts == "heldout" else FORMULAIC[:a.n]
+    prompts = pick_prompts(a.prompts, a.n)
     configs = CONFIGS if not a.only else [CONFIGS[int(i)] for i in a.only.split(",")]
     print(f"# Diffusion rules on {ad.name} ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})\n")
-    kind = "held-out instructions" if a.prompts == "heldout" else "formulaic instructions (lists, counting, copying)"
+    kind = {"heldout": "held-out long-answer instructions", "short": "held-out one-line instructions",
+            "mixed": "held-out instructions (half long-answer, half one-line)",
+            "formulaic": "formulaic instructions (lists, counting, copying)"}[a.prompts]
     print(f"{len(prompts)} {kind}, gen_length {a.gen_length}, block_length {a.block_length}, greedy, "
           f"torch threads {a.threads}\n")
-    print("| rule | steps | NFE / token | tokens / step | tokens forwarded / sample | tokens/s (compute) "
-          "| median judged ppl | distinct-2 | steps vs 1-token/step | ppl vs 1-token/step |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| rule | steps | NFE / token | tokens / step | answer tokens / answer step | tokens forwarded / sample "
+          "| tokens/s (compute) | median judged ppl | distinct-2 | steps vs 1-token/step | ppl vs 1-token/step |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     ref, ref_traces = None, None
     for name, opts, budget in configs:
         steps = a.gen_length if budget == "full" else a.gen_length // 2
         o = {"gen_length": a.gen_length, "block_length": a.block_length, "steps": steps, **opts}
-        n_steps, nfe, toks, comp, fwd, samples = 0, 0, 0, 0.0, 0, []
+        n_steps, nfe, toks, comp, fwd, samples, ans_toks, ans_steps = 0, 0, 0, 0.0, 0, [], 0, 0
         is_ref = opts == {"rule": "low_confidence"} and budget == "full"
         traces = []
         for p in prompts:
-            # the 1-token/step run is recorded: its steps feed the confidence table below
-            tr = run.run(lm, "diffusion", p, max_new_tokens=a.gen_length, options=o, record=is_ref)
+            # recorded (outside the compute clock): which positions each step committed
+            tr = run.run(lm, "diffusion", p, max_new_tokens=a.gen_length, options=o, record=True)
+            at, ast = answer_steps(tr, eos)
+            ans_toks += at
+            ans_steps += ast
             traces.append(tr)
             n_steps += len(tr.steps)
             nfe += tr.counters.target_forwards
@@ -116,12 +143,13 @@ def main(argv=None):
             ref = (st, ppl)
         if is_ref:
             ref_traces = traces
-        print(f"| {name} | {st:.1f} | {nfe / max(toks, 1):.2f} | {toks / max(n_steps, 1):.2f} | {fwd / len(prompts):.0f} "
+        print(f"| {name} | {st:.1f} | {nfe / max(toks, 1):.2f} | {toks / max(n_steps, 1):.2f} "
+              f"| {ans_toks / max(ans_steps, 1):.2f} | {fwd / len(prompts):.0f} "
               f"| {toks / max(comp, 1e-9):.1f} | {ppl:.1f} | {d2:.2f} | {ref[0] / st:.2f}x fewer | "
               f"{(ppl / ref[1] - 1) * 100:+.0f}% |", flush=True)
         if name.startswith("threshold 0.9 (") or name.startswith("low_confidence, 1"):
             x = samples[0][1]
-            print(f"|  ↳ e.g. {prompts[0]!r}: {lm.decode(x[:answer_len(x, eos)])!r} |||||||||", flush=True)
+            print(f"|  ↳ e.g. {prompts[0]!r}: {lm.decode(x[:answer_len(x, eos)])!r} ||||||||||", flush=True)
     if ref_traces is None:  # --only left the 1-token/step run out
         o = {"gen_length": a.gen_length, "block_length": a.block_length, "steps": a.gen_length, "rule": "low_confidence"}
         ref_traces = [run.run(lm, "diffusion", p, max_new_tokens=a.gen_length, options=o, record=True) for p in prompts]

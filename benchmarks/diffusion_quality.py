@@ -30,13 +30,14 @@ from engine.diffusion import adapters  # noqa: E402
 from engine.diffusion.adapters import DiffusionAdapter  # noqa: E402
 from engine.diffusion.smol import MASK_ID  # noqa: E402
 from engine.sampling import SamplingConfig  # noqa: E402
-from training.prompts import HELDOUT_TOPICS, TEMPLATES  # noqa: E402
+from training.prompts import HELDOUT_TOPICS, SHORT_TEMPLATES, TEMPLATES  # noqa: E402
 
 GEN = 64
 
 
-def heldout_prompts(n: int, seed: int = 7) -> list[str]:
-    ps = [t.format(x) for x in HELDOUT_TOPICS for t in TEMPLATES]
+def heldout_prompts(n: int, seed: int = 7, short: bool = False) -> list[str]:
+    """Held-out-topic instructions: the long-answer TEMPLATES, or the one-line SHORT_TEMPLATES."""
+    ps = [t.format(x) for x in HELDOUT_TOPICS for t in (SHORT_TEMPLATES if short else TEMPLATES)]
     random.Random(seed).shuffle(ps)
     return ps[:n]
 

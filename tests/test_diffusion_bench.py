@@ -1,0 +1,44 @@
+"""The rules benchmark's bookkeeping: steps that commit answer tokens vs the EOS tail, and the
+confidence-by-left-neighbour table, on hand-made step records."""
+from types import SimpleNamespace
+
+from benchmarks.diffusion import answer_steps, neighbour_confidence, pick_prompts
+from benchmarks.diffusion_quality import heldout_prompts
+
+EOS = {2}
+
+
+def _trace(final_ids, states, confs=None):
+    steps = [{"state": st, "conf": c, "score": c} for st, c in zip(states, confs or [[None] * len(s) for s in states])]
+    return SimpleNamespace(final_ids=final_ids, steps=steps)
+
+
+def test_answer_steps_leave_out_steps_that_only_commit_the_eos_tail():
+    # answer = 3 tokens + EOS (answer_len counts the EOS: 4); positions 4, 5 are the tail
+    final = [10, 11, 12, 2, 2, 2]
+    states = [
+        ["mask", "mask", "mask", "mask", "new", "new"],          # tail only
+        ["new", "mask", "mask", "mask", "committed", "committed"],
+        ["committed", "new", "new", "new", "committed", "committed"],
+    ]
+    assert answer_steps(_trace(final, states), EOS) == (4, 2)
+    # no EOS at all: every position is answer
+    assert answer_steps(_trace([10, 11], [["new", "mask"], ["committed", "new"]]), EOS) == (2, 2)
+
+
+def test_neighbour_confidence_splits_by_the_left_neighbour_state():
+    states = [["committed", "mask", "mask", "mask"], ["committed", "committed", "mask", "mask"]]
+    confs = [[None, 0.95, 0.2, 0.1], [None, None, 0.5, 0.92]]
+    nc = neighbour_confidence([_trace([1, 2, 3, 4], states, confs)])
+    med_t, share_t, n_t = nc["after_text"]
+    med_m, share_m, n_m = nc["after_mask"]
+    assert n_t == 2 and n_m == 3  # (0.95, 0.5) after text; (0.2, 0.1, 0.92) after [MASK]
+    assert abs(med_t - 0.725) < 1e-9 and share_t == 0.5
+    assert abs(med_m - 0.2) < 1e-9 and abs(share_m - 1 / 3) < 1e-9
+
+
+def test_mixed_prompts_alternate_long_and_one_line():
+    p = pick_prompts("mixed", 4)
+    assert p[0::2] == heldout_prompts(2, seed=23) and p[1::2] == heldout_prompts(3, seed=23, short=True)[:2]
+    assert pick_prompts("short", 3) == heldout_prompts(3, seed=23, short=True)
+    assert len(pick_prompts("formulaic", 2)) == 2
