@@ -84,9 +84,9 @@ def answer_steps(tr, eos_ids):
 def pick_prompts(kind: str, n: int) -> list[str]:
     if kind == "formulaic":
         return FORMULAIC[:n]
-    if kind == "mixed":
-        return [p for pair in zip(heldout_prompts((n + 1) // 2, seed=23), heldout_prompts(n // 2 + 1, seed=23, short=True))
-                for p in pair][:n]
+    if kind == "mixed":  # long, one-line, long, ...
+        k = (n + 1) // 2
+        return [p for pair in zip(heldout_prompts(k, seed=23), heldout_prompts(k, seed=23, short=True)) for p in pair][:n]
     return heldout_prompts(n, seed=23, short=kind == "short")
 
 

@@ -124,7 +124,7 @@ def split_heldout(examples, n_held: dict):
     held = set()
     for kind, n in n_held.items():
         idx = [i for i, k in enumerate(kinds) if k == kind]
-        held.update(idx[len(idx) - n:] if n else [])
+        held.update(idx[max(len(idx) - n, 0):])
     return [e for i, e in enumerate(examples) if i not in held], [examples[i] for i in sorted(held)]
 
 
@@ -193,6 +193,7 @@ def cmd_train(args):
                                               "greedy": args.heldout_short})
     greedy_pool = [e for e in train if e.get("kind") == "greedy"]
     other_pool = [e for e in train if e.get("kind") != "greedy"]
+    held_by_kind = {k: [e for e in heldout if e.get("kind", "long") == k] for k in ("long", "short", "greedy")}
     log({"stage": "train-start", "examples": len(train), "heldout": len(heldout),
          "by_kind": {k: sum(e.get("kind", "long") == k for e in train) for k in ("long", "short", "greedy")},
          "greedy_share": args.greedy_share,
@@ -242,11 +243,11 @@ def cmd_train(args):
         if step % args.save_every == 0 or time.time() - t0 >= args.minutes * 60:
             with torch.no_grad():
                 emb[MASK_ID] = mask_row
-            long_h = [e for e in heldout if e.get("kind", "long") == "long"]
+            long_h = held_by_kind["long"]
             ev = evaluate(model, long_h, rng_seed=123, mask_id=MASK_ID, pad_id=pad_id)  # same set as earlier runs
             tot = ev["heldout_ce"] * len(long_h)
             for kind in ("short", "greedy"):
-                hk = [e for e in heldout if e.get("kind") == kind]
+                hk = held_by_kind[kind]
                 if hk:
                     evk = evaluate(model, hk, rng_seed=123, mask_id=MASK_ID, pad_id=pad_id)
                     ev.update({f"{k}_{kind}": v for k, v in evk.items()})
@@ -254,9 +255,8 @@ def cmd_train(args):
             ev["heldout_ce_all"] = round(tot / len(heldout), 4)  # checkpoint selection: every held-out set
             entry = {"stage": "train", "step": step, "total_steps": prior_steps + step,
                      "seconds": round(time.time() - t0, 1), "lr": round(lr, 6), "ce_ema": round(ema, 4), **ev}
-            sel_ce = ev.get("heldout_ce_all", ev["heldout_ce"])
-            if sel_ce < best:
-                best = sel_ce
+            if ev["heldout_ce_all"] < best:
+                best = ev["heldout_ce_all"]
                 save_delta(model, DELTA_DIR, {**meta, "steps": prior_steps + step,
                                               "train_seconds": prior_seconds + round(time.time() - t0),
                                               "examples": len(train), **ev})
