@@ -78,3 +78,48 @@ def test_split_heldout_keeps_the_long_set_when_short_data_is_added():
     assert [e for e in held if e.get("kind") is None] == held0  # the long held-out set is unchanged
     assert [e for e in held if e.get("kind") == "short"] == short[-2:]
     assert len(train) == 10 + 6 - 5 and not any(e in held for e in train)
+
+
+def test_certainty_forcing_batch_is_semi_autoregressive_and_complementary():
+    from training.train_diffusion import make_batch_cf
+    ex = _examples(6, seed=7)
+    X, Y, A = make_batch_cf(ex, random.Random(2), MASK, PAD, block=16)
+    assert X.shape[0] == 2 * len(ex)  # two rows per example
+    width = X.shape[1]
+    for i, e in enumerate(ex):
+        P, ans = len(e["prompt"]), torch.tensor(e["answer"])
+        rows = []
+        for r in (2 * i, 2 * i + 1):
+            a = width - GEN_LEN  # answers are right-aligned
+            assert X[r, a - P:a].tolist() == e["prompt"] and (Y[r, :a] == -100).all()
+            rows.append((X[r, a:], Y[r, a:]))
+        (x1, y1), (x2, y2) = rows
+        tgt1, tgt2 = y1 != -100, y2 != -100
+        assert not (tgt1 & tgt2).any()  # complementary: each block token is a target exactly once
+        block = (tgt1 | tgt2).nonzero()[:, 0]
+        k0 = int(block[0])
+        assert k0 % 16 == 0 and block.tolist() == list(range(k0, k0 + 16))  # one whole block
+        for x, y, t in ((x1, y1, tgt1), (x2, y2, tgt2)):
+            assert (x[:k0] == ans[:k0]).all()  # earlier blocks clean
+            assert (x[k0 + 16:] == MASK).all() and (y[k0 + 16:] == -100).all()  # later blocks all [MASK], no loss
+            assert (x[t] == MASK).all() and (y[t] == ans[t]).all()
+            blk = torch.zeros(GEN_LEN, dtype=torch.bool)
+            blk[k0:k0 + 16] = True
+            assert (x[blk & ~t] == ans[blk & ~t]).all()  # the rest of the block is visible
+
+
+def test_certainty_forcing_loss_sharpens_only_right_predictions():
+    from training.train_diffusion import certainty_forcing_loss
+    torch.manual_seed(0)
+    logits = torch.randn(6, 50, requires_grad=True)
+    targets = logits.detach().argmax(-1).clone()
+    targets[3:] = (targets[3:] + 1) % 50  # rows 3..5 are wrong
+    loss, ce, ent = certainty_forcing_loss(logits, targets, weight=2.0)
+    assert torch.isclose(ce, torch.nn.functional.cross_entropy(logits, targets))
+    p = torch.softmax(logits.detach()[:3] / 0.5, -1)
+    assert torch.isclose(ent, -(p * p.log()).sum(-1).mean(), atol=1e-5)  # entropy over the right rows only
+    assert torch.isclose(loss, ce + 2.0 * ent)
+    # no right prediction: plain cross-entropy
+    wrong = (logits.detach().argmax(-1) + 1) % 50
+    loss0, ce0, ent0 = certainty_forcing_loss(logits, wrong, weight=2.0)
+    assert torch.isclose(loss0, ce0) and ent0.item() == 0.0

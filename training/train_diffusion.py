@@ -17,6 +17,13 @@ Two stages, both CPU-friendly:
     .venv/bin/python -m training.train_diffusion gen --n 2000 [--templates short] [--greedy]
     .venv/bin/python -m training.train_diffusion train --minutes 75
     .venv/bin/python -m training.train_diffusion train --minutes 60 --resume --greedy-share 0.5   # continue the shipped delta
+
+  Certainty forcing (dParallel), which made models/smol-diffusion-cf from the default delta:
+  semi-autoregressive block masking (blocks before a drawn block clean, blocks after it all [MASK],
+  the block masked with complementary masks or from a random cut on), mean cross-entropy + weight x
+  entropy of the correctly predicted masked tokens, on mostly greedy answers:
+    .venv/bin/python -m training.train_diffusion train --resume --out models/smol-diffusion-cf --certainty 2 \
+        --cf-temperature 1.0 --cf-cut-share 0.5 --greedy-share 0.7 --batch 4 --lr 4e-4 --minutes 55
 """
 from __future__ import annotations
 
@@ -128,6 +135,14 @@ def split_heldout(examples, n_held: dict):
     return [e for i, e in enumerate(examples) if i not in held], [examples[i] for i in sorted(held)]
 
 
+def padded_hidden(model, E, A):
+    """Bidirectional forward over left-padded rows (A: real tokens); pads attend only to themselves."""
+    att = (A[:, None, :, None] & A[:, None, None, :])
+    att = att | torch.eye(A.shape[1], dtype=torch.bool)[None, None]
+    pos = (A.long().cumsum(1) - 1).clamp(min=0)
+    return model.model(inputs_embeds=E, attention_mask=att, position_ids=pos).last_hidden_state
+
+
 def make_batch(examples, rng: random.Random, mask_id: int, pad_id: int):
     """Prompt (never masked) + answer masked at ratio t per example; right-pad with pad_id."""
     seqs, targets, weights = [], [], []
@@ -159,6 +174,56 @@ def make_batch(examples, rng: random.Random, mask_id: int, pad_id: int):
     return X, Y, A, torch.tensor(weights)
 
 
+def make_batch_cf(examples, rng: random.Random, mask_id: int, pad_id: int, block: int = 16, ratio: float = 0.5,
+                  cut_share: float = 0.0):
+    """Semi-autoregressive complementary masking (dParallel's certainty-forcing layout): per example a
+    block k of the answer is drawn; blocks before it are clean (committed), blocks after it are all
+    [MASK] (as at inference), and the block itself is masked at `ratio` in one row and with the
+    complementary mask in a second row, so every token of the block is a target once. With probability
+    `cut_share` an example instead gives two "prefix-cut" rows, the state a left-to-right threshold
+    decoder is in: the block is clean up to a random cut and [MASK] from it on."""
+    seqs, targets = [], []
+    for e in examples:
+        P, ids = len(e["prompt"]), e["prompt"] + e["answer"]
+        k = rng.randrange(len(e["answer"]) // block)
+        lo, hi = P + k * block, P + (k + 1) * block
+        if rng.random() < cut_share:
+            rows = [[j >= c for j in range(block)] for c in (rng.randrange(block), rng.randrange(block))]
+        else:
+            m = [rng.random() < ratio for _ in range(lo, hi)]
+            rows = [m, [not v for v in m]]
+        for row in rows:
+            x, tgt = list(ids), [-100] * len(ids)
+            for j, masked in zip(range(lo, hi), row):
+                if masked:
+                    x[j], tgt[j] = mask_id, ids[j]
+            x[hi:] = [mask_id] * (len(ids) - hi)
+            seqs.append(x)
+            targets.append(tgt)
+    width = max(map(len, seqs))
+    X = torch.full((len(seqs), width), pad_id)
+    Y = torch.full((len(seqs), width), -100)
+    A = torch.zeros((len(seqs), width), dtype=torch.bool)
+    for i, (x, y) in enumerate(zip(seqs, targets)):
+        X[i, width - len(x):] = torch.tensor(x)
+        Y[i, width - len(y):] = torch.tensor(y)
+        A[i, width - len(x):] = True
+    return X, Y, A
+
+
+def certainty_forcing_loss(logits, targets, weight: float, temperature: float = 0.5):
+    # temperature 0.5 is dParallel's; 1.0 sharpens the very probabilities a threshold rule reads
+    """Mean cross-entropy over the masked targets + weight x mean entropy (at `temperature`) of the
+    positions whose argmax is already the target: confident where the model is right (dParallel)."""
+    ce = torch.nn.functional.cross_entropy(logits, targets)
+    right = logits.argmax(-1) == targets
+    if not right.any():
+        return ce, ce, torch.zeros(())
+    logp = torch.log_softmax(logits[right] / temperature, -1)
+    ent = -(logp.exp() * logp).sum(-1).mean()
+    return ce + weight * ent, ce, ent
+
+
 def cmd_train(args):
     from engine.diffusion.smol import DELTA_DIR, MASK_ID, add_lora, save_delta
     torch.set_num_threads(args.threads)
@@ -174,7 +239,7 @@ def cmd_train(args):
     resumed = None
     if args.resume:  # continue from the shipped delta (LoRA + mask row), same r / alpha
         from engine.diffusion.smol import apply_delta
-        resumed = apply_delta(model, DELTA_DIR, merge=False)
+        resumed = apply_delta(model, Path(args.resume_from), merge=False)
         args.r, args.alpha = resumed["lora_r"], resumed["lora_alpha"]
         lora = [p for n, p in model.named_parameters() if "lora_" in n]
     else:
@@ -200,19 +265,25 @@ def cmd_train(args):
          "seed": args.seed,
          "lr": args.lr, "lora_r": args.r, "lora_alpha": args.alpha, "batch": args.batch, "threads": args.threads,
          "minutes": args.minutes, "data": "training/data (SmolLM2-135M-Instruct answers, see gen stage)",
-         "resumed_from_steps": prior_steps, "lr_schedule": "20-step warmup, linear decay to 10% over --minutes"})
+         "resumed_from_steps": prior_steps, "out": str(args.out),
+         **({"objective": "certainty forcing (semi-AR complementary block masking, block %d, ratio 0.5; "
+                          "mean CE + %g x entropy at T=%g of correctly predicted masked tokens; prefix-cut share %g)"
+                          % (args.cf_block, args.certainty, args.cf_temperature, args.cf_cut_share)} if args.certainty > 0 else {}), "lr_schedule": "20-step warmup, linear decay to 10% over --minutes"})
     meta = {"base": "smollm2-135m-instruct", "mask_id": MASK_ID, "shift": 1, "bidirectional": True,
             "lora_r": args.r, "lora_alpha": args.alpha, "gen_length": GEN_LEN, "seed": args.seed}
     lm_head = model.lm_head
     t0, step, best = time.time(), 0, float("inf")
-    ema = None
+    ema = ent_ema = None
     while time.time() - t0 < args.minutes * 60 and step < args.max_steps:
         if args.greedy_share > 0 and greedy_pool:  # each slot: a greedy answer with probability greedy_share
             n_g = sum(rng.random() < args.greedy_share for _ in range(args.batch))
             batch = rng.sample(greedy_pool, n_g) + rng.sample(other_pool, args.batch - n_g)
         else:
             batch = rng.sample(train, args.batch)
-        X, Y, A, W = make_batch(batch, rng, MASK_ID, pad_id)
+        if args.certainty > 0:
+            X, Y, A = make_batch_cf(batch, rng, MASK_ID, pad_id, block=args.cf_block, cut_share=args.cf_cut_share)
+        else:
+            X, Y, A, W = make_batch(batch, rng, MASK_ID, pad_id)
         frac = (time.time() - t0) / (args.minutes * 60)
         lr = args.lr * min(1.0, (step + 1) / 20) * max(0.1, 1.0 - 0.9 * frac)
         for g in opt.param_groups:
@@ -220,18 +291,19 @@ def cmd_train(args):
         # inputs_embeds so the mask row is a separate trainable parameter
         E = emb[X].detach()
         E = torch.where((X == MASK_ID)[..., None], mask_row.expand_as(E), E)
-        att = (A[:, None, :, None] & A[:, None, None, :])  # bidirectional among real tokens
-        att = att | torch.eye(X.shape[1], dtype=torch.bool)[None, None]  # pads see themselves
-        pos = (A.long().cumsum(1) - 1).clamp(min=0)
-        h = model.model(inputs_embeds=E, attention_mask=att, position_ids=pos).last_hidden_state
+        h = padded_hidden(model, E, A)  # bidirectional among real tokens
         # shift: hidden at i-1 predicts token i
         h, Yt = h[:, :-1], Y[:, 1:]
         sel = Yt != -100
         logits = lm_head(h[sel]).float()
         logits[:, MASK_ID] = -1e4
-        ce = torch.nn.functional.cross_entropy(logits, Yt[sel], reduction="none")
-        rows = sel.nonzero()[:, 0]
-        loss = (ce * W[rows]).sum() / (X.shape[0] * GEN_LEN)
+        if args.certainty > 0:
+            loss, ce, ent = certainty_forcing_loss(logits, Yt[sel], args.certainty, args.cf_temperature)
+            ent_ema = ent.item() if ent_ema is None else 0.95 * ent_ema + 0.05 * ent.item()
+        else:
+            ce = torch.nn.functional.cross_entropy(logits, Yt[sel], reduction="none")
+            rows = sel.nonzero()[:, 0]
+            loss = (ce * W[rows]).sum() / (X.shape[0] * GEN_LEN)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(lora + [mask_row], 1.0)
@@ -239,7 +311,8 @@ def cmd_train(args):
         step += 1
         ema = ce.mean().item() if ema is None else 0.95 * ema + 0.05 * ce.mean().item()
         if step % 10 == 0:
-            print(f"step {step} {time.time() - t0:.0f}s loss {loss.item():.3f} ce_ema {ema:.3f}", flush=True)
+            print(f"step {step} {time.time() - t0:.0f}s loss {loss.item():.3f} ce_ema {ema:.3f}"
+                  + (f" entropy_ema {ent_ema:.3f}" if ent_ema is not None else ""), flush=True)
         if step % args.save_every == 0 or time.time() - t0 >= args.minutes * 60:
             with torch.no_grad():
                 emb[MASK_ID] = mask_row
@@ -255,9 +328,11 @@ def cmd_train(args):
             ev["heldout_ce_all"] = round(tot / len(heldout), 4)  # checkpoint selection: every held-out set
             entry = {"stage": "train", "step": step, "total_steps": prior_steps + step,
                      "seconds": round(time.time() - t0, 1), "lr": round(lr, 6), "ce_ema": round(ema, 4), **ev}
-            if ev["heldout_ce_all"] < best:
-                best = ev["heldout_ce_all"]
-                save_delta(model, DELTA_DIR, {**meta, "steps": prior_steps + step,
+            # certainty forcing trades held-out cross-entropy for confidence by design: keep the latest
+            # checkpoint (benchmarks/diffusion.py decides whether it ships); otherwise the best one
+            if ev["heldout_ce_all"] < best or args.certainty > 0:
+                best = min(best, ev["heldout_ce_all"])
+                save_delta(model, Path(args.out), {**meta, "steps": prior_steps + step,
                                               "train_seconds": prior_seconds + round(time.time() - t0),
                                               "examples": len(train), **ev})
                 entry["saved"] = True
@@ -271,7 +346,7 @@ def evaluate(model, heldout, rng_seed, mask_id, pad_id, ratio=0.5):
     from engine.diffusion.smol import diffusion_logits
     model.eval()
     rng = random.Random(rng_seed)
-    tot, correct, n = 0.0, 0, 0
+    tot, correct, n, sure, sure_right = 0.0, 0, 0, 0, 0
     for e in heldout:
         ids = torch.tensor([e["prompt"] + e["answer"]])
         x = ids.clone()
@@ -284,9 +359,15 @@ def evaluate(model, heldout, rng_seed, mask_id, pad_id, ratio=0.5):
         logits = diffusion_logits(model, x)[m].float()
         logits[:, mask_id] = -1e4
         tot += torch.nn.functional.cross_entropy(logits, ids[m], reduction="sum").item()
-        correct += (logits.argmax(-1) == ids[m]).sum().item()
+        right = logits.argmax(-1) == ids[m]
+        conf90 = logits.softmax(-1).max(-1).values >= 0.9
+        correct += right.sum().item()
+        sure += conf90.sum().item()
+        sure_right += (right & conf90).sum().item()
         n += int(m.sum())
-    return {"heldout_ce": round(tot / max(n, 1), 4), "heldout_acc@0.5": round(correct / max(n, 1), 4)}
+    return {"heldout_ce": round(tot / max(n, 1), 4), "heldout_acc@0.5": round(correct / max(n, 1), 4),
+            "heldout_conf>=0.9@0.5": round(sure / max(n, 1), 4),  # share of masked tokens the model is sure of
+            "heldout_acc_if_conf>=0.9": round(sure_right / max(sure, 1), 4)}
 
 
 def main(argv=None):
@@ -316,9 +397,22 @@ def main(argv=None):
     t.add_argument("--threads", type=int, default=1)
     t.add_argument("--greedy-share", type=float, default=0.0,
                    help="share of each batch drawn from the greedy answers (0: uniform over all data)")
-    t.add_argument("--resume", action="store_true", help="continue from the delta in models/smol-diffusion")
+    t.add_argument("--resume", action="store_true", help="continue from the delta in --resume-from")
+    t.add_argument("--resume-from", default=None, help="delta directory to continue from (default: the shipped one)")
+    t.add_argument("--out", default=None, help="where the delta is saved (default: models/smol-diffusion)")
+    t.add_argument("--certainty", type=float, default=0.0,
+                   help="certainty-forcing distillation (dParallel): entropy weight on correctly predicted masked "
+                        "tokens, with semi-AR complementary block masking (0: the LLaDA/Dream objective)")
+    t.add_argument("--cf-block", type=int, default=16, help="block length of the certainty-forcing masking")
+    t.add_argument("--cf-temperature", type=float, default=0.5, help="temperature of the certainty-forcing entropy")
+    t.add_argument("--cf-cut-share", type=float, default=0.0,
+                   help="share of examples masked from a random cut of the block on (the left-to-right decoding state)")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.cmd == "train":
+        from engine.diffusion.smol import DELTA_DIR
+        args.out = args.out or str(DELTA_DIR)
+        args.resume_from = args.resume_from or str(DELTA_DIR)
     {"gen": cmd_gen, "train": cmd_train}[args.cmd](args)
 
 

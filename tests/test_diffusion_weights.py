@@ -1,0 +1,50 @@
+"""The two shipped embedded diffusion deltas: default (smol-diffusion) and certainty-forced (smol-diffusion-cf)."""
+import pytest
+import torch
+
+from engine import run
+from engine.diffusion import adapters, smol
+from engine.methods import MethodError
+from tests.conftest import make_tiny_lm
+
+
+def test_both_deltas_ship_and_are_small():
+    for variant, (d, _) in smol.VARIANTS.items():
+        f = d / "delta.safetensors"
+        assert f.exists(), variant
+        assert f.stat().st_size < 12 * 2 ** 20  # LoRA r=16 + mask row, fp16
+    total = sum((d / "delta.safetensors").stat().st_size for d, _ in smol.VARIANTS.values())
+    assert total <= 60 * 2 ** 20  # the issue's budget for shipped weights
+
+
+def test_certainty_forced_delta_is_more_confident(embedded_lm, one_thread):
+    base = adapters.for_lm(embedded_lm, "embedded")
+    cf = adapters.for_lm(embedded_lm, "embedded-cf")
+    assert base is adapters.for_lm(embedded_lm)  # auto = the default delta
+    assert cf is not base and cf.name != base.name and "cf" in cf.name
+    prompt = embedded_lm.encode("Write a short story about a fox in the snow.")[0]
+    x = torch.cat([prompt, torch.full((16,), smol.MASK_ID)])[None]
+    conf = {}
+    for name, ad in (("base", base), ("cf", cf)):
+        with torch.no_grad():
+            logits = ad.logits(x)[0, prompt.shape[0]:].float()
+        logits[:, smol.MASK_ID] = -1e4
+        conf[name] = logits.softmax(-1).max(-1).values
+    # the point of certainty forcing: a fully masked block is predicted with more confidence
+    assert conf["cf"].mean() > conf["base"].mean() + 0.05, conf
+
+
+def test_weights_option_reaches_the_trace(embedded_lm, one_thread):
+    tr = run.run(embedded_lm, "diffusion", "Name a colour.", max_new_tokens=8,
+                 options={"rule": "threshold", "gen_length": 8, "block_length": 8, "adapter": "embedded-cf"})
+    assert tr.extra["summary"]["model"].startswith("smol-diffusion-cf")
+    assert tr.meta["params"]["adapter"] == "embedded-cf"
+
+
+def test_bad_weights_are_clear_errors(embedded_lm):
+    with pytest.raises(MethodError, match="variant"):
+        adapters.embedded(embedded_lm, "nope")
+    with pytest.raises(MethodError, match="embedded-cf"):
+        adapters.for_lm(make_tiny_lm(), "embedded-cf")
+    with pytest.raises(MethodError, match="embedded-cf"):  # the error lists the choices
+        adapters.for_lm(embedded_lm, "whatever")
