@@ -14,7 +14,7 @@ so the EOS tail is not counted against the 1-token/step reference; the "answer t
 column counts only steps that committed a token of the answer (before its first EOS), so the
 parallelism inside the answer is shown apart from the EOS tail.
 
-    python benchmarks/diffusion.py [--n 6] [--gen-length 64] [--block-length 16] [--prompts mixed]
+    python benchmarks/diffusion.py [--n 6] [--gen-length 64] [--block-length 16] [--prompts mixed] [--weights cf]
 """
 from __future__ import annotations
 
@@ -100,10 +100,13 @@ def main(argv=None):
     ap.add_argument("--prompts", choices=("mixed", "heldout", "short", "formulaic"), default="mixed",
                     help="held-out long-answer instructions, one-line ones, half of each (mixed), or low-entropy "
                          "ones (lists, counting, copying)")
+    ap.add_argument("--weights", choices=("default", "cf"), default="default",
+                    help="the embedded delta: default (models/smol-diffusion) or cf (certainty-forced, models/smol-diffusion-cf)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     lm = models.load(models.EMBEDDED, device="cpu")
-    ad = adapters.embedded(lm)
+    ad = adapters.embedded(lm, a.weights)
+    adapter = "embedded-cf" if a.weights == "cf" else "embedded"
     eos = lm.eos_ids
     prompts = pick_prompts(a.prompts, a.n)
     configs = CONFIGS if not a.only else [CONFIGS[int(i)] for i in a.only.split(",")]
@@ -119,7 +122,7 @@ def main(argv=None):
     ref, ref_traces = None, None
     for name, opts, budget in configs:
         steps = a.gen_length if budget == "full" else a.gen_length // 2
-        o = {"gen_length": a.gen_length, "block_length": a.block_length, "steps": steps, **opts}
+        o = {"gen_length": a.gen_length, "block_length": a.block_length, "steps": steps, "adapter": adapter, **opts}
         n_steps, nfe, toks, comp, fwd, samples, ans_toks, ans_steps = 0, 0, 0, 0.0, 0, [], 0, 0
         is_ref = opts == {"rule": "low_confidence"} and budget == "full"
         traces = []
@@ -151,7 +154,8 @@ def main(argv=None):
             x = samples[0][1]
             print(f"|  ↳ e.g. {prompts[0]!r}: {lm.decode(x[:answer_len(x, eos)])!r} ||||||||||", flush=True)
     if ref_traces is None:  # --only left the 1-token/step run out
-        o = {"gen_length": a.gen_length, "block_length": a.block_length, "steps": a.gen_length, "rule": "low_confidence"}
+        o = {"gen_length": a.gen_length, "block_length": a.block_length, "steps": a.gen_length, "rule": "low_confidence",
+             "adapter": adapter}
         ref_traces = [run.run(lm, "diffusion", p, max_new_tokens=a.gen_length, options=o, record=True) for p in prompts]
     nc = neighbour_confidence(ref_traces)
     print("\nConfidence of still-masked positions in the current block over the low_confidence 1-token/step run "

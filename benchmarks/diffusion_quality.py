@@ -174,12 +174,14 @@ def main(argv=None):
     ap.add_argument("--temperature", type=float, default=0.0, help="diffusion sampling temperature")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-accuracy", action="store_true", help="only the judged samples")
+    ap.add_argument("--weights", choices=("default", "cf"), default="default",
+                    help="the embedded delta: default (models/smol-diffusion) or cf (certainty-forced)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     t0 = time.time()
     lm = models.load(models.EMBEDDED, device="cpu")
     eos_ids = lm.eos_ids
-    dlm = adapters.embedded(lm)
+    dlm = adapters.embedded(lm, a.weights)
     base = DiffusionAdapter(lm.model, MASK_ID, shift=True, bidirectional=False, name="SmolLM2 as-is (causal)",
                             eos_ids=eos_ids)
     print(f"# Embedded diffusion model quality ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})\n")
@@ -193,7 +195,7 @@ def accuracy_table(lm, dlm, base, n_heldout):
     held = smollm_answers(lm, heldout_prompts(n_heldout, seed=11))
     print(f"delta: {dlm.name}; held-out answers: {len(held)} SmolLM2 answers to held-out-topic instructions\n")
     print("## Masked-token accuracy (held-out text, one forward, argmax)\n")
-    print("| mask ratio | smol-diffusion | SmolLM2 as-is (causal, shift) | unigram baseline | scored tokens |")
+    print(f"| mask ratio | {dlm.name.split(' ')[0]} | SmolLM2 as-is (causal, shift) | unigram baseline | scored tokens |")
     print("|---|---|---|---|---|")
     for r in (0.15, 0.5, 0.9):
         acc, n = masked_accuracy(dlm, held, r, eos_ids)
@@ -204,12 +206,13 @@ def accuracy_table(lm, dlm, base, n_heldout):
 def sample_tables(lm, a, t0):
     eos_ids = lm.eos_ids
     prompts = heldout_prompts(a.n_samples, seed=23)
-    opts = {"rule": "low_confidence", "steps": GEN, "gen_length": GEN, "block_length": a.block_length}
+    opts = {"rule": "low_confidence", "steps": GEN, "gen_length": GEN, "block_length": a.block_length,
+            "adapter": "embedded-cf" if a.weights == "cf" else "embedded"}
     samp = SamplingConfig(temperature=a.temperature, seed=0) if a.temperature > 0 else SamplingConfig()
     dsamples, stats = diffusion_samples(lm, prompts, opts, samp)
     own = smollm_answers(lm, prompts, temperature=0.8, seed=99)
     own_greedy = smollm_answers(lm, prompts, temperature=0.0)
-    rows = [("smol-diffusion, low_confidence, steps=64" + (f", block {a.block_length}" if a.block_length else "")
+    rows = [(("smol-diffusion-cf" if a.weights == "cf" else "smol-diffusion") + ", low_confidence, steps=64" + (f", block {a.block_length}" if a.block_length else "")
              + (f", T={a.temperature}" if a.temperature else ", greedy"), dsamples),
             ("SmolLM2-135M own samples (AR, T=0.8, top-p 0.95)", own),
             ("SmolLM2-135M own samples (AR, greedy)", own_greedy),

@@ -1,6 +1,7 @@
 """Diffusion language models: iterative unmasking, remasking rules, and two rules side by side."""
 import streamlit as st
 
+from engine import models
 from engine.diffusion import adapters
 from engine.diffusion import rules as R
 from engine.methods import MethodError
@@ -14,13 +15,23 @@ lm = common.page_header(
     "A masked diffusion LM writes the whole answer at once: it starts from [MASK] tokens and, step by step, "
     "commits the predictions a remasking rule picks (semi-autoregressive blocks decode left to right). "
     "With the embedded SmolLM2 the page runs smol-diffusion: SmolLM2-135M turned into a diffusion LM with "
-    "Dream's recipe (a small LoRA delta shipped in models/). LLaDA-8B-Instruct and Dream-v0-Instruct-7B run "
+    "Dream's recipe (a small LoRA delta shipped in models/); smol-diffusion-cf is the same delta after "
+    "certainty-forcing distillation (dParallel): more confident, so threshold rules commit more tokens per "
+    "step, and more repetitive. LLaDA-8B-Instruct and Dream-v0-Instruct-7B run "
     "here too when loaded on the home page (tick 'trust remote code' only if you trust their code).")
 
 RULE_NAMES = list(R.RULES)
+EMBEDDED = lm is not None and lm.name == models.EMBEDDED
+WEIGHTS = {"embedded": "smol-diffusion (default)", "embedded-cf": "smol-diffusion-cf (certainty-forced)"}
 
 with st.sidebar:
     st.header("Diffusion settings")
+    weights = "auto"
+    if EMBEDDED:
+        weights = st.radio("embedded diffusion weights", list(WEIGHTS), format_func=WEIGHTS.get, key="dlm_weights",
+                           help="smol-diffusion-cf: certainty-forcing distillation made it confident on more "
+                                "positions at once (threshold 0.9: 1.56x fewer steps than one token per step, "
+                                "vs 1.05x) at the cost of more repeated phrases")
     gen_length = st.number_input("gen_length (answer tokens)", 1, 512, 32, key="dlm_gen_length")
     block_length = st.number_input("block_length (0 = gen_length)", 0, 512, 8, key="dlm_block_length")
     steps = st.number_input("steps (0 = gen_length)", 0, 512, 0, key="dlm_steps",
@@ -45,8 +56,8 @@ bps = controls.breakpoint_controls("dlm", events=("remasked",))
 prompt = common.prompt_box("dlm_prompt", "Write a short story about a lost cat.")
 
 
-def options(rule_name: str) -> dict:
-    return {"rule": rule_name, "steps": int(steps), "gen_length": int(gen_length),
+def options(rule_name: str, adapter: str | None = None) -> dict:
+    return {"rule": rule_name, "adapter": adapter or weights, "steps": int(steps), "gen_length": int(gen_length),
             "block_length": int(block_length), "threshold": float(threshold), "cfg_scale": float(cfg_scale),
             "prefix_cache": bool(prefix_cache), "stop_at_eos": bool(stop_at_eos), "anchor": float(anchor),
             "relaxed": float(relaxed), "radius": int(radius), "decay": float(decay), "alpha": float(alpha),
@@ -57,7 +68,7 @@ ready = lm is not None and cfg is not None
 if lm is not None:
     try:  # the diffusion model behind the loaded one (first use merges the shipped delta, a few seconds)
         with st.spinner("Preparing the diffusion model..."):
-            dlm = adapters.for_lm(lm)
+            dlm = adapters.for_lm(lm, weights)
         st.sidebar.markdown(f"**Diffusion model:** `{dlm.name}`  \n mask id {dlm.mask_id}, "
                             f"{'logits shifted by one (Dream-style)' if dlm.shift else 'no shift (LLaDA-style)'}")
     except MethodError as e:
@@ -81,10 +92,16 @@ with compare:
     a_col, b_col = st.columns(2)
     rule_a = a_col.selectbox("left rule", RULE_NAMES, index=RULE_NAMES.index("low_confidence"), key="dlm_rule_a")
     rule_b = b_col.selectbox("right rule", RULE_NAMES, index=RULE_NAMES.index("threshold"), key="dlm_rule_b")
+    w_a = w_b = weights
+    if EMBEDDED:  # e.g. the same rule on both sets of weights: what certainty forcing buys
+        w_a = a_col.selectbox("left weights", list(WEIGHTS), index=list(WEIGHTS).index(weights),
+                              format_func=WEIGHTS.get, key="dlm_weights_a")
+        w_b = b_col.selectbox("right weights", list(WEIGHTS), index=list(WEIGHTS).index(weights),
+                              format_func=WEIGHTS.get, key="dlm_weights_b")
     if st.button("Run both on the prompt", key="dlm_compare_go", disabled=not ready) and ready:
-        for k, rname in ((KEY_A, rule_a), (KEY_B, rule_b)):
+        for k, rname, w in ((KEY_A, rule_a, w_a), (KEY_B, rule_b, w_b)):
             controls.start(k, lm, "diffusion", prompt, max_new_tokens=int(gen_length), sampling=cfg,
-                           options=options(rname))
+                           options=options(rname, w))
     with a_col:
         controls.live(KEY_A, lambda r: render_diffusion.render(r, "dlm_a", compact=True))
         controls.download_button(KEY_A)

@@ -58,3 +58,24 @@ def test_diffusion_page_bad_input_is_an_error(embedded_lm):
     at.text_area(key="dlm_prompt").input("  ")
     at.button(key="dlm_go").click().run()
     assert any("empty" in e.value for e in at.error)
+
+
+def test_diffusion_page_compares_the_two_embedded_weights(embedded_lm):
+    """Same rule, default vs certainty-forced weights: what certainty-forcing distillation changes."""
+    at = app_test(PAGE).run()
+    assert not at.exception
+    small(at, "threshold")
+    at.selectbox(key="dlm_rule_a").set_value("threshold")
+    at.selectbox(key="dlm_weights_b").set_value("embedded-cf")
+    at.button(key="dlm_compare_go").click().run()
+    a, b = wait_done(at, "runner_diffusion_a"), wait_done(at, "runner_diffusion_b")
+    assert a.state == DONE and b.state == DONE, (a.error, b.error)
+    assert a.trace.meta["params"]["adapter"] == "embedded" and b.trace.meta["params"]["adapter"] == "embedded-cf"
+    assert b.trace.extra["summary"]["model"].startswith("smol-diffusion-cf")
+    at.run()
+    assert not at.exception
+    assert any("smol-diffusion-cf" in c.value for c in at.caption)
+    # the sidebar choice switches the single-rule view too
+    at.radio(key="dlm_weights").set_value("embedded-cf").run()
+    assert not at.exception
+    assert any("smol-diffusion-cf" in m.value for m in at.sidebar.markdown)

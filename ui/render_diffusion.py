@@ -17,6 +17,8 @@ def render(r, prefix: str = "diffusion", compact: bool = False) -> None:
     if summ.get("forwarded_tokens"):
         extra["tokens forwarded"] = summ["forwarded_tokens"]
     if compact:
+        if summ.get("model"):
+            st.caption(f"{summ['model']} · rule {summ.get('rule', '?')}")
         cols = st.columns(4)
         for col, (k, v) in zip(cols, {**extra, "compute s": f"{r.trace.counters.compute_s:.2f}"}.items()):
             col.metric(k, v)

@@ -109,25 +109,31 @@ def _crop_to(cache, length: int) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-_EMBEDDED: dict[int, DiffusionAdapter] = {}
+_EMBEDDED: dict[tuple[int, str], DiffusionAdapter] = {}
 _EMBEDDED_LOCK = threading.Lock()
 
 
-def embedded(lm) -> DiffusionAdapter:
-    """The embedded diffusion model: a copy of the base SmolLM2 (lm) with the shipped delta merged."""
+def embedded(lm, variant: str = "default") -> DiffusionAdapter:
+    """The embedded diffusion model: a copy of the base SmolLM2 (lm) with a shipped delta merged.
+
+    variant "default": models/smol-diffusion; "cf": models/smol-diffusion-cf, the same delta after
+    certainty-forcing distillation (more tokens per step under threshold rules, more repetition)."""
     from engine.diffusion import smol
+    if variant not in smol.VARIANTS:
+        raise MethodError(f"Unknown embedded diffusion variant '{variant}': choose {', '.join(smol.VARIANTS)}.")
+    delta_dir, name = smol.VARIANTS[variant]
     with _EMBEDDED_LOCK:
-        if id(lm.model) not in _EMBEDDED:
-            if not (smol.DELTA_DIR / "delta.safetensors").exists():
-                raise MethodError(f"The embedded diffusion weights are missing ({smol.DELTA_DIR}): "
+        key = (id(lm.model), variant)
+        if key not in _EMBEDDED:
+            if not (delta_dir / "delta.safetensors").exists():
+                raise MethodError(f"The embedded diffusion weights are missing ({delta_dir}): "
                                   "train them with `python -m training.train_diffusion`.")
             model = copy.deepcopy(lm.model)
-            smol.apply_delta(model, smol.DELTA_DIR, merge=True)
+            smol.apply_delta(model, delta_dir, merge=True)
             model.eval()
-            _EMBEDDED[id(lm.model)] = DiffusionAdapter(model, smol.MASK_ID, shift=True, bidirectional=True,
-                                                       style="hf", name="smol-diffusion (SmolLM2-135M + delta)",
-                                                       eos_ids=lm.eos_ids)
-        return _EMBEDDED[id(lm.model)]
+            _EMBEDDED[key] = DiffusionAdapter(model, smol.MASK_ID, shift=True, bidirectional=True, style="hf",
+                                              name=name, eos_ids=lm.eos_ids)
+        return _EMBEDDED[key]
 
 
 def _mask_id_from_config(cfg, default=None):
@@ -158,10 +164,10 @@ def for_lm(lm, adapter: str = "auto", mask_id: int = -1) -> DiffusionAdapter:
         else:
             raise MethodError(f"'{lm.name}' is not a masked diffusion LM (model_type '{mtype}'). Use the embedded "
                               "model, LLaDA-8B-Instruct or Dream-v0-Instruct-7B, or choose adapter llada/dream.")
-    if adapter == "embedded":
+    if adapter in ("embedded", "embedded-cf"):
         if lm.name != models.EMBEDDED:
-            raise MethodError("adapter 'embedded' needs the embedded SmolLM2 model as base.")
-        return embedded(lm)
+            raise MethodError(f"adapter '{adapter}' needs the embedded SmolLM2 model as base.")
+        return embedded(lm, "cf" if adapter == "embedded-cf" else "default")
     if adapter in ("llada", "dream"):
         mid = mask_id if mask_id >= 0 else _mask_id_from_config(lm.config)
         if mid is None:
@@ -174,7 +180,7 @@ def for_lm(lm, adapter: str = "auto", mask_id: int = -1) -> DiffusionAdapter:
         return DiffusionAdapter(lm.model, mid, shift=(adapter == "dream"), bidirectional=not remote,
                                 style=adapter if remote else "hf", name=f"{lm.name} ({adapter}-style)",
                                 eos_ids=lm.eos_ids)
-    raise MethodError(f"Unknown adapter '{adapter}': choose auto, embedded, llada or dream.")
+    raise MethodError(f"Unknown adapter '{adapter}': choose auto, embedded, embedded-cf, llada or dream.")
 
 
 def load_remote(name: str, trust_remote_code: bool = False, device=None, dtype=None):

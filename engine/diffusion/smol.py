@@ -19,6 +19,11 @@ from torch import nn
 MASK_ID = 16  # '<empty_output>' in the SmolLM2 tokenizer: never produced by the chat template
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 DELTA_DIR = Path(__file__).resolve().parents[2] / "models" / "smol-diffusion"
+# The same delta continued with certainty-forcing distillation (dParallel): more confident, so
+# threshold rules commit more tokens per step, at the cost of more repetition (benchmarks/RESULTS.md).
+DELTA_DIR_CF = DELTA_DIR.parent / "smol-diffusion-cf"
+VARIANTS = {"default": (DELTA_DIR, "smol-diffusion (SmolLM2-135M + delta)"),
+            "cf": (DELTA_DIR_CF, "smol-diffusion-cf (certainty-forced: parallel, more repetitive)")}
 
 
 class LoRALinear(nn.Module):
