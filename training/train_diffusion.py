@@ -143,8 +143,22 @@ def padded_hidden(model, E, A):
     return model.model(inputs_embeds=E, attention_mask=att, position_ids=pos).last_hidden_state
 
 
+def left_pad(seqs, targets, pad_id: int):
+    """Left-pad rows with pad_id so every answer ends at the same column: (X, Y, A), A = real tokens
+    (padded_hidden keeps attention off the pads); Y is -100 outside the targets."""
+    width = max(map(len, seqs))
+    X = torch.full((len(seqs), width), pad_id)
+    Y = torch.full((len(seqs), width), -100)
+    A = torch.zeros((len(seqs), width), dtype=torch.bool)
+    for i, (x, y) in enumerate(zip(seqs, targets)):
+        X[i, width - len(x):] = torch.tensor(x)
+        Y[i, width - len(y):] = torch.tensor(y)
+        A[i, width - len(x):] = True
+    return X, Y, A
+
+
 def make_batch(examples, rng: random.Random, mask_id: int, pad_id: int):
-    """Prompt (never masked) + answer masked at ratio t per example; right-pad with pad_id."""
+    """Prompt (never masked) + answer masked at ratio t per example; left-padded with pad_id."""
     seqs, targets, weights = [], [], []
     for e in examples:
         t = rng.uniform(0.02, 1.0)
@@ -162,16 +176,7 @@ def make_batch(examples, rng: random.Random, mask_id: int, pad_id: int):
         seqs.append(x)
         targets.append(tgt)
         weights.append(1.0 / t)
-    width = max(map(len, seqs))
-    # left-pad so every answer ends at the same column (attention to pads is masked below)
-    X = torch.full((len(seqs), width), pad_id)
-    Y = torch.full((len(seqs), width), -100)
-    A = torch.zeros((len(seqs), width), dtype=torch.bool)
-    for i, (x, y) in enumerate(zip(seqs, targets)):
-        X[i, width - len(x):] = torch.tensor(x)
-        Y[i, width - len(y):] = torch.tensor(y)
-        A[i, width - len(x):] = True
-    return X, Y, A, torch.tensor(weights)
+    return (*left_pad(seqs, targets, pad_id), torch.tensor(weights))
 
 
 def make_batch_cf(examples, rng: random.Random, mask_id: int, pad_id: int, block: int = 16, ratio: float = 0.5,
@@ -200,21 +205,13 @@ def make_batch_cf(examples, rng: random.Random, mask_id: int, pad_id: int, block
             x[hi:] = [mask_id] * (len(ids) - hi)
             seqs.append(x)
             targets.append(tgt)
-    width = max(map(len, seqs))
-    X = torch.full((len(seqs), width), pad_id)
-    Y = torch.full((len(seqs), width), -100)
-    A = torch.zeros((len(seqs), width), dtype=torch.bool)
-    for i, (x, y) in enumerate(zip(seqs, targets)):
-        X[i, width - len(x):] = torch.tensor(x)
-        Y[i, width - len(y):] = torch.tensor(y)
-        A[i, width - len(x):] = True
-    return X, Y, A
+    return left_pad(seqs, targets, pad_id)
 
 
 def certainty_forcing_loss(logits, targets, weight: float, temperature: float = 0.5):
-    # temperature 0.5 is dParallel's; 1.0 sharpens the very probabilities a threshold rule reads
     """Mean cross-entropy over the masked targets + weight x mean entropy (at `temperature`) of the
-    positions whose argmax is already the target: confident where the model is right (dParallel)."""
+    positions whose argmax is already the target: confident where the model is right (dParallel).
+    Temperature 0.5 is dParallel's; 1.0 sharpens the very probabilities a threshold rule reads."""
     ce = torch.nn.functional.cross_entropy(logits, targets)
     right = logits.argmax(-1) == targets
     if not right.any():
