@@ -123,3 +123,33 @@ def test_certainty_forcing_loss_sharpens_only_right_predictions():
     wrong = (logits.detach().argmax(-1) + 1) % 50
     loss0, ce0, ent0 = certainty_forcing_loss(logits, wrong, weight=2.0)
     assert torch.isclose(loss0, ce0) and ent0.item() == 0.0
+
+
+def _engine_low_confidence(lm, prompt, eos):
+    from engine.diffusion.adapters import DiffusionAdapter
+    from engine.diffusion.sampler import diffuse
+    ad = DiffusionAdapter(lm.model, MASK, shift=True, bidirectional=True, name="tiny", eos_ids={eos})
+    x = None
+    for s in diffuse(ad, torch.tensor([prompt]), gen_length=GEN_LEN, block_length=16, steps=GEN_LEN,
+                     rule="low_confidence"):
+        x = s.x.tolist()
+    return x
+
+
+def test_self_decode_matches_the_engine_low_confidence_sampler(one_thread):
+    """gen-self's batched decoder (left-padded rows, no cache) = the engine's greedy low_confidence
+    sampler, one prompt at a time, token for token; with the prefix cache (Fast-dLLM's approximation on
+    a bidirectional model, not exact) it still fills every mask."""
+    from training.train_diffusion import self_decode
+    lm = make_tiny_lm(seed=7)
+    eos = 2
+    rng = random.Random(4)
+    prompts = [[rng.randrange(100, 400) for _ in range(n)] for n in (3, 9, 6)]
+    got = self_decode(lm.model, prompts, MASK, eos, block=16, prefix_cache=False)
+    for p, g in zip(prompts, got):
+        want = _engine_low_confidence(lm, p, eos)
+        n = next((i + 1 for i, t in enumerate(want) if t == eos), GEN_LEN)  # engine stops at a settled EOS
+        assert g[:n] == want[:n]
+        assert all(t == eos for t in g[n:])
+    cached = self_decode(lm.model, prompts, MASK, eos, block=16, prefix_cache=True)
+    assert all(len(a) == GEN_LEN and MASK not in a for a in cached)

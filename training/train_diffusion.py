@@ -1,9 +1,11 @@
 """Turn the embedded SmolLM2-135M-Instruct into a small masked diffusion LM (Dream's recipe).
 
-Two stages, both CPU-friendly:
+Stages, all CPU-friendly:
   gen   SmolLM2-135M-Instruct answers instructions (training/prompts.py); each example is the
         chat-formatted prompt + a 64-token answer, padded with <|im_end|> (the model learns to
         fill the tail with EOS, as LLaDA/Dream do). Written to training/data/*.pt (not shipped).
+  gen-self  the diffusion model answers every training instruction itself (greedy low_confidence,
+        blocks of 16, prefix KV cache): self-distillation data for certainty forcing (dParallel).
   train bidirectional attention + logits shifted by one + LoRA (r=16) on every linear layer
         + a trained mask-token row. Per example: t ~ U(0.02, 1), every answer token masked with
         probability t, loss = cross-entropy on masked tokens weighted by 1/t (LLaDA / Dream).
@@ -115,6 +117,114 @@ def cmd_gen(args):
                "source": "SmolLM2-135M-Instruct answers to training/prompts.py TRAIN_TOPICS x "
                          + ("SHORT_TEMPLATES" if args.templates == "short" else "TEMPLATES") + " (chat template)"}
     log({"stage": "gen", "examples": made, "seconds": round(time.time() - t0, 1), "seed": args.seed, **how})
+
+
+@torch.no_grad()
+def self_decode(model, prompts_enc, mask_id: int, eos: int, block: int = 16, gen_len: int = GEN_LEN,
+                prefix_cache: bool = True):
+    """The diffusion model answers a batch of prompts itself: greedy low_confidence, one token per step,
+    semi-autoregressive blocks, the engine's stop rule (an EOS committed with nothing masked before it;
+    the rest is EOS padding). Returns the answers (gen_len ids each). dParallel distils a model on its
+    own trajectories like these, so certainty is learnt on text the model already agrees with.
+    prefix_cache: Fast-dLLM's approximation (keys/values of the prompt and committed blocks computed
+    once per block, the block and what follows it recomputed every step), ~2x faster here."""
+    from transformers import DynamicCache
+    from engine.diffusion.adapters import _crop_to
+    emb = model.get_input_embeddings().weight
+    B, width = len(prompts_enc), max(map(len, prompts_enc))
+    L = width + gen_len
+    X = torch.full((B, L), eos)
+    A = torch.zeros((B, L), dtype=torch.bool)
+    for i, e in enumerate(prompts_enc):
+        X[i, width - len(e):width] = torch.tensor(e)
+        A[i, width - len(e):] = True
+    X[:, width:] = mask_id
+    pos_all = (A.long().cumsum(1) - 1).clamp(min=0)
+    ar = torch.arange(gen_len)
+    active = torch.arange(B)
+    for k in range(gen_len // block):
+        lo, hi = width + k * block, width + (k + 1) * block
+        cache, start = None, 0
+        if prefix_cache:  # keys/values of positions < lo - 1 (the hidden state at lo-1 predicts lo)
+            x, a = X[active], A[active]
+            att = (a[:, None, :, None] & a[:, None, None, :]) | torch.eye(L, dtype=torch.bool)[None, None]
+            cache = DynamicCache()
+            model.model(input_ids=x, attention_mask=att, position_ids=pos_all[active], past_key_values=cache,
+                        use_cache=True)
+            start = lo - 1
+            _crop_to(cache, start)
+            keep = active
+        for _ in range(block):
+            if len(active) == 0:
+                break
+            x, a = X[active], A[active]
+            if cache is not None:
+                if len(active) < len(keep):  # finished rows leave the batch: drop their cache rows
+                    sel = torch.nonzero(torch.isin(keep, active)).squeeze(1)
+                    cache.batch_select_indices(sel)
+                    keep = active
+                att = (a[:, None, start:, None] & a[:, None, None, :]) | \
+                    torch.eye(L, dtype=torch.bool)[None, None, start:]
+                h = model.model(input_ids=x[:, start:], attention_mask=att, position_ids=pos_all[active, start:],
+                                past_key_values=cache, use_cache=True).last_hidden_state
+                _crop_to(cache, start)
+                h = h[:, lo - 1 - start:hi - 1 - start]
+            else:
+                h = padded_hidden(model, emb[x], a)[:, lo - 1:hi - 1]  # shift: i-1 predicts i
+            logits = model.lm_head(h).float()
+            logits[..., mask_id] = -1e4
+            conf, tok = logits.softmax(-1).max(-1)
+            masked = x[:, lo:hi] == mask_id
+            conf = torch.where(masked, conf, torch.full_like(conf, -1.0))
+            j = conf.argmax(-1)
+            X[active, lo + j] = tok[torch.arange(len(active)), j]
+            ans = X[active, width:]
+            first_mask = torch.where(ans == mask_id, ar, gen_len).min(-1).values
+            first_eos = torch.where(ans == eos, ar, gen_len).min(-1).values
+            finished = first_eos < first_mask
+            for r, fe in zip(active[finished].tolist(), first_eos[finished].tolist()):
+                X[r, width + fe:] = eos
+            active = active[~finished]
+            if not bool((X[active, lo:hi] == mask_id).any()):
+                break
+    assert not bool((X[:, width:] == mask_id).any())
+    return [X[i, width:].tolist() for i in range(B)]
+
+
+def cmd_gen_self(args):
+    """Self-distillation data: the diffusion model (a delta) answers every training instruction."""
+    from engine.diffusion.smol import MASK_ID, apply_delta
+    from training.prompts import SHORT_TEMPLATES, TEMPLATES, TRAIN_TOPICS, prompts
+    torch.set_num_threads(args.threads)
+    lm = load_base()
+    meta = apply_delta(lm.model, Path(args.delta), merge=True)
+    lm.model.eval()
+    tok = lm.tokenizer
+    eos = tok.convert_tokens_to_ids("<|im_end|>")
+    rng = random.Random(args.seed)
+    all_prompts = prompts(TRAIN_TOPICS, TEMPLATES + SHORT_TEMPLATES)
+    rng.shuffle(all_prompts)
+    n = min(args.n, len(all_prompts))
+    DATA.mkdir(parents=True, exist_ok=True)
+    shard = 0
+    while (DATA / f"shard{shard:03d}.pt").exists():
+        shard += 1
+    made, t0 = 0, time.time()
+    while made < n and time.time() - t0 < args.minutes * 60:
+        batch = all_prompts[made:made + args.batch]
+        enc = [lm.encode(p)[0].tolist() for p in batch]
+        answers = self_decode(lm.model, enc, MASK_ID, eos, block=args.block, prefix_cache=not args.no_cache)
+        examples = [{"prompt": e, "answer": a, "kind": "self"} for e, a in zip(enc, answers)]
+        torch.save(examples, DATA / f"shard{shard:03d}.pt")
+        shard += 1
+        made += len(examples)
+        print(f"gen-self {made}/{n} {time.time() - t0:.0f}s  e.g. {tok.decode(answers[0])[:100]!r}", flush=True)
+    log({"stage": "gen-self", "examples": made, "seconds": round(time.time() - t0, 1), "seed": args.seed,
+         "decoding": f"diffusion low_confidence, 1 token/step, block {args.block}, greedy, stop at EOS"
+                     + ("" if args.no_cache else ", prefix KV cache"),
+         "delta": str(args.delta), "delta_steps": meta.get("steps"),
+         "source": "the diffusion model's own answers to training/prompts.py TRAIN_TOPICS x "
+                   "(TEMPLATES + SHORT_TEMPLATES), each instruction once (shuffled, seed)"})
 
 
 def load_data():
@@ -254,11 +364,12 @@ def cmd_train(args):
     train, heldout = split_heldout(examples, {"long": args.heldout, "short": args.heldout_short,
                                               "greedy": args.heldout_short})
     greedy_pool = [e for e in train if e.get("kind") == "greedy"]
-    other_pool = [e for e in train if e.get("kind") != "greedy"]
+    self_pool = [e for e in train if e.get("kind") == "self"]  # the diffusion model's own answers (gen-self)
+    other_pool = [e for e in train if e.get("kind") not in ("greedy", "self")]
     held_by_kind = {k: [e for e in heldout if e.get("kind", "long") == k] for k in ("long", "short", "greedy")}
     log({"stage": "train-start", "examples": len(train), "heldout": len(heldout),
-         "by_kind": {k: sum(e.get("kind", "long") == k for e in train) for k in ("long", "short", "greedy")},
-         "greedy_share": args.greedy_share,
+         "by_kind": {k: sum(e.get("kind", "long") == k for e in train) for k in ("long", "short", "greedy", "self")},
+         "greedy_share": args.greedy_share, "self_share": args.self_share,
          "seed": args.seed,
          "lr": args.lr, "lora_r": args.r, "lora_alpha": args.alpha, "batch": args.batch, "threads": args.threads,
          "minutes": args.minutes, "data": "training/data (SmolLM2-135M-Instruct answers, see gen stage)",
@@ -272,11 +383,17 @@ def cmd_train(args):
     t0, step, best = time.time(), 0, float("inf")
     ema = ent_ema = None
     while time.time() - t0 < args.minutes * 60 and step < args.max_steps:
-        if args.greedy_share > 0 and greedy_pool:  # each slot: a greedy answer with probability greedy_share
+        if args.self_share > 0 and self_pool:  # each slot: self with prob self_share, else greedy / other
+            u = [rng.random() for _ in range(args.batch)]
+            n_s = sum(v < args.self_share for v in u)
+            n_g = sum(args.self_share <= v < args.self_share + args.greedy_share for v in u)
+            batch = (rng.sample(self_pool, n_s) + rng.sample(greedy_pool, n_g)
+                     + rng.sample(other_pool, args.batch - n_s - n_g))
+        elif args.greedy_share > 0 and greedy_pool:  # each slot: a greedy answer with probability greedy_share
             n_g = sum(rng.random() < args.greedy_share for _ in range(args.batch))
             batch = rng.sample(greedy_pool, n_g) + rng.sample(other_pool, args.batch - n_g)
         else:
-            batch = rng.sample(train, args.batch)
+            batch = rng.sample(train if not self_pool else other_pool + greedy_pool, args.batch)
         if args.certainty > 0:
             X, Y, A = make_batch_cf(batch, rng, MASK_ID, pad_id, block=args.cf_block, cut_share=args.cf_cut_share)
         else:
@@ -380,6 +497,15 @@ def main(argv=None):
                    help="long: TEMPLATES (answers fill the 64 tokens); short: SHORT_TEMPLATES (one-line answers + EOS)")
     g.add_argument("--greedy", action="store_true",
                    help="SmolLM2's greedy answer to every training instruction (long and short templates) once")
+    gs = sub.add_parser("gen-self", help="self-distillation data: the diffusion delta answers the training instructions")
+    gs.add_argument("--delta", default=None, help="delta directory (default: the shipped models/smol-diffusion)")
+    gs.add_argument("--n", type=int, default=1500)
+    gs.add_argument("--batch", type=int, default=16)
+    gs.add_argument("--block", type=int, default=16)
+    gs.add_argument("--seed", type=int, default=0)
+    gs.add_argument("--threads", type=int, default=2)
+    gs.add_argument("--minutes", type=float, default=10 ** 6, help="stop after the batch that passes this")
+    gs.add_argument("--no-cache", action="store_true", help="full forward every step (default: Fast-dLLM prefix cache)")
     t = sub.add_parser("train")
     t.add_argument("--minutes", type=float, default=75)
     t.add_argument("--max-steps", type=int, default=10 ** 9)
@@ -394,6 +520,9 @@ def main(argv=None):
     t.add_argument("--threads", type=int, default=1)
     t.add_argument("--greedy-share", type=float, default=0.0,
                    help="share of each batch drawn from the greedy answers (0: uniform over all data)")
+    t.add_argument("--self-share", type=float, default=0.0,
+                   help="share of each batch drawn from the diffusion model's own answers (gen-self); the rest: "
+                        "--greedy-share greedy answers, then the sampled ones")
     t.add_argument("--resume", action="store_true", help="continue from the delta in --resume-from")
     t.add_argument("--resume-from", default=None, help="delta directory to continue from (default: the shipped one)")
     t.add_argument("--out", default=None, help="where the delta is saved (default: models/smol-diffusion)")
@@ -410,7 +539,10 @@ def main(argv=None):
         from engine.diffusion.smol import DELTA_DIR
         args.out = args.out or str(DELTA_DIR)
         args.resume_from = args.resume_from or str(DELTA_DIR)
-    {"gen": cmd_gen, "train": cmd_train}[args.cmd](args)
+    if args.cmd == "gen-self":
+        from engine.diffusion.smol import DELTA_DIR
+        args.delta = args.delta or str(DELTA_DIR)
+    {"gen": cmd_gen, "gen-self": cmd_gen_self, "train": cmd_train}[args.cmd](args)
 
 
 if __name__ == "__main__":
