@@ -100,13 +100,13 @@ def main(argv=None):
     ap.add_argument("--prompts", choices=("mixed", "heldout", "short", "formulaic"), default="mixed",
                     help="held-out long-answer instructions, one-line ones, half of each (mixed), or low-entropy "
                          "ones (lists, counting, copying)")
-    ap.add_argument("--weights", choices=("default", "cf"), default="default",
+    ap.add_argument("--weights", choices=("default", "cf", "sd"), default="default",
                     help="the embedded delta: default (models/smol-diffusion) or cf (certainty-forced, models/smol-diffusion-cf)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     lm = models.load(models.EMBEDDED, device="cpu")
     ad = adapters.embedded(lm, a.weights)
-    adapter = "embedded-cf" if a.weights == "cf" else "embedded"
+    adapter = "embedded" if a.weights == "default" else f"embedded-{a.weights}"
     eos = lm.eos_ids
     prompts = pick_prompts(a.prompts, a.n)
     configs = CONFIGS if not a.only else [CONFIGS[int(i)] for i in a.only.split(",")]

@@ -17,12 +17,14 @@ lm = common.page_header(
     "With the embedded SmolLM2 the page runs smol-diffusion: SmolLM2-135M turned into a diffusion LM with "
     "Dream's recipe (a small LoRA delta shipped in models/); smol-diffusion-cf is the same delta after "
     "certainty-forcing distillation (dParallel): more confident, so threshold rules commit more tokens per "
-    "step, and more repetitive. LLaDA-8B-Instruct and Dream-v0-Instruct-7B run "
+    "step, and more repetitive; smol-diffusion-sd continues it on the default model's own answers "
+    "(self-distillation): about 2x fewer steps under threshold 0.9, and the most repetitive. LLaDA-8B-Instruct and Dream-v0-Instruct-7B run "
     "here too when loaded on the home page (tick 'trust remote code' only if you trust their code).")
 
 RULE_NAMES = list(R.RULES)
 EMBEDDED = lm is not None and lm.name == models.EMBEDDED
-WEIGHTS = {"embedded": "smol-diffusion (default)", "embedded-cf": "smol-diffusion-cf (certainty-forced)"}
+WEIGHTS = {"embedded": "smol-diffusion (default)", "embedded-cf": "smol-diffusion-cf (certainty-forced)",
+           "embedded-sd": "smol-diffusion-sd (self-distilled, ~2x parallel)"}
 
 with st.sidebar:
     st.header("Diffusion settings")
@@ -31,7 +33,8 @@ with st.sidebar:
         weights = st.radio("embedded diffusion weights", list(WEIGHTS), format_func=WEIGHTS.get, key="dlm_weights",
                            help="smol-diffusion-cf: certainty-forcing distillation made it confident on more "
                                 "positions at once (threshold 0.9: 1.56x fewer steps than one token per step, "
-                                "vs 1.05x) at the cost of more repeated phrases")
+                                "vs 1.05x) at the cost of more repeated phrases; smol-diffusion-sd: the same trained "
+                                "further on the default model's own answers, ~2x fewer steps, most repetitive")
     gen_length = st.number_input("gen_length (answer tokens)", 1, 512, 32, key="dlm_gen_length")
     block_length = st.number_input("block_length (0 = gen_length)", 0, 512, 8, key="dlm_block_length")
     steps = st.number_input("steps (0 = gen_length)", 0, 512, 0, key="dlm_steps",

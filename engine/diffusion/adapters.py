@@ -117,7 +117,8 @@ def embedded(lm, variant: str = "default") -> DiffusionAdapter:
     """The embedded diffusion model: a copy of the base SmolLM2 (lm) with a shipped delta merged.
 
     variant "default": models/smol-diffusion; "cf": models/smol-diffusion-cf, the same delta after
-    certainty-forcing distillation (more tokens per step under threshold rules, more repetition)."""
+    certainty-forcing distillation (more tokens per step under threshold rules, more repetition);
+    "sd": models/smol-diffusion-sd, cf continued on the default model's own answers (self-distillation)."""
     from engine.diffusion import smol
     if variant not in smol.VARIANTS:
         raise MethodError(f"Unknown embedded diffusion variant '{variant}': choose {', '.join(smol.VARIANTS)}.")
@@ -164,10 +165,12 @@ def for_lm(lm, adapter: str = "auto", mask_id: int = -1) -> DiffusionAdapter:
         else:
             raise MethodError(f"'{lm.name}' is not a masked diffusion LM (model_type '{mtype}'). Use the embedded "
                               "model, LLaDA-8B-Instruct or Dream-v0-Instruct-7B, or choose adapter llada/dream.")
-    if adapter in ("embedded", "embedded-cf"):
+    from engine.diffusion import smol
+    variants = {"embedded": "default", **{f"embedded-{v}": v for v in smol.VARIANTS if v != "default"}}
+    if adapter in variants:
         if lm.name != models.EMBEDDED:
             raise MethodError(f"adapter '{adapter}' needs the embedded SmolLM2 model as base.")
-        return embedded(lm, "cf" if adapter == "embedded-cf" else "default")
+        return embedded(lm, variants[adapter])
     if adapter in ("llada", "dream"):
         mid = mask_id if mask_id >= 0 else _mask_id_from_config(lm.config)
         if mid is None:
@@ -180,7 +183,7 @@ def for_lm(lm, adapter: str = "auto", mask_id: int = -1) -> DiffusionAdapter:
         return DiffusionAdapter(lm.model, mid, shift=(adapter == "dream"), bidirectional=not remote,
                                 style=adapter if remote else "hf", name=f"{lm.name} ({adapter}-style)",
                                 eos_ids=lm.eos_ids)
-    raise MethodError(f"Unknown adapter '{adapter}': choose auto, embedded, embedded-cf, llada or dream.")
+    raise MethodError(f"Unknown adapter '{adapter}': choose auto, {', '.join(variants)}, llada or dream.")
 
 
 def load_remote(name: str, trust_remote_code: bool = False, device=None, dtype=None):

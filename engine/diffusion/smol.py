@@ -22,8 +22,12 @@ DELTA_DIR = Path(__file__).resolve().parents[2] / "models" / "smol-diffusion"
 # The same delta continued with certainty-forcing distillation (dParallel): more confident, so
 # threshold rules commit more tokens per step, at the cost of more repetition (benchmarks/RESULTS.md).
 DELTA_DIR_CF = DELTA_DIR.parent / "smol-diffusion-cf"
+# The cf delta continued with certainty forcing on the default model's own answers (self-distillation,
+# dParallel's data): ~2x fewer steps under threshold 0.9, still more repetitive.
+DELTA_DIR_SD = DELTA_DIR.parent / "smol-diffusion-sd"
 VARIANTS = {"default": (DELTA_DIR, "smol-diffusion (SmolLM2-135M + delta)"),
-            "cf": (DELTA_DIR_CF, "smol-diffusion-cf (certainty-forced: parallel, more repetitive)")}
+            "cf": (DELTA_DIR_CF, "smol-diffusion-cf (certainty-forced: parallel, more repetitive)"),
+            "sd": (DELTA_DIR_SD, "smol-diffusion-sd (self-distilled certainty forcing: ~2x parallel, repetitive)")}
 
 
 class LoRALinear(nn.Module):
