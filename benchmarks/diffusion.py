@@ -14,7 +14,7 @@ so the EOS tail is not counted against the 1-token/step reference; the "answer t
 column counts only steps that committed a token of the answer (before its first EOS), so the
 parallelism inside the answer is shown apart from the EOS tail.
 
-    python benchmarks/diffusion.py [--n 6] [--gen-length 64] [--block-length 16] [--prompts mixed] [--weights cf]
+    python benchmarks/diffusion.py [--n 6] [--gen-length 64] [--block-length 16] [--prompts mixed] [--weights cf|sd]
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ import torch  # noqa: E402
 
 from benchmarks.diffusion_quality import answer_len, distinct2, heldout_prompts, judge_perplexity  # noqa: E402
 from engine import models, run  # noqa: E402
-from engine.diffusion import adapters  # noqa: E402
+from engine.diffusion import adapters, smol  # noqa: E402
 
 CONFIGS = [
     ("low_confidence, 1 token/step", {"rule": "low_confidence"}, "full"),
@@ -100,13 +100,13 @@ def main(argv=None):
     ap.add_argument("--prompts", choices=("mixed", "heldout", "short", "formulaic"), default="mixed",
                     help="held-out long-answer instructions, one-line ones, half of each (mixed), or low-entropy "
                          "ones (lists, counting, copying)")
-    ap.add_argument("--weights", choices=("default", "cf", "sd"), default="default",
-                    help="the embedded delta: default (models/smol-diffusion) or cf (certainty-forced, models/smol-diffusion-cf)")
+    ap.add_argument("--weights", choices=list(smol.VARIANTS), default="default",
+                    help="the embedded delta: default (models/smol-diffusion), cf / sd (certainty-forced, see engine/diffusion/smol.py)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     lm = models.load(models.EMBEDDED, device="cpu")
     ad = adapters.embedded(lm, a.weights)
-    adapter = "embedded" if a.weights == "default" else f"embedded-{a.weights}"
+    adapter = smol.adapter_name(a.weights)
     eos = lm.eos_ids
     prompts = pick_prompts(a.prompts, a.n)
     configs = CONFIGS if not a.only else [CONFIGS[int(i)] for i in a.only.split(",")]

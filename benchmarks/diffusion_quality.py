@@ -26,7 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from engine import models, run  # noqa: E402
-from engine.diffusion import adapters  # noqa: E402
+from engine.diffusion import adapters, smol  # noqa: E402
 from engine.diffusion.adapters import DiffusionAdapter  # noqa: E402
 from engine.diffusion.smol import MASK_ID  # noqa: E402
 from engine.sampling import SamplingConfig  # noqa: E402
@@ -174,8 +174,8 @@ def main(argv=None):
     ap.add_argument("--temperature", type=float, default=0.0, help="diffusion sampling temperature")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-accuracy", action="store_true", help="only the judged samples")
-    ap.add_argument("--weights", choices=("default", "cf", "sd"), default="default",
-                    help="the embedded delta: default (models/smol-diffusion) or cf (certainty-forced)")
+    ap.add_argument("--weights", choices=list(smol.VARIANTS), default="default",
+                    help="the embedded delta: default (models/smol-diffusion), cf / sd (certainty-forced, see engine/diffusion/smol.py)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     t0 = time.time()
@@ -207,12 +207,12 @@ def sample_tables(lm, a, t0):
     eos_ids = lm.eos_ids
     prompts = heldout_prompts(a.n_samples, seed=23)
     opts = {"rule": "low_confidence", "steps": GEN, "gen_length": GEN, "block_length": a.block_length,
-            "adapter": "embedded" if a.weights == "default" else f"embedded-{a.weights}"}
+            "adapter": smol.adapter_name(a.weights)}
     samp = SamplingConfig(temperature=a.temperature, seed=0) if a.temperature > 0 else SamplingConfig()
     dsamples, stats = diffusion_samples(lm, prompts, opts, samp)
     own = smollm_answers(lm, prompts, temperature=0.8, seed=99)
     own_greedy = smollm_answers(lm, prompts, temperature=0.0)
-    rows = [(("smol-diffusion" if a.weights == "default" else f"smol-diffusion-{a.weights}") + ", low_confidence, steps=64" + (f", block {a.block_length}" if a.block_length else "")
+    rows = [(smol.VARIANTS[a.weights][1].split(" ")[0] + ", low_confidence, steps=64" + (f", block {a.block_length}" if a.block_length else "")
              + (f", T={a.temperature}" if a.temperature else ", greedy"), dsamples),
             ("SmolLM2-135M own samples (AR, T=0.8, top-p 0.95)", own),
             ("SmolLM2-135M own samples (AR, greedy)", own_greedy),

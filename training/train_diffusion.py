@@ -139,33 +139,30 @@ def self_decode(model, prompts_enc, mask_id: int, eos: int, block: int = 16, gen
         X[i, width - len(e):width] = torch.tensor(e)
         A[i, width - len(e):] = True
     X[:, width:] = mask_id
-    pos_all = (A.long().cumsum(1) - 1).clamp(min=0)
+    pos_all = padded_positions(A)
     ar = torch.arange(gen_len)
     active = torch.arange(B)
     for k in range(gen_len // block):
+        if len(active) == 0:  # every answer has ended
+            break
         lo, hi = width + k * block, width + (k + 1) * block
         cache, start = None, 0
         if prefix_cache:  # keys/values of positions < lo - 1 (the hidden state at lo-1 predicts lo)
-            x, a = X[active], A[active]
-            att = (a[:, None, :, None] & a[:, None, None, :]) | torch.eye(L, dtype=torch.bool)[None, None]
             cache = DynamicCache()
-            model.model(input_ids=x, attention_mask=att, position_ids=pos_all[active], past_key_values=cache,
-                        use_cache=True)
+            model.model(input_ids=X[active], attention_mask=padded_attention(A[active]),
+                        position_ids=pos_all[active], past_key_values=cache, use_cache=True)
             start = lo - 1
             _crop_to(cache, start)
             keep = active
         for _ in range(block):
-            if len(active) == 0:
-                break
             x, a = X[active], A[active]
             if cache is not None:
                 if len(active) < len(keep):  # finished rows leave the batch: drop their cache rows
                     sel = torch.nonzero(torch.isin(keep, active)).squeeze(1)
                     cache.batch_select_indices(sel)
                     keep = active
-                att = (a[:, None, start:, None] & a[:, None, None, :]) | \
-                    torch.eye(L, dtype=torch.bool)[None, None, start:]
-                h = model.model(input_ids=x[:, start:], attention_mask=att, position_ids=pos_all[active, start:],
+                h = model.model(input_ids=x[:, start:], attention_mask=padded_attention(a, start),
+                                position_ids=pos_all[active, start:],
                                 past_key_values=cache, use_cache=True).last_hidden_state
                 _crop_to(cache, start)
                 h = h[:, lo - 1 - start:hi - 1 - start]
@@ -185,7 +182,7 @@ def self_decode(model, prompts_enc, mask_id: int, eos: int, block: int = 16, gen
             for r, fe in zip(active[finished].tolist(), first_eos[finished].tolist()):
                 X[r, width + fe:] = eos
             active = active[~finished]
-            if not bool((X[active, lo:hi] == mask_id).any()):
+            if len(active) == 0 or not bool((X[active, lo:hi] == mask_id).any()):
                 break
     assert not bool((X[:, width:] == mask_id).any())
     return [X[i, width:].tolist() for i in range(B)]
@@ -245,12 +242,21 @@ def split_heldout(examples, n_held: dict):
     return [e for i, e in enumerate(examples) if i not in held], [examples[i] for i in sorted(held)]
 
 
+def padded_attention(A, start: int = 0):
+    """4D bidirectional mask over left-padded rows (A: real tokens) for the queries from `start` on:
+    real tokens see every real token, pads see only themselves."""
+    att = A[:, None, start:, None] & A[:, None, None, :]
+    return att | torch.eye(A.shape[1], dtype=torch.bool)[None, None, start:]
+
+
+def padded_positions(A):
+    return (A.long().cumsum(1) - 1).clamp(min=0)
+
+
 def padded_hidden(model, E, A):
     """Bidirectional forward over left-padded rows (A: real tokens); pads attend only to themselves."""
-    att = (A[:, None, :, None] & A[:, None, None, :])
-    att = att | torch.eye(A.shape[1], dtype=torch.bool)[None, None]
-    pos = (A.long().cumsum(1) - 1).clamp(min=0)
-    return model.model(inputs_embeds=E, attention_mask=att, position_ids=pos).last_hidden_state
+    return model.model(inputs_embeds=E, attention_mask=padded_attention(A),
+                       position_ids=padded_positions(A)).last_hidden_state
 
 
 def left_pad(seqs, targets, pad_id: int):
@@ -366,6 +372,7 @@ def cmd_train(args):
     greedy_pool = [e for e in train if e.get("kind") == "greedy"]
     self_pool = [e for e in train if e.get("kind") == "self"]  # the diffusion model's own answers (gen-self)
     other_pool = [e for e in train if e.get("kind") not in ("greedy", "self")]
+    base_pool = [e for e in train if e.get("kind") != "self"]  # = train before gen-self data existed
     held_by_kind = {k: [e for e in heldout if e.get("kind", "long") == k] for k in ("long", "short", "greedy")}
     log({"stage": "train-start", "examples": len(train), "heldout": len(heldout),
          "by_kind": {k: sum(e.get("kind", "long") == k for e in train) for k in ("long", "short", "greedy", "self")},
@@ -393,7 +400,7 @@ def cmd_train(args):
             n_g = sum(rng.random() < args.greedy_share for _ in range(args.batch))
             batch = rng.sample(greedy_pool, n_g) + rng.sample(other_pool, args.batch - n_g)
         else:
-            batch = rng.sample(train if not self_pool else other_pool + greedy_pool, args.batch)
+            batch = rng.sample(base_pool, args.batch)
         if args.certainty > 0:
             X, Y, A = make_batch_cf(batch, rng, MASK_ID, pad_id, block=args.cf_block, cut_share=args.cf_cut_share)
         else:

@@ -166,7 +166,7 @@ def for_lm(lm, adapter: str = "auto", mask_id: int = -1) -> DiffusionAdapter:
             raise MethodError(f"'{lm.name}' is not a masked diffusion LM (model_type '{mtype}'). Use the embedded "
                               "model, LLaDA-8B-Instruct or Dream-v0-Instruct-7B, or choose adapter llada/dream.")
     from engine.diffusion import smol
-    variants = {"embedded": "default", **{f"embedded-{v}": v for v in smol.VARIANTS if v != "default"}}
+    variants = {smol.adapter_name(v): v for v in smol.VARIANTS}
     if adapter in variants:
         if lm.name != models.EMBEDDED:
             raise MethodError(f"adapter '{adapter}' needs the embedded SmolLM2 model as base.")

@@ -30,6 +30,11 @@ VARIANTS = {"default": (DELTA_DIR, "smol-diffusion (SmolLM2-135M + delta)"),
             "sd": (DELTA_DIR_SD, "smol-diffusion-sd (self-distilled certainty forcing: ~2x parallel, repetitive)")}
 
 
+def adapter_name(variant: str) -> str:
+    """The diffusion method's `adapter` option for an embedded variant: embedded, embedded-cf, ..."""
+    return "embedded" if variant == "default" else f"embedded-{variant}"
+
+
 class LoRALinear(nn.Module):
     """y = W x + (alpha / r) B A x, with W frozen."""
 
