@@ -102,7 +102,11 @@ def main(argv=None):
                          "ones (lists, counting, copying)")
     ap.add_argument("--weights", choices=list(smol.VARIANTS), default="default",
                     help="the embedded delta: default (models/smol-diffusion), cf / sd (certainty-forced, see engine/diffusion/smol.py)")
+    ap.add_argument("--delta", default=None,
+                    help="evaluate this delta directory (e.g. a training checkpoint) instead of --weights")
     a = ap.parse_args(argv)
+    if a.delta:
+        a.weights = smol.register_checkpoint(a.delta)
     torch.set_num_threads(a.threads)
     lm = models.load(models.EMBEDDED, device="cpu")
     ad = adapters.embedded(lm, a.weights)

@@ -176,7 +176,11 @@ def main(argv=None):
     ap.add_argument("--skip-accuracy", action="store_true", help="only the judged samples")
     ap.add_argument("--weights", choices=list(smol.VARIANTS), default="default",
                     help="the embedded delta: default (models/smol-diffusion), cf / sd (certainty-forced, see engine/diffusion/smol.py)")
+    ap.add_argument("--delta", default=None,
+                    help="evaluate this delta directory (e.g. a training checkpoint) instead of --weights")
     a = ap.parse_args(argv)
+    if a.delta:
+        a.weights = smol.register_checkpoint(a.delta)
     torch.set_num_threads(a.threads)
     t0 = time.time()
     lm = models.load(models.EMBEDDED, device="cpu")

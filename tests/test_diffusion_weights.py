@@ -52,3 +52,13 @@ def test_bad_weights_are_clear_errors(embedded_lm):
         adapters.for_lm(make_tiny_lm(), "embedded-cf")
     with pytest.raises(MethodError, match="embedded-cf"):  # the error lists the choices
         adapters.for_lm(embedded_lm, "whatever")
+
+
+def test_a_checkpoint_directory_loads_as_a_variant(embedded_lm, monkeypatch, tmp_path):
+    """benchmarks --delta DIR: a training checkpoint is evaluated through the same adapter path."""
+    monkeypatch.setattr(smol, "VARIANTS", dict(smol.VARIANTS))
+    name = smol.register_checkpoint(smol.DELTA_DIR_CF, "test-ckpt")
+    ad = adapters.for_lm(embedded_lm, smol.adapter_name(name))
+    assert ad.name.startswith("test-ckpt") and ad is not adapters.for_lm(embedded_lm, "embedded-cf")
+    with pytest.raises(FileNotFoundError, match="delta.safetensors"):
+        smol.register_checkpoint(tmp_path)

@@ -125,6 +125,26 @@ def test_certainty_forcing_loss_sharpens_only_right_predictions():
     assert torch.isclose(loss0, ce0) and ent0.item() == 0.0
 
 
+def test_confident_error_penalty_hits_only_wrong_predictions():
+    from training.train_diffusion import confident_error_penalty
+    torch.manual_seed(0)
+    logits = torch.randn(6, 50) * 3
+    logits.requires_grad_(True)
+    top = logits.detach().argmax(-1)
+    targets = top.clone()
+    targets[4:] = (targets[4:] + 1) % 50  # rows 4, 5 are wrong
+    pen, share = confident_error_penalty(logits, targets)
+    p = torch.softmax(logits.detach()[4:], -1).max(-1).values
+    assert torch.isclose(pen, -torch.log(1 - p).mean(), atol=1e-5) and abs(share - 2 / 6) < 1e-6
+    pen.backward()
+    assert (logits.grad[:4] == 0).all()  # right rows untouched
+    g = logits.grad[4:]
+    assert (g[torch.arange(2), top[4:]] > 0).all()  # descent lowers the wrong top token's logit
+    # every argmax right: no penalty
+    pen0, share0 = confident_error_penalty(logits, top)
+    assert pen0.item() == 0.0 and share0 == 0.0
+
+
 def _engine_low_confidence(lm, prompt, eos):
     from engine.diffusion.adapters import DiffusionAdapter
     from engine.diffusion.sampler import diffuse

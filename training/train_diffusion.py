@@ -201,12 +201,12 @@ def cmd_gen_self(args):
     rng = random.Random(args.seed)
     all_prompts = prompts(TRAIN_TOPICS, TEMPLATES + SHORT_TEMPLATES)
     rng.shuffle(all_prompts)
-    n = min(args.n, len(all_prompts))
+    n = min(args.start + args.n, len(all_prompts))
     DATA.mkdir(parents=True, exist_ok=True)
     shard = 0
     while (DATA / f"shard{shard:03d}.pt").exists():
         shard += 1
-    made, t0 = 0, time.time()
+    made, t0 = args.start, time.time()
     while made < n and time.time() - t0 < args.minutes * 60:
         batch = all_prompts[made:made + args.batch]
         enc = [lm.encode(p)[0].tolist() for p in batch]
@@ -216,7 +216,7 @@ def cmd_gen_self(args):
         shard += 1
         made += len(examples)
         print(f"gen-self {made}/{n} {time.time() - t0:.0f}s  e.g. {tok.decode(answers[0])[:100]!r}", flush=True)
-    log({"stage": "gen-self", "examples": made, "seconds": round(time.time() - t0, 1), "seed": args.seed,
+    log({"stage": "gen-self", "examples": made - args.start, "start": args.start, "seconds": round(time.time() - t0, 1), "seed": args.seed,
          "decoding": f"diffusion low_confidence, 1 token/step, block {args.block}, greedy, stop at EOS"
                      + ("" if args.no_cache else ", prefix KV cache"),
          "delta": str(args.delta), "delta_steps": meta.get("steps"),
@@ -337,6 +337,19 @@ def certainty_forcing_loss(logits, targets, weight: float, temperature: float = 
     return ce + weight * ent, ce, ent
 
 
+def confident_error_penalty(logits, targets):
+    """Mean over the masked positions whose argmax is wrong of -log(1 - p(argmax)) at T = 1: an
+    unlikelihood term on confident mistakes. A threshold rule commits whatever clears 0.9, so a wrong
+    token at 0.9 (e.g. the neighbour's token one position off, "like like") is what costs quality;
+    certainty forcing alone sharpens right predictions and lets wrong ones sharpen with them.
+    Returns (penalty, share of wrong positions); zero when every argmax is right."""
+    wrong = logits.argmax(-1) != targets
+    if not wrong.any():
+        return torch.zeros(()), 0.0
+    p_top = torch.softmax(logits[wrong], -1).max(-1).values
+    return -torch.log1p(-p_top.clamp(max=1 - 1e-6)).mean(), wrong.float().mean().item()
+
+
 def cmd_train(args):
     from engine.diffusion.smol import DELTA_DIR, MASK_ID, add_lora, save_delta
     torch.set_num_threads(args.threads)
@@ -383,12 +396,14 @@ def cmd_train(args):
          "resumed_from_steps": prior_steps, "out": str(args.out),
          **({"objective": "certainty forcing (semi-AR complementary block masking, block %d, ratio 0.5; "
                           "mean CE + %g x entropy at T=%g of correctly predicted masked tokens; prefix-cut share %g)"
-                          % (args.cf_block, args.certainty, args.cf_temperature, args.cf_cut_share)} if args.certainty > 0 else {}), "lr_schedule": "20-step warmup, linear decay to 10% over --minutes"})
+                          % (args.cf_block, args.certainty, args.cf_temperature, args.cf_cut_share)
+                          + ("; + %g x -log(1 - p_top) of wrongly predicted masked tokens" % args.wrong_penalty
+                             if args.wrong_penalty > 0 else "")} if args.certainty > 0 else {}), "lr_schedule": "20-step warmup, linear decay to 10% over --minutes"})
     meta = {"base": "smollm2-135m-instruct", "mask_id": MASK_ID, "shift": 1, "bidirectional": True,
             "lora_r": args.r, "lora_alpha": args.alpha, "gen_length": GEN_LEN, "seed": args.seed}
     lm_head = model.lm_head
     t0, step, best = time.time(), 0, float("inf")
-    ema = ent_ema = None
+    ema = ent_ema = pen_ema = None
     while time.time() - t0 < args.minutes * 60 and step < args.max_steps:
         if args.self_share > 0 and self_pool:  # each slot: self with prob self_share, else greedy / other
             u = [rng.random() for _ in range(args.batch)]
@@ -420,6 +435,10 @@ def cmd_train(args):
         logits[:, MASK_ID] = -1e4
         if args.certainty > 0:
             loss, ce, ent = certainty_forcing_loss(logits, Yt[sel], args.certainty, args.cf_temperature)
+            if args.wrong_penalty > 0:
+                pen, _ = confident_error_penalty(logits, Yt[sel])
+                loss = loss + args.wrong_penalty * pen
+                pen_ema = pen.item() if pen_ema is None else 0.95 * pen_ema + 0.05 * pen.item()
             ent_ema = ent.item() if ent_ema is None else 0.95 * ent_ema + 0.05 * ent.item()
         else:
             ce = torch.nn.functional.cross_entropy(logits, Yt[sel], reduction="none")
@@ -433,7 +452,8 @@ def cmd_train(args):
         ema = ce.mean().item() if ema is None else 0.95 * ema + 0.05 * ce.mean().item()
         if step % 10 == 0:
             print(f"step {step} {time.time() - t0:.0f}s loss {loss.item():.3f} ce_ema {ema:.3f}"
-                  + (f" entropy_ema {ent_ema:.3f}" if ent_ema is not None else ""), flush=True)
+                  + (f" entropy_ema {ent_ema:.3f}" if ent_ema is not None else "")
+                + (f" wrong_penalty_ema {pen_ema:.3f}" if pen_ema is not None else ""), flush=True)
         if step % args.save_every == 0 or time.time() - t0 >= args.minutes * 60:
             with torch.no_grad():
                 emb[MASK_ID] = mask_row
@@ -510,6 +530,8 @@ def main(argv=None):
     gs.add_argument("--batch", type=int, default=16)
     gs.add_argument("--block", type=int, default=16)
     gs.add_argument("--seed", type=int, default=0)
+    gs.add_argument("--start", type=int, default=0,
+                    help="skip the first START shuffled instructions (answered by an earlier run with the same seed)")
     gs.add_argument("--threads", type=int, default=2)
     gs.add_argument("--minutes", type=float, default=10 ** 6, help="stop after the batch that passes this")
     gs.add_argument("--no-cache", action="store_true", help="full forward every step (default: Fast-dLLM prefix cache)")
@@ -536,6 +558,8 @@ def main(argv=None):
     t.add_argument("--certainty", type=float, default=0.0,
                    help="certainty-forcing distillation (dParallel): entropy weight on correctly predicted masked "
                         "tokens, with semi-AR complementary block masking (0: the LLaDA/Dream objective)")
+    t.add_argument("--wrong-penalty", type=float, default=0.0,
+                   help="with --certainty: weight of -log(1 - p_top) on masked tokens whose argmax is wrong")
     t.add_argument("--cf-block", type=int, default=16, help="block length of the certainty-forcing masking")
     t.add_argument("--cf-temperature", type=float, default=0.5, help="temperature of the certainty-forcing entropy")
     t.add_argument("--cf-cut-share", type=float, default=0.0,

@@ -30,6 +30,16 @@ VARIANTS = {"default": (DELTA_DIR, "smol-diffusion (SmolLM2-135M + delta)"),
             "sd": (DELTA_DIR_SD, "smol-diffusion-sd (self-distilled certainty forcing: ~2x parallel, repetitive)")}
 
 
+def register_checkpoint(delta_dir, variant: str = "checkpoint") -> str:
+    """Make a delta directory (e.g. a training checkpoint) loadable as embedded variant `variant`, so
+    the benchmarks can evaluate it before it ships (`--delta DIR`). Returns the variant name."""
+    delta_dir = Path(delta_dir)
+    if not (delta_dir / "delta.safetensors").exists():
+        raise FileNotFoundError(f"no delta.safetensors in {delta_dir}")
+    VARIANTS[variant] = (delta_dir, f"{variant} ({delta_dir})")
+    return variant
+
+
 def adapter_name(variant: str) -> str:
     """The diffusion method's `adapter` option for an embedded variant: embedded, embedded-cf, ..."""
     return "embedded" if variant == "default" else f"embedded-{variant}"
