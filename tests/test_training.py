@@ -145,6 +145,24 @@ def test_confident_error_penalty_hits_only_wrong_predictions():
     assert pen0.item() == 0.0 and share0 == 0.0
 
 
+def test_neighbour_penalty_targets_the_adjacent_masked_token():
+    from training.train_diffusion import neighbour_penalty
+    V = 20
+    Yt = torch.tensor([[-100, 5, 7, 7, -100, 9]])  # masked targets at 1, 2, 3 and 5
+    sel = Yt != -100
+    logits = torch.zeros(4, V, requires_grad=True)
+    pen = neighbour_penalty(logits, Yt, sel)
+    # pairs with different tokens: (1 -> right 7), (2 -> left 5); 2/3 are both 7 (no penalty); 5 has none
+    assert torch.isclose(pen, -torch.log(torch.tensor(1 - 1 / V)))
+    pen.backward()
+    g = logits.grad
+    assert g[0, 7] > 0 and g[1, 5] > 0  # descent lowers the neighbour's token
+    assert g[0, 5] < 0 and (g[2] == 0).all() and (g[3] == 0).all()
+    # no adjacent masked pair: no penalty
+    Y2 = torch.tensor([[5, -100, 7]])
+    assert neighbour_penalty(torch.zeros(2, V), Y2, Y2 != -100).item() == 0.0
+
+
 def _engine_low_confidence(lm, prompt, eos):
     from engine.diffusion.adapters import DiffusionAdapter
     from engine.diffusion.sampler import diffuse

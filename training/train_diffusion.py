@@ -350,6 +350,26 @@ def confident_error_penalty(logits, targets):
     return -torch.log1p(-p_top.clamp(max=1 - 1e-6)).mean(), wrong.float().mean().item()
 
 
+def neighbour_penalty(logits, Yt, sel):
+    """Unlikelihood on the off-by-one mistake of parallel decoding ("type type", "ice ice"): for each
+    masked target whose left or right neighbour is also a masked target with a different token,
+    -log(1 - p(neighbour's token)), averaged over those pairs. logits: rows for Yt[sel] in row-major
+    order (as lm_head(h[sel])); Yt: targets, -100 where there is none. Zero when no pair exists."""
+    left = torch.full_like(Yt, -100)
+    left[:, 1:] = Yt[:, :-1]
+    right = torch.full_like(Yt, -100)
+    right[:, :-1] = Yt[:, 1:]
+    y = Yt[sel]
+    logp = torch.log_softmax(logits, -1)
+    terms = []
+    for yn in (left[sel], right[sel]):
+        ok = (yn != -100) & (yn != y)
+        if ok.any():
+            p = logp[ok].gather(1, yn[ok][:, None]).squeeze(1).exp()
+            terms.append(-torch.log1p(-p.clamp(max=1 - 1e-6)))
+    return torch.cat(terms).mean() if terms else torch.zeros(())
+
+
 def cmd_train(args):
     from engine.diffusion.smol import DELTA_DIR, MASK_ID, add_lora, save_delta
     torch.set_num_threads(args.threads)
@@ -398,12 +418,14 @@ def cmd_train(args):
                           "mean CE + %g x entropy at T=%g of correctly predicted masked tokens; prefix-cut share %g)"
                           % (args.cf_block, args.certainty, args.cf_temperature, args.cf_cut_share)
                           + ("; + %g x -log(1 - p_top) of wrongly predicted masked tokens" % args.wrong_penalty
-                             if args.wrong_penalty > 0 else "")} if args.certainty > 0 else {}), "lr_schedule": "20-step warmup, linear decay to 10% over --minutes"})
+                             if args.wrong_penalty > 0 else "")
+                          + ("; + %g x -log(1 - p(neighbour's token)) for adjacent masked targets"
+                             % args.neighbour_penalty if args.neighbour_penalty > 0 else "")} if args.certainty > 0 else {}), "lr_schedule": "20-step warmup, linear decay to 10% over --minutes"})
     meta = {"base": "smollm2-135m-instruct", "mask_id": MASK_ID, "shift": 1, "bidirectional": True,
             "lora_r": args.r, "lora_alpha": args.alpha, "gen_length": GEN_LEN, "seed": args.seed}
     lm_head = model.lm_head
     t0, step, best = time.time(), 0, float("inf")
-    ema = ent_ema = pen_ema = None
+    ema = ent_ema = pen_ema = nb_ema = None
     while time.time() - t0 < args.minutes * 60 and step < args.max_steps:
         if args.self_share > 0 and self_pool:  # each slot: self with prob self_share, else greedy / other
             u = [rng.random() for _ in range(args.batch)]
@@ -439,6 +461,10 @@ def cmd_train(args):
                 pen, _ = confident_error_penalty(logits, Yt[sel])
                 loss = loss + args.wrong_penalty * pen
                 pen_ema = pen.item() if pen_ema is None else 0.95 * pen_ema + 0.05 * pen.item()
+            if args.neighbour_penalty > 0:
+                nb = neighbour_penalty(logits, Yt, sel)
+                loss = loss + args.neighbour_penalty * nb
+                nb_ema = nb.item() if nb_ema is None else 0.95 * nb_ema + 0.05 * nb.item()
             ent_ema = ent.item() if ent_ema is None else 0.95 * ent_ema + 0.05 * ent.item()
         else:
             ce = torch.nn.functional.cross_entropy(logits, Yt[sel], reduction="none")
@@ -453,7 +479,8 @@ def cmd_train(args):
         if step % 10 == 0:
             print(f"step {step} {time.time() - t0:.0f}s loss {loss.item():.3f} ce_ema {ema:.3f}"
                   + (f" entropy_ema {ent_ema:.3f}" if ent_ema is not None else "")
-                + (f" wrong_penalty_ema {pen_ema:.3f}" if pen_ema is not None else ""), flush=True)
+                + (f" wrong_penalty_ema {pen_ema:.3f}" if pen_ema is not None else "")
+                + (f" neighbour_penalty_ema {nb_ema:.3f}" if nb_ema is not None else ""), flush=True)
         if step % args.save_every == 0 or time.time() - t0 >= args.minutes * 60:
             with torch.no_grad():
                 emb[MASK_ID] = mask_row
@@ -560,6 +587,8 @@ def main(argv=None):
                         "tokens, with semi-AR complementary block masking (0: the LLaDA/Dream objective)")
     t.add_argument("--wrong-penalty", type=float, default=0.0,
                    help="with --certainty: weight of -log(1 - p_top) on masked tokens whose argmax is wrong")
+    t.add_argument("--neighbour-penalty", type=float, default=0.0,
+                   help="with --certainty: weight of -log(1 - p(neighbour's token)) for adjacent masked targets")
     t.add_argument("--cf-block", type=int, default=16, help="block length of the certainty-forcing masking")
     t.add_argument("--cf-temperature", type=float, default=0.5, help="temperature of the certainty-forcing entropy")
     t.add_argument("--cf-cut-share", type=float, default=0.0,
