@@ -14,7 +14,7 @@ so the EOS tail is not counted against the 1-token/step reference; the "answer t
 column counts only steps that committed a token of the answer (before its first EOS), so the
 parallelism inside the answer is shown apart from the EOS tail.
 
-    python benchmarks/diffusion.py [--n 6] [--gen-length 64] [--block-length 16] [--prompts mixed] [--weights cf|sd]
+    python benchmarks/diffusion.py [--n 6] [--gen-length 64] [--block-length 16] [--prompts mixed] [--weights cf|sd|cal] [--delta DIR]
 """
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ def main(argv=None):
                     help="held-out long-answer instructions, one-line ones, half of each (mixed), or low-entropy "
                          "ones (lists, counting, copying)")
     ap.add_argument("--weights", choices=list(smol.VARIANTS), default="default",
-                    help="the embedded delta: default (models/smol-diffusion), cf / sd (certainty-forced, see engine/diffusion/smol.py)")
+                    help="the embedded delta: default (models/smol-diffusion), cf / sd / cal (certainty-forced, see engine/diffusion/smol.py)")
     ap.add_argument("--delta", default=None,
                     help="evaluate this delta directory (e.g. a training checkpoint) instead of --weights")
     a = ap.parse_args(argv)

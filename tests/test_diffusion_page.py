@@ -82,3 +82,6 @@ def test_diffusion_page_compares_the_two_embedded_weights(embedded_lm):
     at.radio(key="dlm_weights").set_value("embedded-sd").run()  # the self-distilled delta is offered too
     assert not at.exception
     assert any("smol-diffusion-sd" in m.value for m in at.sidebar.markdown)
+    at.radio(key="dlm_weights").set_value("embedded-cal").run()  # and the calibrated one
+    assert not at.exception
+    assert any("smol-diffusion-cal" in m.value for m in at.sidebar.markdown)

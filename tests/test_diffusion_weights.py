@@ -22,13 +22,14 @@ def test_certainty_forced_delta_is_more_confident(embedded_lm, one_thread):
     base = adapters.for_lm(embedded_lm, "embedded")
     cf = adapters.for_lm(embedded_lm, "embedded-cf")
     sd = adapters.for_lm(embedded_lm, "embedded-sd")
+    cal = adapters.for_lm(embedded_lm, "embedded-cal")
     assert base is adapters.for_lm(embedded_lm)  # auto = the default delta
     assert cf is not base and cf.name != base.name and "cf" in cf.name
     assert sd is not cf and sd is not base and "-sd" in sd.name
     prompt = embedded_lm.encode("Write a short story about a fox in the snow.")[0]
     x = torch.cat([prompt, torch.full((16,), smol.MASK_ID)])[None]
     conf = {}
-    for name, ad in (("base", base), ("cf", cf), ("sd", sd)):
+    for name, ad in (("base", base), ("cf", cf), ("sd", sd), ("cal", cal)):
         with torch.no_grad():
             logits = ad.logits(x)[0, prompt.shape[0]:].float()
         logits[:, smol.MASK_ID] = -1e4
@@ -36,6 +37,8 @@ def test_certainty_forced_delta_is_more_confident(embedded_lm, one_thread):
     # the point of certainty forcing: a fully masked block is predicted with more confidence
     assert conf["cf"].mean() > conf["base"].mean() + 0.05, conf
     assert conf["sd"].mean() > conf["base"].mean() + 0.05, conf
+    assert conf["cal"].mean() > conf["base"].mean() + 0.05, conf
+    assert cal is not sd and "-cal" in cal.name
 
 
 def test_weights_option_reaches_the_trace(embedded_lm, one_thread):

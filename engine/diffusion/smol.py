@@ -25,9 +25,13 @@ DELTA_DIR_CF = DELTA_DIR.parent / "smol-diffusion-cf"
 # The cf delta continued with certainty forcing on the default model's own answers (self-distillation,
 # dParallel's data): ~2x fewer steps under threshold 0.9, still more repetitive.
 DELTA_DIR_SD = DELTA_DIR.parent / "smol-diffusion-sd"
+# The sd delta continued with a confident-error penalty (-log(1 - p_top) on wrong predictions) on 1,232
+# self answers: fewer parallel commits than sd, but no perplexity cost (benchmarks/RESULTS.md).
+DELTA_DIR_CAL = DELTA_DIR.parent / "smol-diffusion-cal"
 VARIANTS = {"default": (DELTA_DIR, "smol-diffusion (SmolLM2-135M + delta)"),
             "cf": (DELTA_DIR_CF, "smol-diffusion-cf (certainty-forced: parallel, more repetitive)"),
-            "sd": (DELTA_DIR_SD, "smol-diffusion-sd (self-distilled certainty forcing: ~2x parallel, repetitive)")}
+            "sd": (DELTA_DIR_SD, "smol-diffusion-sd (self-distilled certainty forcing: ~2x parallel, repetitive)"),
+            "cal": (DELTA_DIR_CAL, "smol-diffusion-cal (calibrated self-distillation: ~1.7x parallel, repetitive)")}
 
 
 def register_checkpoint(delta_dir, variant: str = "checkpoint") -> str:
