@@ -1,6 +1,7 @@
 """The diffusion training script's batches and the delta save / load round trip (tiny model)."""
 import random
 
+import pytest
 import torch
 
 from engine.diffusion import smol
@@ -133,16 +134,15 @@ def test_confident_error_penalty_hits_only_wrong_predictions():
     top = logits.detach().argmax(-1)
     targets = top.clone()
     targets[4:] = (targets[4:] + 1) % 50  # rows 4, 5 are wrong
-    pen, share = confident_error_penalty(logits, targets)
+    pen = confident_error_penalty(logits, targets)
     p = torch.softmax(logits.detach()[4:], -1).max(-1).values
-    assert torch.isclose(pen, -torch.log(1 - p).mean(), atol=1e-5) and abs(share - 2 / 6) < 1e-6
+    assert torch.isclose(pen, -torch.log(1 - p).mean(), atol=1e-5)
     pen.backward()
     assert (logits.grad[:4] == 0).all()  # right rows untouched
     g = logits.grad[4:]
     assert (g[torch.arange(2), top[4:]] > 0).all()  # descent lowers the wrong top token's logit
     # every argmax right: no penalty
-    pen0, share0 = confident_error_penalty(logits, top)
-    assert pen0.item() == 0.0 and share0 == 0.0
+    assert confident_error_penalty(logits, top).item() == 0.0
 
 
 def test_neighbour_penalty_targets_the_adjacent_masked_token():
@@ -161,6 +161,14 @@ def test_neighbour_penalty_targets_the_adjacent_masked_token():
     # no adjacent masked pair: no penalty
     Y2 = torch.tensor([[5, -100, 7]])
     assert neighbour_penalty(torch.zeros(2, V), Y2, Y2 != -100).item() == 0.0
+
+
+def test_penalties_without_certainty_forcing_are_refused(capsys):
+    from training.train_diffusion import main
+    for flag in ("--wrong-penalty", "--neighbour-penalty"):
+        with pytest.raises(SystemExit):
+            main(["train", flag, "1"])
+        assert "--certainty" in capsys.readouterr().err
 
 
 def _engine_low_confidence(lm, prompt, eos):

@@ -342,12 +342,12 @@ def confident_error_penalty(logits, targets):
     unlikelihood term on confident mistakes. A threshold rule commits whatever clears 0.9, so a wrong
     token at 0.9 (e.g. the neighbour's token one position off, "like like") is what costs quality;
     certainty forcing alone sharpens right predictions and lets wrong ones sharpen with them.
-    Returns (penalty, share of wrong positions); zero when every argmax is right."""
+    Zero when every argmax is right."""
     wrong = logits.argmax(-1) != targets
     if not wrong.any():
-        return torch.zeros(()), 0.0
+        return torch.zeros(())
     p_top = torch.softmax(logits[wrong], -1).max(-1).values
-    return -torch.log1p(-p_top.clamp(max=1 - 1e-6)).mean(), wrong.float().mean().item()
+    return -torch.log1p(-p_top.clamp(max=1 - 1e-6)).mean()
 
 
 def neighbour_penalty(logits, Yt, sel):
@@ -425,7 +425,10 @@ def cmd_train(args):
             "lora_r": args.r, "lora_alpha": args.alpha, "gen_length": GEN_LEN, "seed": args.seed}
     lm_head = model.lm_head
     t0, step, best = time.time(), 0, float("inf")
-    ema = ent_ema = pen_ema = nb_ema = None
+    emas: dict[str, float] = {}  # running averages of the loss terms (printed every 10 steps)
+
+    def track(name: str, value: float):
+        emas[name] = value if name not in emas else 0.95 * emas[name] + 0.05 * value
     while time.time() - t0 < args.minutes * 60 and step < args.max_steps:
         if args.self_share > 0 and self_pool:  # each slot: self with prob self_share, else greedy / other
             u = [rng.random() for _ in range(args.batch)]
@@ -457,15 +460,15 @@ def cmd_train(args):
         logits[:, MASK_ID] = -1e4
         if args.certainty > 0:
             loss, ce, ent = certainty_forcing_loss(logits, Yt[sel], args.certainty, args.cf_temperature)
+            track("entropy", ent.item())
             if args.wrong_penalty > 0:
-                pen, _ = confident_error_penalty(logits, Yt[sel])
+                pen = confident_error_penalty(logits, Yt[sel])
                 loss = loss + args.wrong_penalty * pen
-                pen_ema = pen.item() if pen_ema is None else 0.95 * pen_ema + 0.05 * pen.item()
+                track("wrong_penalty", pen.item())
             if args.neighbour_penalty > 0:
                 nb = neighbour_penalty(logits, Yt, sel)
                 loss = loss + args.neighbour_penalty * nb
-                nb_ema = nb.item() if nb_ema is None else 0.95 * nb_ema + 0.05 * nb.item()
-            ent_ema = ent.item() if ent_ema is None else 0.95 * ent_ema + 0.05 * ent.item()
+                track("neighbour_penalty", nb.item())
         else:
             ce = torch.nn.functional.cross_entropy(logits, Yt[sel], reduction="none")
             rows = sel.nonzero()[:, 0]
@@ -475,12 +478,10 @@ def cmd_train(args):
         torch.nn.utils.clip_grad_norm_(lora + [mask_row], 1.0)
         opt.step()
         step += 1
-        ema = ce.mean().item() if ema is None else 0.95 * ema + 0.05 * ce.mean().item()
+        track("ce", ce.mean().item())
         if step % 10 == 0:
-            print(f"step {step} {time.time() - t0:.0f}s loss {loss.item():.3f} ce_ema {ema:.3f}"
-                  + (f" entropy_ema {ent_ema:.3f}" if ent_ema is not None else "")
-                + (f" wrong_penalty_ema {pen_ema:.3f}" if pen_ema is not None else "")
-                + (f" neighbour_penalty_ema {nb_ema:.3f}" if nb_ema is not None else ""), flush=True)
+            print(f"step {step} {time.time() - t0:.0f}s loss {loss.item():.3f} "
+                  + " ".join(f"{k}_ema {v:.3f}" for k, v in emas.items()), flush=True)
         if step % args.save_every == 0 or time.time() - t0 >= args.minutes * 60:
             with torch.no_grad():
                 emb[MASK_ID] = mask_row
@@ -495,7 +496,7 @@ def cmd_train(args):
                     tot += evk["heldout_ce"] * len(hk)
             ev["heldout_ce_all"] = round(tot / len(heldout), 4)  # checkpoint selection: every held-out set
             entry = {"stage": "train", "step": step, "total_steps": prior_steps + step,
-                     "seconds": round(time.time() - t0, 1), "lr": round(lr, 6), "ce_ema": round(ema, 4), **ev}
+                     "seconds": round(time.time() - t0, 1), "lr": round(lr, 6), "ce_ema": round(emas["ce"], 4), **ev}
             # certainty forcing trades held-out cross-entropy for confidence by design: keep the latest
             # checkpoint (benchmarks/diffusion.py decides whether it ships); otherwise the best one
             if ev["heldout_ce_all"] < best or args.certainty > 0:
@@ -596,6 +597,9 @@ def main(argv=None):
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.cmd == "train":
+        if (args.wrong_penalty > 0 or args.neighbour_penalty > 0) and args.certainty <= 0:
+            ap.error("--wrong-penalty / --neighbour-penalty are terms of the certainty-forcing objective: "
+                     "give --certainty too")
         from engine.diffusion.smol import DELTA_DIR
         args.out = args.out or str(DELTA_DIR)
         args.resume_from = args.resume_from or str(DELTA_DIR)
