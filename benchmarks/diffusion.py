@@ -14,7 +14,7 @@ so the EOS tail is not counted against the 1-token/step reference; the "answer t
 column counts only steps that committed a token of the answer (before its first EOS), so the
 parallelism inside the answer is shown apart from the EOS tail.
 
-    python benchmarks/diffusion.py [--n 6] [--gen-length 64] [--block-length 16] [--prompts mixed] [--weights cf|sd|cal] [--delta DIR]
+    python benchmarks/diffusion.py [--n 6] [--gen-length 64] [--block-length 16] [--prompts mixed] [--weights cf|sd|cal] [--delta DIR] [--only 0,5] [--thresholds 0.95,0.8]
 """
 from __future__ import annotations
 
@@ -90,6 +90,21 @@ def pick_prompts(kind: str, n: int) -> list[str]:
     return heldout_prompts(n, seed=23, short=kind == "short")
 
 
+def pick_configs(only: str = "", thresholds: str = "") -> list:
+    """The rows to run: CONFIGS (or the `only` indices of it) plus one Fast-dLLM threshold row per
+    value in `thresholds` (comma-separated, each in (0, 1])."""
+    configs = CONFIGS if not only else [CONFIGS[int(i)] for i in only.split(",")]
+    extra = []
+    for t in (x.strip() for x in thresholds.split(",")):
+        if not t:
+            continue
+        v = float(t)
+        if not 0.0 < v <= 1.0:
+            raise ValueError(f"threshold {t} is outside (0, 1]")
+        extra.append((f"threshold {v:g}", {"rule": "threshold", "threshold": v}, "full"))
+    return configs + extra
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=6, help="held-out instructions")
@@ -102,6 +117,8 @@ def main(argv=None):
                          "ones (lists, counting, copying)")
     ap.add_argument("--weights", choices=list(smol.VARIANTS), default="default",
                     help="the embedded delta: default (models/smol-diffusion), cf / sd / cal (certainty-forced, see engine/diffusion/smol.py)")
+    ap.add_argument("--thresholds", default="",
+                    help="comma-separated extra Fast-dLLM thresholds to add as rows (a speed / perplexity sweep), e.g. 0.95,0.8")
     ap.add_argument("--delta", default=None,
                     help="evaluate this delta directory (e.g. a training checkpoint) instead of --weights")
     a = ap.parse_args(argv)
@@ -113,7 +130,7 @@ def main(argv=None):
     adapter = smol.adapter_name(a.weights)
     eos = lm.eos_ids
     prompts = pick_prompts(a.prompts, a.n)
-    configs = CONFIGS if not a.only else [CONFIGS[int(i)] for i in a.only.split(",")]
+    configs = pick_configs(a.only, a.thresholds)
     print(f"# Diffusion rules on {ad.name} ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})\n")
     kind = {"heldout": "held-out long-answer instructions", "short": "held-out one-line instructions",
             "mixed": "held-out instructions (half long-answer, half one-line)",

@@ -2,7 +2,9 @@
 confidence-by-left-neighbour table, on hand-made step records."""
 from types import SimpleNamespace
 
-from benchmarks.diffusion import answer_steps, neighbour_confidence, pick_prompts
+import pytest
+
+from benchmarks.diffusion import answer_steps, neighbour_confidence, pick_configs, pick_prompts
 from benchmarks.diffusion_quality import heldout_prompts
 
 EOS = {2}
@@ -42,3 +44,13 @@ def test_mixed_prompts_alternate_long_and_one_line():
     assert p[0::2] == heldout_prompts(2, seed=23) and p[1::2] == heldout_prompts(3, seed=23, short=True)[:2]
     assert pick_prompts("short", 3) == heldout_prompts(3, seed=23, short=True)
     assert len(pick_prompts("formulaic", 2)) == 2
+
+
+def test_threshold_sweep_rows_follow_the_chosen_configs():
+    rows = pick_configs("0,5", "0.95, 0.8")
+    assert [r[0] for r in rows] == ["low_confidence, 1 token/step", "threshold 0.9 (Fast-dLLM)",
+                                    "threshold 0.95", "threshold 0.8"]
+    assert rows[-1][1] == {"rule": "threshold", "threshold": 0.8} and rows[-1][2] == "full"
+    assert len(pick_configs()) == 12
+    with pytest.raises(ValueError, match="outside"):
+        pick_configs("", "1.5")
