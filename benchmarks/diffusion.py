@@ -14,7 +14,7 @@ so the EOS tail is not counted against the 1-token/step reference; the "answer t
 column counts only steps that committed a token of the answer (before its first EOS), so the
 parallelism inside the answer is shown apart from the EOS tail.
 
-    python benchmarks/diffusion.py [--n 6] [--gen-length 64] [--block-length 16] [--prompts mixed] [--weights cf|sd|cal] [--delta DIR] [--only 0,5] [--thresholds 0.95,0.8]
+    python benchmarks/diffusion.py [--n 6] [--gen-length 64] [--block-length 16] [--prompts mixed] [--weights cf|sd|cal] [--delta DIR] [--only 0,5] [--thresholds 0.95,0.8] [--offset 12]
 """
 from __future__ import annotations
 
@@ -81,7 +81,11 @@ def answer_steps(tr, eos_ids):
     return n, k
 
 
-def pick_prompts(kind: str, n: int) -> list[str]:
+def pick_prompts(kind: str, n: int, offset: int = 0) -> list[str]:
+    """n instructions of a set, after the first `offset` (so --offset 12 --n 12 gives 12 prompts disjoint
+    from the default --n 12: a fresh check of a checkpoint chosen on the first ones)."""
+    if offset:
+        return pick_prompts(kind, offset + n)[offset:]
     if kind == "formulaic":
         return FORMULAIC[:n]
     if kind == "mixed":  # long, one-line, long, ...
@@ -111,6 +115,8 @@ def main(argv=None):
     ap.add_argument("--gen-length", type=int, default=64)
     ap.add_argument("--block-length", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--offset", type=int, default=0,
+                    help="skip the set's first OFFSET instructions (fresh prompts for a checkpoint chosen on the first ones)")
     ap.add_argument("--only", default="", help="comma-separated config indices (debug)")
     ap.add_argument("--prompts", choices=("mixed", "heldout", "short", "formulaic"), default="mixed",
                     help="held-out long-answer instructions, one-line ones, half of each (mixed), or low-entropy "
@@ -129,13 +135,13 @@ def main(argv=None):
     ad = adapters.embedded(lm, a.weights)
     adapter = smol.adapter_name(a.weights)
     eos = lm.eos_ids
-    prompts = pick_prompts(a.prompts, a.n)
+    prompts = pick_prompts(a.prompts, a.n, a.offset)
     configs = pick_configs(a.only, a.thresholds)
     print(f"# Diffusion rules on {ad.name} ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})\n")
     kind = {"heldout": "held-out long-answer instructions", "short": "held-out one-line instructions",
             "mixed": "held-out instructions (half long-answer, half one-line)",
             "formulaic": "formulaic instructions (lists, counting, copying)"}[a.prompts]
-    print(f"{len(prompts)} {kind}, gen_length {a.gen_length}, block_length {a.block_length}, greedy, "
+    print(f"{len(prompts)} {kind}{f' after the first {a.offset}' if a.offset else ''}, gen_length {a.gen_length}, block_length {a.block_length}, greedy, "
           f"torch threads {a.threads}\n")
     print("| rule | steps | NFE / token | tokens / step | answer tokens / answer step | tokens forwarded / sample "
           "| tokens/s (compute) | median judged ppl | distinct-2 | steps vs 1-token/step | ppl vs 1-token/step |")

@@ -54,3 +54,9 @@ def test_threshold_sweep_rows_follow_the_chosen_configs():
     assert len(pick_configs()) == 12
     with pytest.raises(ValueError, match="outside"):
         pick_configs("", "1.5")
+
+
+def test_offset_gives_prompts_disjoint_from_the_first_ones():
+    first, fresh = pick_prompts("mixed", 12), pick_prompts("mixed", 12, offset=12)
+    assert len(fresh) == 12 and not set(first) & set(fresh)
+    assert pick_prompts("mixed", 24) == first + fresh
