@@ -122,7 +122,7 @@ def main(argv=None):
                     help="held-out long-answer instructions, one-line ones, half of each (mixed), or low-entropy "
                          "ones (lists, counting, copying)")
     ap.add_argument("--weights", choices=list(smol.VARIANTS), default="default",
-                    help="the embedded delta: default (models/smol-diffusion), cf / sd / cal (certainty-forced, see engine/diffusion/smol.py)")
+                    help="the embedded delta: " + "; ".join(f"{k}: {d}" for k, (_, d) in smol.VARIANTS.items()))
     ap.add_argument("--thresholds", default="",
                     help="comma-separated extra Fast-dLLM thresholds to add as rows (a speed / perplexity sweep), e.g. 0.95,0.8")
     ap.add_argument("--delta", default=None,
@@ -141,7 +141,8 @@ def main(argv=None):
     kind = {"heldout": "held-out long-answer instructions", "short": "held-out one-line instructions",
             "mixed": "held-out instructions (half long-answer, half one-line)",
             "formulaic": "formulaic instructions (lists, counting, copying)"}[a.prompts]
-    print(f"{len(prompts)} {kind}{f' after the first {a.offset}' if a.offset else ''}, gen_length {a.gen_length}, block_length {a.block_length}, greedy, "
+    after = f" after the first {a.offset}" if a.offset else ""
+    print(f"{len(prompts)} {kind}{after}, gen_length {a.gen_length}, block_length {a.block_length}, greedy, "
           f"torch threads {a.threads}\n")
     print("| rule | steps | NFE / token | tokens / step | answer tokens / answer step | tokens forwarded / sample "
           "| tokens/s (compute) | median judged ppl | distinct-2 | steps vs 1-token/step | ppl vs 1-token/step |")

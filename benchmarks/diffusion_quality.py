@@ -175,7 +175,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-accuracy", action="store_true", help="only the judged samples")
     ap.add_argument("--weights", choices=list(smol.VARIANTS), default="default",
-                    help="the embedded delta: default (models/smol-diffusion), cf / sd / cal (certainty-forced, see engine/diffusion/smol.py)")
+                    help="the embedded delta: " + "; ".join(f"{k}: {d}" for k, (_, d) in smol.VARIANTS.items()))
     ap.add_argument("--delta", default=None,
                     help="evaluate this delta directory (e.g. a training checkpoint) instead of --weights")
     a = ap.parse_args(argv)

@@ -19,7 +19,7 @@ lm = common.page_header(
     "certainty-forcing distillation (dParallel): more confident, so threshold rules commit more tokens per "
     "step, and more repetitive; smol-diffusion-sd continues it on the default model's own answers "
     "(self-distillation): about 2x fewer steps under threshold 0.9, and the most repetitive; smol-diffusion-cal "
-    "continues sd with a penalty on confident mistakes: ~1.7x fewer steps with no perplexity cost. LLaDA-8B-Instruct and Dream-v0-Instruct-7B run "
+    "continues sd with a penalty on confident mistakes: ~1.7x fewer steps at little perplexity cost. LLaDA-8B-Instruct and Dream-v0-Instruct-7B run "
     "here too when loaded on the home page (tick 'trust remote code' only if you trust their code).")
 
 RULE_NAMES = list(R.RULES)
@@ -38,7 +38,7 @@ with st.sidebar:
                                 "vs 1.05x) at the cost of more repeated phrases; smol-diffusion-sd: the same trained "
                                 "further on the default model's own answers, ~2x fewer steps, most repetitive; "
                                 "smol-diffusion-cal: sd with a penalty on confident mistakes, 1.7x fewer steps "
-                                "at no perplexity cost")
+                                "at little perplexity cost (-7% to +12%)")
     gen_length = st.number_input("gen_length (answer tokens)", 1, 512, 32, key="dlm_gen_length")
     block_length = st.number_input("block_length (0 = gen_length)", 0, 512, 8, key="dlm_block_length")
     steps = st.number_input("steps (0 = gen_length)", 0, 512, 0, key="dlm_steps",

@@ -370,6 +370,18 @@ def neighbour_penalty(logits, Yt, sel):
     return torch.cat(terms).mean() if terms else torch.zeros(())
 
 
+def objective_text(args) -> str:
+    """The certainty-forcing objective with its weights, as logged at train-start."""
+    text = ("certainty forcing (semi-AR complementary block masking, block %d, ratio 0.5; mean CE + %g x entropy "
+            "at T=%g of correctly predicted masked tokens; prefix-cut share %g)"
+            % (args.cf_block, args.certainty, args.cf_temperature, args.cf_cut_share))
+    if args.wrong_penalty > 0:
+        text += "; + %g x -log(1 - p_top) of wrongly predicted masked tokens" % args.wrong_penalty
+    if args.neighbour_penalty > 0:
+        text += "; + %g x -log(1 - p(neighbour's token)) for adjacent masked targets" % args.neighbour_penalty
+    return text
+
+
 def cmd_train(args):
     from engine.diffusion.smol import DELTA_DIR, MASK_ID, add_lora, save_delta
     torch.set_num_threads(args.threads)
@@ -414,13 +426,7 @@ def cmd_train(args):
          "lr": args.lr, "lora_r": args.r, "lora_alpha": args.alpha, "batch": args.batch, "threads": args.threads,
          "minutes": args.minutes, "data": "training/data (SmolLM2-135M-Instruct answers, see gen stage)",
          "resumed_from_steps": prior_steps, "out": str(args.out),
-         **({"objective": "certainty forcing (semi-AR complementary block masking, block %d, ratio 0.5; "
-                          "mean CE + %g x entropy at T=%g of correctly predicted masked tokens; prefix-cut share %g)"
-                          % (args.cf_block, args.certainty, args.cf_temperature, args.cf_cut_share)
-                          + ("; + %g x -log(1 - p_top) of wrongly predicted masked tokens" % args.wrong_penalty
-                             if args.wrong_penalty > 0 else "")
-                          + ("; + %g x -log(1 - p(neighbour's token)) for adjacent masked targets"
-                             % args.neighbour_penalty if args.neighbour_penalty > 0 else "")} if args.certainty > 0 else {}), "lr_schedule": "20-step warmup, linear decay to 10% over --minutes"})
+         **({"objective": objective_text(args)} if args.certainty > 0 else {}), "lr_schedule": "20-step warmup, linear decay to 10% over --minutes"})
     meta = {"base": "smollm2-135m-instruct", "mask_id": MASK_ID, "shift": 1, "bidirectional": True,
             "lora_r": args.r, "lora_alpha": args.alpha, "gen_length": GEN_LEN, "seed": args.seed}
     lm_head = model.lm_head

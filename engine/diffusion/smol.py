@@ -26,7 +26,7 @@ DELTA_DIR_CF = DELTA_DIR.parent / "smol-diffusion-cf"
 # dParallel's data): ~2x fewer steps under threshold 0.9, still more repetitive.
 DELTA_DIR_SD = DELTA_DIR.parent / "smol-diffusion-sd"
 # The sd delta continued with a confident-error penalty (-log(1 - p_top) on wrong predictions) on 1,232
-# self answers: fewer parallel commits than sd, but no perplexity cost (benchmarks/RESULTS.md).
+# self answers: fewer parallel commits than sd, at little perplexity cost (-7% to +12%, benchmarks/RESULTS.md).
 DELTA_DIR_CAL = DELTA_DIR.parent / "smol-diffusion-cal"
 VARIANTS = {"default": (DELTA_DIR, "smol-diffusion (SmolLM2-135M + delta)"),
             "cf": (DELTA_DIR_CF, "smol-diffusion-cf (certainty-forced: parallel, more repetitive)"),
