@@ -199,3 +199,41 @@ def test_self_decode_matches_the_engine_low_confidence_sampler(one_thread):
         assert all(t == eos for t in g[n:])
     cached = self_decode(lm.model, prompts, MASK, eos, block=16, prefix_cache=True)
     assert all(len(a) == GEN_LEN and MASK not in a for a in cached)
+
+
+def test_interpolated_delta_is_the_exact_weighted_update(tmp_path, one_thread):
+    """training interpolate: (1 - a) B0 A0 + a B1 A1 as one LoRA of rank 2r, mask row interpolated."""
+    from training.train_diffusion import interpolate_deltas
+    deltas, rows = [], []
+    for seed in (1, 2):
+        model = make_tiny_lm(seed=5).model
+        smol.add_lora(model, r=4, alpha=8)
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "lora_" in n:
+                    p.normal_(0, 0.1)
+            model.get_input_embeddings().weight[MASK].normal_()
+        smol.save_delta(model, tmp_path / f"d{seed}", {"lora_r": 4, "lora_alpha": 8})
+        smol.merge_lora(model)
+        deltas.append({n: p.detach().clone() for n, p in model.named_parameters()})
+        rows.append(model.get_input_embeddings().weight[MASK].detach().clone())
+    base = {n: p.detach().clone() for n, p in make_tiny_lm(seed=5).model.named_parameters()}
+    a = 0.3
+    interpolate_deltas(tmp_path / "d1", tmp_path / "d2", a, tmp_path / "mix")
+    fresh = make_tiny_lm(seed=5).model
+    meta = smol.apply_delta(fresh, tmp_path / "mix", merge=True)
+    assert meta["lora_r"] == 8 and meta["interpolation"]["a"] == a
+    got = dict(fresh.named_parameters())
+    changed = 0
+    for n, w in base.items():
+        if "embed" in n:
+            continue
+        want = w + (1 - a) * (deltas[0][n] - w) + a * (deltas[1][n] - w)
+        assert torch.allclose(got[n], want, atol=3e-3), n  # fp16 LoRA factors
+        changed += not torch.allclose(w, want)
+    assert changed > 0
+    row = fresh.get_input_embeddings().weight[MASK]
+    assert torch.allclose(row, (1 - a) * rows[0] + a * rows[1], atol=3e-3)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        interpolate_deltas(tmp_path / "d1", tmp_path / "d2", 1.5, tmp_path / "bad")

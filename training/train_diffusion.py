@@ -6,6 +6,7 @@ Stages, all CPU-friendly:
         fill the tail with EOS, as LLaDA/Dream do). Written to training/data/*.pt (not shipped).
   gen-self  the diffusion model answers every training instruction itself (greedy low_confidence,
         blocks of 16, prefix KV cache): self-distillation data for certainty forcing (dParallel).
+  interpolate  weight interpolation of two deltas (e.g. the default and a certainty-forced one).
   train bidirectional attention + logits shifted by one + LoRA (r=16) on every linear layer
         + a trained mask-token row. Per example: t ~ U(0.02, 1), every answer token masked with
         probability t, loss = cross-entropy on masked tokens weighted by 1/t (LLaDA / Dream).
@@ -545,6 +546,42 @@ def evaluate(model, heldout, rng_seed, mask_id, pad_id, ratio=0.5):
             "heldout_acc_if_conf>=0.9": round(sure_right / max(sure, 1), 4)}
 
 
+def interpolate_deltas(src0, src1, a: float, out) -> Path:
+    """Weight interpolation (WiSE-FT style) of two LoRA deltas trained from the same one: the merged
+    update (1 - a) B0 A0 + a B1 A1 written exactly as one LoRA of twice the rank,
+    [B0, B1] @ [(1 - a) A0; a A1] (same alpha / r scale), and the mask row interpolated."""
+    from safetensors.torch import load_file, save_file
+    src0, src1, out = Path(src0), Path(src1), Path(out)
+    if not 0.0 <= a <= 1.0:
+        raise ValueError(f"interpolation weight a={a} must be in [0, 1]")
+    m0, m1 = (json.loads((d / "config.json").read_text()) for d in (src0, src1))
+    if (m0["lora_r"], m0["lora_alpha"]) != (m1["lora_r"], m1["lora_alpha"]):
+        raise ValueError("the two deltas need the same LoRA rank and alpha")
+    d0, d1 = load_file(str(src0 / "delta.safetensors")), load_file(str(src1 / "delta.safetensors"))
+    if set(d0) != set(d1):
+        raise ValueError("the two deltas adapt different layers")
+    state = {}
+    for k in d0:
+        x0, x1 = d0[k].float(), d1[k].float()
+        if k.endswith("lora_A"):
+            state[k] = torch.cat([(1 - a) * x0, a * x1], 0)
+        elif k.endswith("lora_B"):
+            state[k] = torch.cat([x0, x1], 1)
+        else:  # the mask embedding row
+            state[k] = (1 - a) * x0 + a * x1
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.to(torch.float16).contiguous() for k, v in state.items()}, str(out / "delta.safetensors"))
+    meta = {**m1, "lora_r": 2 * m0["lora_r"], "lora_alpha": 2 * m0["lora_alpha"],
+            "interpolation": {"from": str(src0), "to": str(src1), "a": a}}
+    (out / "config.json").write_text(json.dumps(meta, indent=1))
+    return out
+
+
+def cmd_interpolate(args):
+    out = interpolate_deltas(args.src0, args.src1, args.a, args.out)
+    log({"stage": "interpolate", "from": args.src0, "to": args.src1, "a": args.a, "out": str(out)})
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -569,6 +606,11 @@ def main(argv=None):
     gs.add_argument("--threads", type=int, default=2)
     gs.add_argument("--minutes", type=float, default=10 ** 6, help="stop after the batch that passes this")
     gs.add_argument("--no-cache", action="store_true", help="full forward every step (default: Fast-dLLM prefix cache)")
+    ip = sub.add_parser("interpolate", help="(1 - a) x delta SRC0 + a x delta SRC1, exactly, as one LoRA of twice the rank")
+    ip.add_argument("src0")
+    ip.add_argument("src1")
+    ip.add_argument("--a", type=float, required=True)
+    ip.add_argument("--out", required=True)
     t = sub.add_parser("train")
     t.add_argument("--minutes", type=float, default=75)
     t.add_argument("--max-steps", type=int, default=10 ** 9)
@@ -612,7 +654,7 @@ def main(argv=None):
     if args.cmd == "gen-self":
         from engine.diffusion.smol import DELTA_DIR
         args.delta = args.delta or str(DELTA_DIR)
-    {"gen": cmd_gen, "gen-self": cmd_gen_self, "train": cmd_train}[args.cmd](args)
+    {"gen": cmd_gen, "gen-self": cmd_gen_self, "train": cmd_train, "interpolate": cmd_interpolate}[args.cmd](args)
 
 
 if __name__ == "__main__":
