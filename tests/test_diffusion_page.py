@@ -85,3 +85,6 @@ def test_diffusion_page_compares_the_two_embedded_weights(embedded_lm):
     at.radio(key="dlm_weights").set_value("embedded-cal").run()  # and the calibrated one
     assert not at.exception
     assert any("smol-diffusion-cal" in m.value for m in at.sidebar.markdown)
+    at.radio(key="dlm_weights").set_value("embedded-div").run()  # and the calibrated one retrained on sampled text
+    assert not at.exception
+    assert any("smol-diffusion-div" in m.value for m in at.sidebar.markdown)

@@ -28,10 +28,16 @@ DELTA_DIR_SD = DELTA_DIR.parent / "smol-diffusion-sd"
 # The sd delta continued with a confident-error penalty (-log(1 - p_top) on wrong predictions) on 1,232
 # self answers: fewer parallel commits than sd, at little perplexity cost (-7% to +12%, benchmarks/RESULTS.md).
 DELTA_DIR_CAL = DELTA_DIR.parent / "smol-diffusion-cal"
+# The cal delta continued on SmolLM2's *sampled* answers only (one-block certainty forcing + the confident-error
+# penalty): its one-block samples stop looping (distinct-2 0.51 vs cal's 0.30) and threshold 0.9 with one block
+# of 64 still takes 1.8-1.95x fewer steps than one token per step (benchmarks/RESULTS.md, run sd5).
+DELTA_DIR_DIV = DELTA_DIR.parent / "smol-diffusion-div"
 VARIANTS = {"default": (DELTA_DIR, "smol-diffusion (SmolLM2-135M + delta)"),
             "cf": (DELTA_DIR_CF, "smol-diffusion-cf (certainty-forced: parallel, more repetitive)"),
             "sd": (DELTA_DIR_SD, "smol-diffusion-sd (self-distilled certainty forcing: ~2x parallel, repetitive)"),
-            "cal": (DELTA_DIR_CAL, "smol-diffusion-cal (calibrated self-distillation: ~1.7x parallel, repetitive)")}
+            "cal": (DELTA_DIR_CAL, "smol-diffusion-cal (calibrated self-distillation: ~1.7x parallel, repetitive)"),
+            "div": (DELTA_DIR_DIV, "smol-diffusion-div (cal retrained on sampled answers: ~1.9x parallel in one block, "
+                                   "less repetitive)")}
 
 
 def register_checkpoint(delta_dir, variant: str = "checkpoint") -> str:
