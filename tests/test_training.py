@@ -237,3 +237,27 @@ def test_interpolated_delta_is_the_exact_weighted_update(tmp_path, one_thread):
     assert torch.allclose(row, (1 - a) * rows[0] + a * rows[1], atol=3e-3)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         interpolate_deltas(tmp_path / "d1", tmp_path / "d2", 1.5, tmp_path / "bad")
+
+
+def test_draw_batch_pools():
+    """--sampled-only draws only SmolLM2's sampled answers; the shares pick self / greedy slots; no shares: all but self."""
+    from argparse import Namespace
+
+    from training.train_diffusion import batch_pools, draw_batch
+    train = ([{"kind": "self", "i": i} for i in range(20)] + [{"kind": "greedy", "i": i} for i in range(20)]
+             + [{"kind": "long", "i": i} for i in range(20)] + [{"kind": "short", "i": i} for i in range(20)]
+             + [{"i": i} for i in range(5)])  # early data has no kind: it is "long"
+    pools = batch_pools(train)
+    assert len(pools["sampled"]) == 45 and len(pools["base"]) == 65
+    rng = random.Random(0)
+    kinds = lambda b: {e.get("kind", "long") for e in b}  # noqa: E731
+    args = Namespace(batch=8, sampled_only=True, self_share=0.8, greedy_share=0.2)
+    seen = set().union(*(kinds(draw_batch(rng, pools, args)) for _ in range(50)))
+    assert seen == {"long", "short"}
+    args = Namespace(batch=8, sampled_only=False, self_share=0.0, greedy_share=0.0)
+    seen = set().union(*(kinds(draw_batch(rng, pools, args)) for _ in range(50)))
+    assert seen == {"long", "short", "greedy"}
+    args = Namespace(batch=8, sampled_only=False, self_share=1.0, greedy_share=0.0)
+    assert all(kinds(draw_batch(rng, pools, args)) == {"self"} for _ in range(10))
+    args = Namespace(batch=8, sampled_only=False, self_share=0.0, greedy_share=1.0)
+    assert all(kinds(draw_batch(rng, pools, args)) == {"greedy"} for _ in range(10))

@@ -371,6 +371,35 @@ def neighbour_penalty(logits, Yt, sel):
     return torch.cat(terms).mean() if terms else torch.zeros(())
 
 
+def batch_pools(train):
+    """The training examples by source: SmolLM2's greedy answers, the diffusion model's own answers
+    (gen-self), SmolLM2's sampled answers (long and one-line), and everything but self (= the training
+    set before gen-self data existed)."""
+    kind = [e.get("kind", "long") for e in train]
+    return {"greedy": [e for e, k in zip(train, kind) if k == "greedy"],
+            "self": [e for e, k in zip(train, kind) if k == "self"],
+            "sampled": [e for e, k in zip(train, kind) if k not in ("greedy", "self")],
+            "base": [e for e, k in zip(train, kind) if k != "self"]}
+
+
+def draw_batch(rng, pools, args):
+    """One batch: --sampled-only draws only sampled answers; else each slot is a self answer with
+    probability --self-share, a greedy one with --greedy-share, a sampled one otherwise; with both
+    shares 0, uniform over all but the self answers."""
+    if args.sampled_only:
+        return rng.sample(pools["sampled"], args.batch)
+    if args.self_share > 0 and pools["self"]:
+        u = [rng.random() for _ in range(args.batch)]
+        n_s = sum(v < args.self_share for v in u)
+        n_g = sum(args.self_share <= v < args.self_share + args.greedy_share for v in u)
+        return (rng.sample(pools["self"], n_s) + rng.sample(pools["greedy"], n_g)
+                + rng.sample(pools["sampled"], args.batch - n_s - n_g))
+    if args.greedy_share > 0 and pools["greedy"]:
+        n_g = sum(rng.random() < args.greedy_share for _ in range(args.batch))
+        return rng.sample(pools["greedy"], n_g) + rng.sample(pools["sampled"], args.batch - n_g)
+    return rng.sample(pools["base"], args.batch)
+
+
 def objective_text(args) -> str:
     """The certainty-forcing objective with its weights, as logged at train-start."""
     text = ("certainty forcing (semi-AR complementary block masking, block %d, ratio 0.5; mean CE + %g x entropy "
@@ -415,14 +444,11 @@ def cmd_train(args):
     examples = load_data()
     train, heldout = split_heldout(examples, {"long": args.heldout, "short": args.heldout_short,
                                               "greedy": args.heldout_short})
-    greedy_pool = [e for e in train if e.get("kind") == "greedy"]
-    self_pool = [e for e in train if e.get("kind") == "self"]  # the diffusion model's own answers (gen-self)
-    other_pool = [e for e in train if e.get("kind") not in ("greedy", "self")]
-    base_pool = [e for e in train if e.get("kind") != "self"]  # = train before gen-self data existed
+    pools = batch_pools(train)
     held_by_kind = {k: [e for e in heldout if e.get("kind", "long") == k] for k in ("long", "short", "greedy")}
     log({"stage": "train-start", "examples": len(train), "heldout": len(heldout),
          "by_kind": {k: sum(e.get("kind", "long") == k for e in train) for k in ("long", "short", "greedy", "self")},
-         "greedy_share": args.greedy_share, "self_share": args.self_share,
+         "greedy_share": args.greedy_share, "self_share": args.self_share, "sampled_only": args.sampled_only,
          "seed": args.seed,
          "lr": args.lr, "lora_r": args.r, "lora_alpha": args.alpha, "batch": args.batch, "threads": args.threads,
          "minutes": args.minutes, "data": "training/data (SmolLM2-135M-Instruct answers, see gen stage)",
@@ -437,17 +463,7 @@ def cmd_train(args):
     def track(name: str, value: float):
         emas[name] = value if name not in emas else 0.95 * emas[name] + 0.05 * value
     while time.time() - t0 < args.minutes * 60 and step < args.max_steps:
-        if args.self_share > 0 and self_pool:  # each slot: self with prob self_share, else greedy / other
-            u = [rng.random() for _ in range(args.batch)]
-            n_s = sum(v < args.self_share for v in u)
-            n_g = sum(args.self_share <= v < args.self_share + args.greedy_share for v in u)
-            batch = (rng.sample(self_pool, n_s) + rng.sample(greedy_pool, n_g)
-                     + rng.sample(other_pool, args.batch - n_s - n_g))
-        elif args.greedy_share > 0 and greedy_pool:  # each slot: a greedy answer with probability greedy_share
-            n_g = sum(rng.random() < args.greedy_share for _ in range(args.batch))
-            batch = rng.sample(greedy_pool, n_g) + rng.sample(other_pool, args.batch - n_g)
-        else:
-            batch = rng.sample(base_pool, args.batch)
+        batch = draw_batch(rng, pools, args)
         if args.certainty > 0:
             X, Y, A = make_batch_cf(batch, rng, MASK_ID, pad_id, block=args.cf_block, cut_share=args.cf_cut_share)
         else:
@@ -550,7 +566,9 @@ def interpolate_deltas(src0, src1, a: float, out) -> Path:
     """Weight interpolation (WiSE-FT style) of two LoRA deltas trained from the same one: the merged
     update (1 - a) B0 A0 + a B1 A1 written exactly as one LoRA of twice the rank,
     [B0, B1] @ [(1 - a) A0; a A1] (same alpha / r scale), and the mask row interpolated."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
+
+    from engine.diffusion.smol import write_delta
     src0, src1, out = Path(src0), Path(src1), Path(out)
     if not 0.0 <= a <= 1.0:
         raise ValueError(f"interpolation weight a={a} must be in [0, 1]")
@@ -569,11 +587,8 @@ def interpolate_deltas(src0, src1, a: float, out) -> Path:
             state[k] = torch.cat([x0, x1], 1)
         else:  # the mask embedding row
             state[k] = (1 - a) * x0 + a * x1
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.to(torch.float16).contiguous() for k, v in state.items()}, str(out / "delta.safetensors"))
-    meta = {**m1, "lora_r": 2 * m0["lora_r"], "lora_alpha": 2 * m0["lora_alpha"],
-            "interpolation": {"from": str(src0), "to": str(src1), "a": a}}
-    (out / "config.json").write_text(json.dumps(meta, indent=1))
+    write_delta(state, out, {**m1, "lora_r": 2 * m0["lora_r"], "lora_alpha": 2 * m0["lora_alpha"],
+                             "interpolation": {"from": str(src0), "to": str(src1), "a": a}})
     return out
 
 
@@ -628,6 +643,9 @@ def main(argv=None):
     t.add_argument("--self-share", type=float, default=0.0,
                    help="share of each batch drawn from the diffusion model's own answers (gen-self); the rest: "
                         "--greedy-share greedy answers, then the sampled ones")
+    t.add_argument("--sampled-only", action="store_true",
+                   help="draw batches only from SmolLM2's sampled answers (no greedy, no self answers): "
+                        "diverse text, as smol-diffusion-div was trained (run sd5)")
     t.add_argument("--resume", action="store_true", help="continue from the delta in --resume-from")
     t.add_argument("--resume-from", default=None, help="delta directory to continue from (default: the shipped one)")
     t.add_argument("--out", default=None, help="where the delta is saved (default: models/smol-diffusion)")

@@ -117,17 +117,23 @@ def diffusion_logits(model: nn.Module, ids: torch.Tensor, bidirectional: bool = 
     return torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
 
 
-def save_delta(model: nn.Module, out_dir: Path, meta: dict) -> Path:
+def write_delta(state: dict[str, torch.Tensor], out_dir: Path, meta: dict) -> Path:
+    """Write a delta (LoRA factors + "mask_embedding", stored fp16) and its config; the tensor file is
+    replaced atomically, so a reader never sees half a file."""
     from safetensors.torch import save_file
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    state = {k: v.to(torch.float16).contiguous() for k, v in lora_state(model).items()}
-    emb = model.get_input_embeddings().weight
-    state["mask_embedding"] = emb[MASK_ID].detach().to(torch.float16).clone().contiguous()
     tmp = out_dir / "delta.safetensors.tmp"
-    save_file(state, str(tmp))
+    save_file({k: v.detach().to(torch.float16).contiguous() for k, v in state.items()}, str(tmp))
     tmp.replace(out_dir / "delta.safetensors")
     (out_dir / "config.json").write_text(json.dumps(meta, indent=1))
     return out_dir / "delta.safetensors"
+
+
+def save_delta(model: nn.Module, out_dir: Path, meta: dict) -> Path:
+    state = lora_state(model)
+    state["mask_embedding"] = model.get_input_embeddings().weight[MASK_ID].detach().clone()
+    return write_delta(state, out_dir, meta)
 
 
 def apply_delta(model: nn.Module, delta_dir: Path = DELTA_DIR, merge: bool = True) -> dict:
