@@ -163,9 +163,37 @@ def test_neighbour_penalty_targets_the_adjacent_masked_token():
     assert neighbour_penalty(torch.zeros(2, V), Y2, Y2 != -100).item() == 0.0
 
 
+def test_repeat_unlikelihood_penalises_nearby_tokens_other_than_the_target():
+    from training.train_diffusion import repeat_unlikelihood
+    V = 20
+    # row: pad, 3, [7], 4, [3], 3, [MASK outside the targets]; targets (masked) at columns 2 and 4
+    Xt = torch.tensor([[PAD, 3, MASK, 4, MASK, 3, MASK]])
+    Yt = torch.tensor([[-100, -100, 7, -100, 3, -100, -100]])
+    At = torch.tensor([[False, True, True, True, True, True, True]])
+    sel = Yt != -100
+    logits = torch.zeros(2, V, requires_grad=True)
+    pen = repeat_unlikelihood(logits, Yt, Xt, At, sel, window=2, mask_id=MASK)
+    # target 7 (col 2) sees 3 (cols 1, 4: once), 4 -> 2 candidates; the pad at col 0 is out of window anyway.
+    # target 3 (col 4) sees 7, 4 and 3 (itself: excluded); the [MASK] at col 6 is no candidate -> 2 candidates
+    one = -torch.log(torch.tensor(1 - 1 / V))
+    assert torch.isclose(pen, 2 * one)
+    pen.backward()
+    g = logits.grad
+    assert g[0, 3] > 0 and g[0, 4] > 0 and g[0, 7] < 0  # descent lowers 3 and 4 where 7 is right
+    assert g[1, 7] > 0 and g[1, 4] > 0 and g[1, 3] < 0
+    assert (g[0, 10:] < 0).all()  # every other token gains
+    # window 2 from col 2 reaches col 0 (a pad): no pad candidate even when its id is in range
+    pen0 = repeat_unlikelihood(torch.zeros(2, V), Yt, Xt, At, sel, window=6, mask_id=MASK)
+    assert torch.isclose(pen0, 2 * one)  # col 0 (pad) and col 6 ([MASK]) never count; 3 counted once
+    # a row that repeats nothing nearby: no penalty
+    X2, Y2 = torch.tensor([[MASK, MASK]]), torch.tensor([[5, 6]])
+    A2 = torch.ones_like(X2, dtype=torch.bool)
+    assert repeat_unlikelihood(torch.zeros(2, V), torch.tensor([[5, 5]]), X2, A2, Y2 != -100, 4, MASK).item() == 0.0
+
+
 def test_penalties_without_certainty_forcing_are_refused(capsys):
     from training.train_diffusion import main
-    for flag in ("--wrong-penalty", "--neighbour-penalty"):
+    for flag in ("--wrong-penalty", "--neighbour-penalty", "--repeat-penalty"):
         with pytest.raises(SystemExit):
             main(["train", flag, "1"])
         assert "--certainty" in capsys.readouterr().err

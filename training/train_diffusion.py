@@ -371,6 +371,39 @@ def neighbour_penalty(logits, Yt, sel):
     return torch.cat(terms).mean() if terms else torch.zeros(())
 
 
+def repeat_unlikelihood(logits, Yt, Xt, At, sel, window: int, mask_id: int):
+    """Token-level unlikelihood (Welleck et al. 2019) against copying, for a bidirectional model: for
+    each masked target, the candidates are the distinct tokens of the row's text (the target where the
+    position is masked, the input otherwise; not [MASK], not padding) within `window` positions either
+    side, minus the target itself; the term is the sum over candidates of -log(1 - p(candidate)),
+    averaged over the targets. A greedy parallel decoder loops ("is a cat is a cat") when repeating a
+    nearby token is its most confident move; this lowers exactly those probabilities where the text
+    does not repeat. logits: rows for Yt[sel] in row-major order; Xt / At: inputs and real-token mask
+    aligned with Yt. Zero when no target has a candidate."""
+    G = torch.where(Yt != -100, Yt, Xt)
+    ok_tok = At & (G != mask_id)
+    rows, cols = sel.nonzero(as_tuple=True)
+    y = Yt[rows, cols]
+    L = G.shape[1]
+    cand, ok = [], []
+    for d in [d for d in range(-window, window + 1) if d != 0]:
+        c = cols + d
+        cc = c.clamp(0, L - 1)
+        tok = G[rows, cc]
+        cand.append(tok)
+        ok.append((c >= 0) & (c < L) & ok_tok[rows, cc] & (tok != y))
+    cand, ok = torch.stack(cand, 1), torch.stack(ok, 1)
+    # each distinct token once: drop a candidate equal to an earlier kept one
+    same = cand[:, :, None] == cand[:, None, :]
+    earlier = torch.ones(same.shape[1:], dtype=torch.bool).tril(-1)
+    ok = ok & ~(same & earlier & ok[:, None, :]).any(-1)
+    if not ok.any():
+        return torch.zeros(())
+    p = torch.softmax(logits, -1).gather(1, torch.where(ok, cand, 0))
+    terms = -torch.log1p(-p.clamp(max=1 - 1e-6)) * ok
+    return terms.sum(1).mean()
+
+
 def batch_pools(train):
     """The training examples by source: SmolLM2's greedy answers, the diffusion model's own answers
     (gen-self), SmolLM2's sampled answers (long and one-line), and everything but self (= the training
@@ -409,6 +442,9 @@ def objective_text(args) -> str:
         text += "; + %g x -log(1 - p_top) of wrongly predicted masked tokens" % args.wrong_penalty
     if args.neighbour_penalty > 0:
         text += "; + %g x -log(1 - p(neighbour's token)) for adjacent masked targets" % args.neighbour_penalty
+    if args.repeat_penalty > 0:
+        text += ("; + %g x sum of -log(1 - p(c)) over the other tokens c within %d positions of each masked target "
+                 "(token-level unlikelihood against copying)" % (args.repeat_penalty, args.repeat_window))
     return text
 
 
@@ -492,6 +528,10 @@ def cmd_train(args):
                 nb = neighbour_penalty(logits, Yt, sel)
                 loss = loss + args.neighbour_penalty * nb
                 track("neighbour_penalty", nb.item())
+            if args.repeat_penalty > 0:
+                rp = repeat_unlikelihood(logits, Yt, X[:, 1:], A[:, 1:], sel, args.repeat_window, MASK_ID)
+                loss = loss + args.repeat_penalty * rp
+                track("repeat_penalty", rp.item())
         else:
             ce = torch.nn.functional.cross_entropy(logits, Yt[sel], reduction="none")
             rows = sel.nonzero()[:, 0]
@@ -656,6 +696,9 @@ def main(argv=None):
                    help="with --certainty: weight of -log(1 - p_top) on masked tokens whose argmax is wrong")
     t.add_argument("--neighbour-penalty", type=float, default=0.0,
                    help="with --certainty: weight of -log(1 - p(neighbour's token)) for adjacent masked targets")
+    t.add_argument("--repeat-penalty", type=float, default=0.0,
+                   help="weight of the token-level unlikelihood on nearby tokens that are not the target (needs --certainty)")
+    t.add_argument("--repeat-window", type=int, default=8, help="positions either side searched for --repeat-penalty")
     t.add_argument("--cf-block", type=int, default=16, help="block length of the certainty-forcing masking")
     t.add_argument("--cf-temperature", type=float, default=0.5, help="temperature of the certainty-forcing entropy")
     t.add_argument("--cf-cut-share", type=float, default=0.0,
@@ -663,8 +706,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.cmd == "train":
-        if (args.wrong_penalty > 0 or args.neighbour_penalty > 0) and args.certainty <= 0:
-            ap.error("--wrong-penalty / --neighbour-penalty are terms of the certainty-forcing objective: "
+        if (args.wrong_penalty > 0 or args.neighbour_penalty > 0 or args.repeat_penalty > 0) and args.certainty <= 0:
+            ap.error("--wrong-penalty / --neighbour-penalty / --repeat-penalty are terms of the certainty-forcing objective: "
                      "give --certainty too")
         from engine.diffusion.smol import DELTA_DIR
         args.out = args.out or str(DELTA_DIR)
