@@ -173,8 +173,8 @@ def test_repeat_unlikelihood_penalises_nearby_tokens_other_than_the_target():
     sel = Yt != -100
     logits = torch.zeros(2, V, requires_grad=True)
     pen = repeat_unlikelihood(logits, Yt, Xt, At, sel, window=2, mask_id=MASK)
-    # target 7 (col 2) sees 3 (cols 1, 4: once), 4 -> 2 candidates; the pad at col 0 is out of window anyway.
-    # target 3 (col 4) sees 7, 4 and 3 (itself: excluded); the [MASK] at col 6 is no candidate -> 2 candidates
+    # target 7 (col 2) sees the pad at col 0 (not a candidate), 3 (cols 1 and 4: counted once) and 4: 2 candidates.
+    # target 3 (col 4) sees 7, 4 and 3 (its own token: excluded); the [MASK] at col 6 is no candidate: 2 candidates
     one = -torch.log(torch.tensor(1 - 1 / V))
     assert torch.isclose(pen, 2 * one)
     pen.backward()
@@ -182,13 +182,14 @@ def test_repeat_unlikelihood_penalises_nearby_tokens_other_than_the_target():
     assert g[0, 3] > 0 and g[0, 4] > 0 and g[0, 7] < 0  # descent lowers 3 and 4 where 7 is right
     assert g[1, 7] > 0 and g[1, 4] > 0 and g[1, 3] < 0
     assert (g[0, 10:] < 0).all()  # every other token gains
-    # window 2 from col 2 reaches col 0 (a pad): no pad candidate even when its id is in range
-    pen0 = repeat_unlikelihood(torch.zeros(2, V), Yt, Xt, At, sel, window=6, mask_id=MASK)
-    assert torch.isclose(pen0, 2 * one)  # col 0 (pad) and col 6 ([MASK]) never count; 3 counted once
-    # a row that repeats nothing nearby: no penalty
-    X2, Y2 = torch.tensor([[MASK, MASK]]), torch.tensor([[5, 6]])
-    A2 = torch.ones_like(X2, dtype=torch.bool)
-    assert repeat_unlikelihood(torch.zeros(2, V), torch.tensor([[5, 5]]), X2, A2, Y2 != -100, 4, MASK).item() == 0.0
+    # a wider window reaches no further token: the row's ends are a pad and a [MASK]
+    pen6 = repeat_unlikelihood(torch.zeros(2, V), Yt, Xt, At, sel, window=6, mask_id=MASK)
+    assert torch.isclose(pen6, 2 * one)
+    # a row that repeats only the target's own token: no penalty
+    Y2 = torch.tensor([[5, 5]])
+    X2 = torch.full_like(Y2, MASK)
+    A2 = torch.ones_like(Y2, dtype=torch.bool)
+    assert repeat_unlikelihood(torch.zeros(2, V), Y2, X2, A2, Y2 != -100, 4, MASK).item() == 0.0
 
 
 def test_penalties_without_certainty_forcing_are_refused(capsys):

@@ -338,6 +338,11 @@ def certainty_forcing_loss(logits, targets, weight: float, temperature: float = 
     return ce + weight * ent, ce, ent
 
 
+def unlikelihood(p):
+    """-log(1 - p): the unlikelihood of a probability the model should not give (clamped below 1)."""
+    return -torch.log1p(-p.clamp(max=1 - 1e-6))
+
+
 def confident_error_penalty(logits, targets):
     """Mean over the masked positions whose argmax is wrong of -log(1 - p(argmax)) at T = 1: an
     unlikelihood term on confident mistakes. A threshold rule commits whatever clears 0.9, so a wrong
@@ -348,7 +353,7 @@ def confident_error_penalty(logits, targets):
     if not wrong.any():
         return torch.zeros(())
     p_top = torch.softmax(logits[wrong], -1).max(-1).values
-    return -torch.log1p(-p_top.clamp(max=1 - 1e-6)).mean()
+    return unlikelihood(p_top).mean()
 
 
 def neighbour_penalty(logits, Yt, sel):
@@ -367,7 +372,7 @@ def neighbour_penalty(logits, Yt, sel):
         ok = (yn != -100) & (yn != y)
         if ok.any():
             p = logp[ok].gather(1, yn[ok][:, None]).squeeze(1).exp()
-            terms.append(-torch.log1p(-p.clamp(max=1 - 1e-6)))
+            terms.append(unlikelihood(p))
     return torch.cat(terms).mean() if terms else torch.zeros(())
 
 
@@ -400,7 +405,7 @@ def repeat_unlikelihood(logits, Yt, Xt, At, sel, window: int, mask_id: int):
     if not ok.any():
         return torch.zeros(())
     p = torch.softmax(logits, -1).gather(1, torch.where(ok, cand, 0))
-    terms = -torch.log1p(-p.clamp(max=1 - 1e-6)) * ok
+    terms = unlikelihood(p) * ok
     return terms.sum(1).mean()
 
 
@@ -697,7 +702,7 @@ def main(argv=None):
     t.add_argument("--neighbour-penalty", type=float, default=0.0,
                    help="with --certainty: weight of -log(1 - p(neighbour's token)) for adjacent masked targets")
     t.add_argument("--repeat-penalty", type=float, default=0.0,
-                   help="weight of the token-level unlikelihood on nearby tokens that are not the target (needs --certainty)")
+                   help="with --certainty: weight of the token-level unlikelihood on nearby tokens that are not the target")
     t.add_argument("--repeat-window", type=int, default=8, help="positions either side searched for --repeat-penalty")
     t.add_argument("--cf-block", type=int, default=16, help="block length of the certainty-forcing masking")
     t.add_argument("--cf-temperature", type=float, default=0.5, help="temperature of the certainty-forcing entropy")
@@ -706,7 +711,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.cmd == "train":
-        if (args.wrong_penalty > 0 or args.neighbour_penalty > 0 or args.repeat_penalty > 0) and args.certainty <= 0:
+        if max(args.wrong_penalty, args.neighbour_penalty, args.repeat_penalty) > 0 and args.certainty <= 0:
             ap.error("--wrong-penalty / --neighbour-penalty / --repeat-penalty are terms of the certainty-forcing objective: "
                      "give --certainty too")
         from engine.diffusion.smol import DELTA_DIR
