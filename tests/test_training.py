@@ -192,9 +192,46 @@ def test_repeat_unlikelihood_penalises_nearby_tokens_other_than_the_target():
     assert repeat_unlikelihood(torch.zeros(2, V), Y2, X2, A2, Y2 != -100, 4, MASK).item() == 0.0
 
 
+def test_repeated_ngrams_marks_later_copies_up_to_the_eos():
+    from training.train_diffusion import repeated_ngrams
+    E = 2
+    # "5 6 7 8 | 5 6 7 8 | 9" then EOS, then a copy after the EOS (ignored)
+    a = [5, 6, 7, 8, 5, 6, 7, 8, 9, E, 5, 6, 7, 8]
+    assert repeated_ngrams(a, 4, E) == [False] * 4 + [True] * 4 + [False] * 6
+    # a loop entered mid-sentence: "1 5 6 7 8 5 6 7 8 5 6 7": every 4-gram from the second "5" on repeats
+    b = [1, 5, 6, 7, 8, 5, 6, 7, 8, 5, 6, 7]
+    assert repeated_ngrams(b, 4, E) == [False] * 5 + [True] * 7
+    # a 3-gram repeat is no 4-gram repeat; one token repeated 5 times is (overlapping copies)
+    assert not any(repeated_ngrams([5, 6, 7, 1, 5, 6, 7, 2], 4, E))
+    assert repeated_ngrams([3, 3, 3, 3, 3], 4, E) == [False, True, True, True, True]
+
+
+def test_make_batch_seq_targets_only_masked_repeats_with_the_first_copy_in_view():
+    from training.train_diffusion import make_batch_seq, repeated_ngrams
+    E = 2
+    loop = {"prompt": [100, 101, 102], "answer": ([20, 21, 22, 23, 24] * 12 + [E] * 4)[:GEN_LEN]}
+    plain = {"prompt": [100], "answer": list(range(200, 200 + GEN_LEN))}
+    marks = repeated_ngrams(loop["answer"], 4, E)
+    rng = random.Random(0)
+    for _ in range(20):
+        X, Y, A = make_batch_seq([loop, plain], rng, MASK, PAD, rows=2, n=4, eos=E)
+        assert X.shape[0] == 1  # the decode without a repeat is never drawn
+        P = 3
+        x, y = X[0, -(P + GEN_LEN):], Y[0, -(P + GEN_LEN):]
+        assert (x[:P] == torch.tensor(loop["prompt"])).all()
+        ans_x, ans_y = x[P:].tolist(), y[P:].tolist()
+        tg = [j for j, v in enumerate(ans_y) if v != -100]
+        assert tg and all(marks[j] and ans_x[j] == MASK and ans_y[j] == loop["answer"][j] for j in tg)
+        cut = next(j for j, v in enumerate(ans_x) if v == MASK)
+        assert min(tg) - cut <= 8  # cut at most 8 tokens before the drawn repeated token
+        assert all(v == loop["answer"][j] for j, v in enumerate(ans_x[:cut]))  # clean before the cut
+    with pytest.raises(ValueError, match="4-gram"):
+        make_batch_seq([plain], rng, MASK, PAD, rows=2, n=4, eos=E)
+
+
 def test_penalties_without_certainty_forcing_are_refused(capsys):
     from training.train_diffusion import main
-    for flag in ("--wrong-penalty", "--neighbour-penalty", "--repeat-penalty"):
+    for flag in ("--wrong-penalty", "--neighbour-penalty", "--repeat-penalty", "--seq-penalty"):
         with pytest.raises(SystemExit):
             main(["train", flag, "1"])
         assert "--certainty" in capsys.readouterr().err
@@ -228,6 +265,39 @@ def test_self_decode_matches_the_engine_low_confidence_sampler(one_thread):
         assert all(t == eos for t in g[n:])
     cached = self_decode(lm.model, prompts, MASK, eos, block=16, prefix_cache=True)
     assert all(len(a) == GEN_LEN and MASK not in a for a in cached)
+
+
+def test_self_decode_threshold_matches_the_engine_threshold_rule(one_thread):
+    """gen-self --threshold: the batched decoder with Fast-dLLM's rule (one block of 64, no cache) = the
+    engine's threshold rule, token for token, in steps that commit several tokens; a threshold of 1.0 is
+    one token per step (= low_confidence)."""
+    from engine.diffusion.adapters import DiffusionAdapter
+    from engine.diffusion.sampler import diffuse
+    from training.train_diffusion import self_decode
+    lm = make_tiny_lm(seed=7)
+    with torch.no_grad():  # sharper logits (tied embeddings): confidences spread enough to straddle a threshold
+        lm.model.get_input_embeddings().weight.mul_(20)
+    eos = 2
+    rng = random.Random(5)
+    prompts = [[rng.randrange(100, 400) for _ in range(n)] for n in (4, 8)]
+    ad = DiffusionAdapter(lm.model, MASK, shift=True, bidirectional=True, name="tiny", eos_ids={eos})
+    run = lambda p, rule, **kw: list(diffuse(ad, torch.tensor([p]), gen_length=GEN_LEN, block_length=GEN_LEN,  # noqa: E731
+                                             steps=GEN_LEN, rule=rule, rule_params=kw))
+    for p in prompts:
+        # the prompt's median first-step confidence: about half the masks clear it at once, fewer later
+        thr = float(run(p, "low_confidence")[0].conf.median())
+        g = self_decode(lm.model, [p], MASK, eos, block=GEN_LEN, prefix_cache=False, threshold=thr)[0]
+        steps = run(p, "threshold", threshold=thr)
+        assert 1 < len(steps) < GEN_LEN and max(int(s.committed.sum()) for s in steps) > 1
+        want = steps[-1].x.tolist()
+        n = next((i + 1 for i, t in enumerate(want) if t == eos), GEN_LEN)
+        assert g[:n] == want[:n]
+    # batched (left-padded rows), threshold 1.0: one token per step
+    one = self_decode(lm.model, prompts, MASK, eos, block=GEN_LEN, prefix_cache=False, threshold=1.0)
+    for p, g in zip(prompts, one):
+        want = run(p, "low_confidence")[-1].x.tolist()
+        n = next((i + 1 for i, t in enumerate(want) if t == eos), GEN_LEN)
+        assert g[:n] == want[:n]
 
 
 def test_interpolated_delta_is_the_exact_weighted_update(tmp_path, one_thread):

@@ -6,6 +6,8 @@ Stages, all CPU-friendly:
         fill the tail with EOS, as LLaDA/Dream do). Written to training/data/*.pt (not shipped).
   gen-self  the diffusion model answers every training instruction itself (greedy low_confidence,
         blocks of 16, prefix KV cache): self-distillation data for certainty forcing (dParallel).
+        With --kind loops (and e.g. --block 64 --threshold 0.9) the answers go to loops*.pt instead: never
+        training targets, only the negatives of train --seq-penalty.
   interpolate  weight interpolation of two deltas (e.g. the default and a certainty-forced one).
   train bidirectional attention + logits shifted by one + LoRA (r=16) on every linear layer
         + a trained mask-token row. Per example: t ~ U(0.02, 1), every answer token masked with
@@ -27,6 +29,14 @@ Stages, all CPU-friendly:
   entropy of the correctly predicted masked tokens, on mostly greedy answers:
     .venv/bin/python -m training.train_diffusion train --resume --out models/smol-diffusion-cf --certainty 2 \
         --cf-temperature 1.0 --cf-cut-share 0.5 --greedy-share 0.7 --batch 4 --lr 4e-4 --minutes 55
+
+  Sequence-level unlikelihood (Welleck et al. 2019) against the loops of one-block greedy decoding: the
+  model decodes training instructions itself (gen-self --kind loops), the tokens of its answers that repeat
+  an earlier n-gram are the negatives, and train --seq-penalty W adds W x mean -log(1 - p(token)) over them,
+  masked, with the text before a cut near them in view (make_batch_seq):
+    .venv/bin/python -m training.train_diffusion gen-self --delta DIR --kind loops --block 64 --threshold 0.9 --minutes 13
+    .venv/bin/python -m training.train_diffusion train --resume --resume-from DIR --out OUT --certainty 2 \
+        --wrong-penalty 1 --seq-penalty 1 --seq-ngram 5 --cf-block 64 --sampled-only ...
 """
 from __future__ import annotations
 
@@ -122,13 +132,15 @@ def cmd_gen(args):
 
 @torch.no_grad()
 def self_decode(model, prompts_enc, mask_id: int, eos: int, block: int = 16, gen_len: int = GEN_LEN,
-                prefix_cache: bool = True):
+                prefix_cache: bool = True, threshold: float | None = None):
     """The diffusion model answers a batch of prompts itself: greedy low_confidence, one token per step,
     semi-autoregressive blocks, the engine's stop rule (an EOS committed with nothing masked before it;
     the rest is EOS padding). Returns the answers (gen_len ids each). dParallel distils a model on its
     own trajectories like these, so certainty is learnt on text the model already agrees with.
     prefix_cache: Fast-dLLM's approximation (keys/values of the prompt and committed blocks computed
-    once per block, the block and what follows it recomputed every step), ~2x faster here."""
+    once per block, the block and what follows it recomputed every step), ~2x faster here.
+    threshold: Fast-dLLM's rule instead of one token per step: every masked position of the block whose
+    confidence is >= threshold is committed, and always the most confident one."""
     from transformers import DynamicCache
     from engine.diffusion.adapters import _crop_to
     emb = model.get_input_embeddings().weight
@@ -155,7 +167,7 @@ def self_decode(model, prompts_enc, mask_id: int, eos: int, block: int = 16, gen
             start = lo - 1
             _crop_to(cache, start)
             keep = active
-        for _ in range(block):
+        for _ in range(block):  # >= 1 commit per step: at most `block` steps
             x, a = X[active], A[active]
             if cache is not None:
                 if len(active) < len(keep):  # finished rows leave the batch: drop their cache rows
@@ -175,7 +187,12 @@ def self_decode(model, prompts_enc, mask_id: int, eos: int, block: int = 16, gen
             masked = x[:, lo:hi] == mask_id
             conf = torch.where(masked, conf, torch.full_like(conf, -1.0))
             j = conf.argmax(-1)
-            X[active, lo + j] = tok[torch.arange(len(active)), j]
+            commit = torch.zeros_like(masked)
+            commit[torch.arange(len(active)), j] = True
+            if threshold is not None:
+                commit |= masked & (conf >= threshold)
+            blk = X[active, lo:hi]
+            X[active, lo:hi] = torch.where(commit, tok, blk)
             ans = X[active, width:]
             first_mask = torch.where(ans == mask_id, ar, gen_len).min(-1).values
             first_eos = torch.where(ans == eos, ar, gen_len).min(-1).values
@@ -204,32 +221,77 @@ def cmd_gen_self(args):
     rng.shuffle(all_prompts)
     n = min(args.start + args.n, len(all_prompts))
     DATA.mkdir(parents=True, exist_ok=True)
+    # "loops" decodes are the sequence-level unlikelihood's negatives, never training targets: their own files
+    prefix = "shard" if args.kind == "self" else "loops"
     shard = 0
-    while (DATA / f"shard{shard:03d}.pt").exists():
+    while (DATA / f"{prefix}{shard:03d}.pt").exists():
         shard += 1
     made, t0 = args.start, time.time()
     while made < n and time.time() - t0 < args.minutes * 60:
         batch = all_prompts[made:made + args.batch]
         enc = [lm.encode(p)[0].tolist() for p in batch]
-        answers = self_decode(lm.model, enc, MASK_ID, eos, block=args.block, prefix_cache=not args.no_cache)
-        examples = [{"prompt": e, "answer": a, "kind": "self"} for e, a in zip(enc, answers)]
-        torch.save(examples, DATA / f"shard{shard:03d}.pt")
+        answers = self_decode(lm.model, enc, MASK_ID, eos, block=args.block, prefix_cache=not args.no_cache,
+                              threshold=args.threshold)
+        examples = [{"prompt": e, "answer": a, "kind": args.kind} for e, a in zip(enc, answers)]
+        torch.save(examples, DATA / f"{prefix}{shard:03d}.pt")
         shard += 1
         made += len(examples)
         print(f"gen-self {made}/{n} {time.time() - t0:.0f}s  e.g. {tok.decode(answers[0])[:100]!r}", flush=True)
     log({"stage": "gen-self", "examples": made - args.start, "start": args.start, "seconds": round(time.time() - t0, 1), "seed": args.seed,
-         "decoding": f"diffusion low_confidence, 1 token/step, block {args.block}, greedy, stop at EOS"
+         "kind": args.kind,
+         "decoding": (f"diffusion threshold {args.threshold}" if args.threshold is not None
+                      else "diffusion low_confidence, 1 token/step") + f", block {args.block}, greedy, stop at EOS"
                      + ("" if args.no_cache else ", prefix KV cache"),
          "delta": str(args.delta), "delta_steps": meta.get("steps"),
          "source": "the diffusion model's own answers to training/prompts.py TRAIN_TOPICS x "
                    "(TEMPLATES + SHORT_TEMPLATES), each instruction once (shuffled, seed)"})
 
 
-def load_data():
+def load_data(prefix: str = "shard"):
     ex = []
-    for p in sorted(DATA.glob("shard*.pt")):
+    for p in sorted(DATA.glob(f"{prefix}*.pt")):
         ex += torch.load(p)
     return ex
+
+
+def repeated_ngrams(answer, n: int, eos: int):
+    """Welleck et al.'s sequence-level candidates: True at every token of an n-gram occurrence that already
+    occurred earlier in the answer (up to its first EOS), e.g. the second and later copies of a looped
+    sentence (all but its first n - 1 tokens when the loop starts mid-n-gram)."""
+    end = next((i for i, t in enumerate(answer) if t == eos), len(answer))
+    marks, seen = [False] * len(answer), set()
+    for s in range(end - n + 1):
+        g = tuple(answer[s:s + n])
+        if g in seen:
+            marks[s:s + n] = [True] * n
+        seen.add(g)
+    return marks
+
+
+def make_batch_seq(loops, rng: random.Random, mask_id: int, pad_id: int, rows: int, n: int, eos: int):
+    """Rows for the sequence-level unlikelihood: the model's own looping decodes, each cut at a random
+    point up to 8 tokens before a drawn repeated token (the text before the cut clean, as committed, so
+    the earlier copy is in view), the answer from the cut on masked with probability r ~ U(0.5, 1) (the
+    drawn token always). Targets (Y != -100): the masked tokens that repeat an earlier n-gram: the loop's
+    continuation, whose probability the term lowers. Decodes without a repeat are skipped."""
+    pool = [(e, m) for e in loops for m in [repeated_ngrams(e["answer"], n, eos)] if any(m)]
+    if not pool:
+        raise ValueError(f"no decode repeats a {n}-gram")
+    seqs, targets = [], []
+    for e, marks in rng.sample(pool, min(rows, len(pool))):
+        P, ids = len(e["prompt"]), e["prompt"] + e["answer"]
+        m = rng.choice([j for j, v in enumerate(marks) if v])
+        c = rng.randint(max(0, m - 8), m)
+        r = rng.uniform(0.5, 1.0)
+        x, tgt = list(ids), [-100] * len(ids)
+        for j in range(c, len(e["answer"])):
+            if j == m or rng.random() < r:
+                x[P + j] = mask_id
+                if marks[j]:
+                    tgt[P + j] = ids[P + j]
+        seqs.append(x)
+        targets.append(tgt)
+    return left_pad(seqs, targets, pad_id)
 
 
 def split_heldout(examples, n_held: dict):
@@ -450,6 +512,9 @@ def objective_text(args) -> str:
     if args.repeat_penalty > 0:
         text += ("; + %g x sum of -log(1 - p(c)) over the other tokens c within %d positions of each masked target "
                  "(token-level unlikelihood against copying)" % (args.repeat_penalty, args.repeat_window))
+    if args.seq_penalty > 0:
+        text += ("; + %g x mean -log(1 - p(token)) over the masked tokens of %d of the model's own decodes per step that "
+                 "repeat an earlier %d-gram (sequence-level unlikelihood)" % (args.seq_penalty, args.seq_rows, args.seq_ngram))
     return text
 
 
@@ -486,6 +551,10 @@ def cmd_train(args):
     train, heldout = split_heldout(examples, {"long": args.heldout, "short": args.heldout_short,
                                               "greedy": args.heldout_short})
     pools = batch_pools(train)
+    loops = load_data("loops") if args.seq_penalty > 0 else []
+    if args.seq_penalty > 0 and not any(any(repeated_ngrams(e["answer"], args.seq_ngram, pad_id)) for e in loops):
+        raise SystemExit(f"--seq-penalty needs decodes that repeat a {args.seq_ngram}-gram in {DATA}/loops*.pt "
+                         "(make them with gen-self --kind loops)")
     held_by_kind = {k: [e for e in heldout if e.get("kind", "long") == k] for k in ("long", "short", "greedy")}
     log({"stage": "train-start", "examples": len(train), "heldout": len(heldout),
          "by_kind": {k: sum(e.get("kind", "long") == k for e in train) for k in ("long", "short", "greedy", "self")},
@@ -494,6 +563,8 @@ def cmd_train(args):
          "lr": args.lr, "lora_r": args.r, "lora_alpha": args.alpha, "batch": args.batch, "threads": args.threads,
          "minutes": args.minutes, "data": "training/data (SmolLM2-135M-Instruct answers, see gen stage)",
          "resumed_from_steps": prior_steps, "out": str(args.out),
+         **({"loops": len(loops), "loops_repeating": sum(any(repeated_ngrams(e["answer"], args.seq_ngram, pad_id))
+                                                          for e in loops)} if loops else {}),
          **({"objective": objective_text(args)} if args.certainty > 0 else {}), "lr_schedule": "20-step warmup, linear decay to 10% over --minutes"})
     meta = {"base": "smollm2-135m-instruct", "mask_id": MASK_ID, "shift": 1, "bidirectional": True,
             "lora_r": args.r, "lora_alpha": args.alpha, "gen_length": GEN_LEN, "seed": args.seed}
@@ -541,6 +612,18 @@ def cmd_train(args):
             ce = torch.nn.functional.cross_entropy(logits, Yt[sel], reduction="none")
             rows = sel.nonzero()[:, 0]
             loss = (ce * W[rows]).sum() / (X.shape[0] * GEN_LEN)
+        if args.seq_penalty > 0:  # sequence-level unlikelihood on the model's own loops
+            Xs, Ys, As = make_batch_seq(loops, rng, MASK_ID, pad_id, args.seq_rows, args.seq_ngram, pad_id)
+            Es = emb[Xs].detach()
+            Es = torch.where((Xs == MASK_ID)[..., None], mask_row.expand_as(Es), Es)
+            hs, Yst = padded_hidden(model, Es, As)[:, :-1], Ys[:, 1:]
+            ls = lm_head(hs[Yst != -100]).float()
+            ls[:, MASK_ID] = -1e4
+            ps = torch.softmax(ls, -1).gather(1, Yst[Yst != -100][:, None]).squeeze(1)
+            sq = unlikelihood(ps).mean()
+            loss = loss + args.seq_penalty * sq
+            track("seq_penalty", sq.item())
+            track("p_loop", ps.mean().item())
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(lora + [mask_row], 1.0)
@@ -666,6 +749,10 @@ def main(argv=None):
     gs.add_argument("--threads", type=int, default=2)
     gs.add_argument("--minutes", type=float, default=10 ** 6, help="stop after the batch that passes this")
     gs.add_argument("--no-cache", action="store_true", help="full forward every step (default: Fast-dLLM prefix cache)")
+    gs.add_argument("--threshold", type=float, default=None,
+                    help="Fast-dLLM threshold decoding (default: low_confidence, one token per step)")
+    gs.add_argument("--kind", choices=("self", "loops"), default="self",
+                    help="self: training targets (shard*.pt); loops: negatives for train --seq-penalty (loops*.pt)")
     ip = sub.add_parser("interpolate", help="(1 - a) x delta SRC0 + a x delta SRC1, exactly, as one LoRA of twice the rank")
     ip.add_argument("src0")
     ip.add_argument("src1")
@@ -704,6 +791,11 @@ def main(argv=None):
     t.add_argument("--repeat-penalty", type=float, default=0.0,
                    help="with --certainty: weight of the token-level unlikelihood on nearby tokens that are not the target")
     t.add_argument("--repeat-window", type=int, default=8, help="positions either side searched for --repeat-penalty")
+    t.add_argument("--seq-penalty", type=float, default=0.0,
+                   help="with --certainty: weight of the sequence-level unlikelihood on repeated n-grams of the model's "
+                        "own decodes (training/data/loops*.pt, from gen-self --kind loops)")
+    t.add_argument("--seq-rows", type=int, default=4, help="looping decodes per step for --seq-penalty")
+    t.add_argument("--seq-ngram", type=int, default=4, help="n of the repeated n-grams --seq-penalty targets")
     t.add_argument("--cf-block", type=int, default=16, help="block length of the certainty-forcing masking")
     t.add_argument("--cf-temperature", type=float, default=0.5, help="temperature of the certainty-forcing entropy")
     t.add_argument("--cf-cut-share", type=float, default=0.0,
@@ -711,9 +803,9 @@ def main(argv=None):
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.cmd == "train":
-        if max(args.wrong_penalty, args.neighbour_penalty, args.repeat_penalty) > 0 and args.certainty <= 0:
-            ap.error("--wrong-penalty / --neighbour-penalty / --repeat-penalty are terms of the certainty-forcing objective: "
-                     "give --certainty too")
+        if max(args.wrong_penalty, args.neighbour_penalty, args.repeat_penalty, args.seq_penalty) > 0 and args.certainty <= 0:
+            ap.error("--wrong-penalty / --neighbour-penalty / --repeat-penalty / --seq-penalty are terms of the "
+                     "certainty-forcing objective: give --certainty too")
         from engine.diffusion.smol import DELTA_DIR
         args.out = args.out or str(DELTA_DIR)
         args.resume_from = args.resume_from or str(DELTA_DIR)
