@@ -81,6 +81,22 @@ def answer_steps(tr, eos_ids):
     return n, k
 
 
+def parallel_repeats(tr, eos_ids, n: int = 5):
+    """(answer tokens committed by steps that committed two or more answer tokens, how many of those tokens
+    repeat an earlier n-gram of the final answer): how much of a rule's parallelism is a loop being copied."""
+    from training.train_diffusion import repeated_ngrams
+    L = answer_len(tr.final_ids, eos_ids)
+    eos = next(iter(eos_ids))
+    marks = repeated_ngrams(list(tr.final_ids[:L]) + [eos], n, eos)
+    par = rep = 0
+    for s in tr.steps:
+        new = [i for i, st in enumerate(s["state"]) if st == "new" and i < L]
+        if len(new) >= 2:
+            par += len(new)
+            rep += sum(marks[i] for i in new)
+    return par, rep
+
+
 def pick_prompts(kind: str, n: int, offset: int = 0) -> list[str]:
     """n instructions of a set, after the first `offset` (so --offset 12 --n 12 gives 12 prompts disjoint
     from the default --n 12: a fresh check of a checkpoint chosen on the first ones)."""
@@ -145,13 +161,14 @@ def main(argv=None):
     print(f"{len(prompts)} {kind}{after}, gen_length {a.gen_length}, block_length {a.block_length}, greedy, "
           f"torch threads {a.threads}\n")
     print("| rule | steps | NFE / token | tokens / step | answer tokens / answer step | tokens forwarded / sample "
-          "| tokens/s (compute) | median judged ppl | distinct-2 | steps vs 1-token/step | ppl vs 1-token/step |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| tokens/s (compute) | median judged ppl | distinct-2 | steps vs 1-token/step | ppl vs 1-token/step "
+          "| parallel answer commits: share / of them repeating a 5-gram |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     ref, ref_traces = None, None
     for name, opts, budget in configs:
         steps = a.gen_length if budget == "full" else a.gen_length // 2
         o = {"gen_length": a.gen_length, "block_length": a.block_length, "steps": steps, "adapter": adapter, **opts}
-        n_steps, nfe, toks, comp, fwd, samples, ans_toks, ans_steps = 0, 0, 0, 0.0, 0, [], 0, 0
+        n_steps, nfe, toks, comp, fwd, samples, ans_toks, ans_steps, par, rep = 0, 0, 0, 0.0, 0, [], 0, 0, 0, 0
         is_ref = opts == {"rule": "low_confidence"} and budget == "full"
         traces = []
         for p in prompts:
@@ -160,6 +177,8 @@ def main(argv=None):
             at, ast = answer_steps(tr, eos)
             ans_toks += at
             ans_steps += ast
+            pr, rp = parallel_repeats(tr, eos)
+            par, rep = par + pr, rep + rp
             traces.append(tr)
             n_steps += len(tr.steps)
             nfe += tr.counters.target_forwards
@@ -177,10 +196,10 @@ def main(argv=None):
         print(f"| {name} | {st:.1f} | {nfe / max(toks, 1):.2f} | {toks / max(n_steps, 1):.2f} "
               f"| {ans_toks / max(ans_steps, 1):.2f} | {fwd / len(prompts):.0f} "
               f"| {toks / max(comp, 1e-9):.1f} | {ppl:.1f} | {d2:.2f} | {ref[0] / st:.2f}x fewer | "
-              f"{(ppl / ref[1] - 1) * 100:+.0f}% |", flush=True)
+              f"{(ppl / ref[1] - 1) * 100:+.0f}% | {par / max(ans_toks, 1):.0%} / {rep / max(par, 1):.0%} |", flush=True)
         if name.startswith("threshold 0.9 (") or name.startswith("low_confidence, 1"):
             x = samples[0][1]
-            print(f"|  ↳ e.g. {prompts[0]!r}: {lm.decode(x[:answer_len(x, eos)])!r} ||||||||||", flush=True)
+            print(f"|  ↳ e.g. {prompts[0]!r}: {lm.decode(x[:answer_len(x, eos)])!r} |||||||||||", flush=True)
     if ref_traces is None:  # --only left the 1-token/step run out
         o = {"gen_length": a.gen_length, "block_length": a.block_length, "steps": a.gen_length, "rule": "low_confidence",
              "adapter": adapter}

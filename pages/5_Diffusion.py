@@ -42,7 +42,8 @@ with st.sidebar:
                                 "smol-diffusion-cal: sd with a penalty on confident mistakes, 1.7x fewer steps "
                                 "at little perplexity cost (-7% to +12%); smol-diffusion-div: cal retrained on "
                                 "sampled answers, no longer loops (distinct-2 0.51), 1.8-1.95x fewer steps with one "
-                                "block (block_length 0)")
+                                "block (block_length 0), though ~80% of the tokens it commits two or more at a time "
+                                "repeat its own earlier text")
     gen_length = st.number_input("gen_length (answer tokens)", 1, 512, 32, key="dlm_gen_length")
     block_length = st.number_input("block_length (0 = gen_length)", 0, 512, 8, key="dlm_block_length")
     steps = st.number_input("steps (0 = gen_length)", 0, 512, 0, key="dlm_steps",

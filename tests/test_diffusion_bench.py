@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from benchmarks.diffusion import answer_steps, neighbour_confidence, pick_configs, pick_prompts
+from benchmarks.diffusion import answer_steps, neighbour_confidence, parallel_repeats, pick_configs, pick_prompts
 from benchmarks.diffusion_quality import heldout_prompts
 
 EOS = {2}
@@ -26,6 +26,22 @@ def test_answer_steps_leave_out_steps_that_only_commit_the_eos_tail():
     assert answer_steps(_trace(final, states), EOS) == (4, 2)
     # no EOS at all: every position is answer
     assert answer_steps(_trace([10, 11], [["new", "mask"], ["committed", "new"]]), EOS) == (2, 2)
+
+
+def test_parallel_repeats_counts_multi_commit_steps_and_their_loop_tokens():
+    # answer "5 6 7 8 9 | 5 6 7 8 9" + EOS + tail: the second copy repeats a 5-gram
+    final = [5, 6, 7, 8, 9, 5, 6, 7, 8, 9, 2, 2]
+    N, C, M = "new", "committed", "mask"
+    states = [
+        [N] + [M] * 10 + [N],                           # one answer token (+ a tail position): not parallel
+        [C, N, N, N, N] + [M] * 6 + [C],                # 4 answer tokens of the first copy at once
+        [C] * 5 + [N, N, N] + [M] * 3 + [C],            # 3 of the second copy at once: loop tokens
+        [C] * 8 + [N, M, M, C],                         # one
+        [C] * 9 + [N, N, C],                            # the copy's last token with the answer's EOS (counted, as in answer_steps)
+    ]
+    assert parallel_repeats(_trace(final, states), EOS, n=5) == (9, 4)
+    # no repeat: parallel commits, none of them loop tokens
+    assert parallel_repeats(_trace([5, 6, 7, 2], [[N, N, N, N]]), EOS, n=5) == (4, 0)
 
 
 def test_neighbour_confidence_splits_by_the_left_neighbour_state():
