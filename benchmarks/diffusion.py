@@ -85,9 +85,8 @@ def parallel_repeats(tr, eos_ids, n: int = 5):
     """(answer tokens committed by steps that committed two or more answer tokens, how many of those tokens
     repeat an earlier n-gram of the final answer): how much of a rule's parallelism is a loop being copied."""
     from training.train_diffusion import repeated_ngrams
-    L = answer_len(tr.final_ids, eos_ids)
-    eos = next(iter(eos_ids))
-    marks = repeated_ngrams(list(tr.final_ids[:L]) + [eos], n, eos)
+    L = answer_len(tr.final_ids, eos_ids)  # up to and including the first EOS, so no EOS is needed below
+    marks = repeated_ngrams(list(tr.final_ids[:L]), n, eos=-1)
     par = rep = 0
     for s in tr.steps:
         new = [i for i, st in enumerate(s["state"]) if st == "new" and i < L]

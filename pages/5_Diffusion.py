@@ -20,7 +20,8 @@ lm = common.page_header(
     "step, and more repetitive; smol-diffusion-sd continues it on the default model's own answers "
     "(self-distillation): about 2x fewer steps under threshold 0.9, and the most repetitive; smol-diffusion-cal "
     "continues sd with a penalty on confident mistakes: ~1.7x fewer steps at little perplexity cost; smol-diffusion-div "
-    "continues cal on sampled answers: less repetitive, ~1.9x fewer steps with one block. LLaDA-8B-Instruct and Dream-v0-Instruct-7B run "
+    "continues cal on sampled answers: less repetitive, ~1.9x fewer steps with one block, "
+    "though most tokens it commits several at a time copy its own earlier text. LLaDA-8B-Instruct and Dream-v0-Instruct-7B run "
     "here too when loaded on the home page (tick 'trust remote code' only if you trust their code).")
 
 RULE_NAMES = list(R.RULES)

@@ -207,14 +207,14 @@ def test_repeated_ngrams_marks_later_copies_up_to_the_eos():
 
 
 def test_make_batch_seq_targets_only_masked_repeats_with_the_first_copy_in_view():
-    from training.train_diffusion import make_batch_seq, repeated_ngrams
+    from training.train_diffusion import loop_pool, make_batch_seq, repeated_ngrams
     E = 2
     loop = {"prompt": [100, 101, 102], "answer": ([20, 21, 22, 23, 24] * 12 + [E] * 4)[:GEN_LEN]}
     plain = {"prompt": [100], "answer": list(range(200, 200 + GEN_LEN))}
     marks = repeated_ngrams(loop["answer"], 4, E)
     rng = random.Random(0)
     for _ in range(20):
-        X, Y, A = make_batch_seq([loop, plain], rng, MASK, PAD, rows=2, n=4, eos=E)
+        X, Y, A = make_batch_seq(loop_pool([loop, plain], 4, E), rng, MASK, PAD, rows=2)
         assert X.shape[0] == 1  # the decode without a repeat is never drawn
         P = 3
         x, y = X[0, -(P + GEN_LEN):], Y[0, -(P + GEN_LEN):]
@@ -226,7 +226,7 @@ def test_make_batch_seq_targets_only_masked_repeats_with_the_first_copy_in_view(
         assert min(tg) - cut <= 8  # cut at most 8 tokens before the drawn repeated token
         assert all(v == loop["answer"][j] for j, v in enumerate(ans_x[:cut]))  # clean before the cut
     with pytest.raises(ValueError, match="4-gram"):
-        make_batch_seq([plain], rng, MASK, PAD, rows=2, n=4, eos=E)
+        loop_pool([plain], 4, E)
 
 
 def test_penalties_without_certainty_forcing_are_refused(capsys):

@@ -191,8 +191,7 @@ def self_decode(model, prompts_enc, mask_id: int, eos: int, block: int = 16, gen
             commit[torch.arange(len(active)), j] = True
             if threshold is not None:
                 commit |= masked & (conf >= threshold)
-            blk = X[active, lo:hi]
-            X[active, lo:hi] = torch.where(commit, tok, blk)
+            X[active, lo:hi] = torch.where(commit, tok, X[active, lo:hi])
             ans = X[active, width:]
             first_mask = torch.where(ans == mask_id, ar, gen_len).min(-1).values
             first_eos = torch.where(ans == eos, ar, gen_len).min(-1).values
@@ -268,15 +267,20 @@ def repeated_ngrams(answer, n: int, eos: int):
     return marks
 
 
-def make_batch_seq(loops, rng: random.Random, mask_id: int, pad_id: int, rows: int, n: int, eos: int):
-    """Rows for the sequence-level unlikelihood: the model's own looping decodes, each cut at a random
-    point up to 8 tokens before a drawn repeated token (the text before the cut clean, as committed, so
-    the earlier copy is in view), the answer from the cut on masked with probability r ~ U(0.5, 1) (the
-    drawn token always). Targets (Y != -100): the masked tokens that repeat an earlier n-gram: the loop's
-    continuation, whose probability the term lowers. Decodes without a repeat are skipped."""
+def loop_pool(loops, n: int, eos: int):
+    """The decodes that repeat an earlier n-gram, each with its repeated_ngrams marks (computed once)."""
     pool = [(e, m) for e in loops for m in [repeated_ngrams(e["answer"], n, eos)] if any(m)]
     if not pool:
         raise ValueError(f"no decode repeats a {n}-gram")
+    return pool
+
+
+def make_batch_seq(pool, rng: random.Random, mask_id: int, pad_id: int, rows: int):
+    """Rows for the sequence-level unlikelihood from a loop_pool: the model's own looping decodes, each cut
+    at a random point up to 8 tokens before a drawn repeated token (the text before the cut clean, as
+    committed, so the earlier copy is in view), the answer from the cut on masked with probability
+    r ~ U(0.5, 1) (the drawn token always). Targets (Y != -100): the masked tokens that repeat an earlier
+    n-gram: the loop's continuation, whose probability the term lowers."""
     seqs, targets = [], []
     for e, marks in rng.sample(pool, min(rows, len(pool))):
         P, ids = len(e["prompt"]), e["prompt"] + e["answer"]
@@ -551,10 +555,14 @@ def cmd_train(args):
     train, heldout = split_heldout(examples, {"long": args.heldout, "short": args.heldout_short,
                                               "greedy": args.heldout_short})
     pools = batch_pools(train)
-    loops = load_data("loops") if args.seq_penalty > 0 else []
-    if args.seq_penalty > 0 and not any(any(repeated_ngrams(e["answer"], args.seq_ngram, pad_id)) for e in loops):
-        raise SystemExit(f"--seq-penalty needs decodes that repeat a {args.seq_ngram}-gram in {DATA}/loops*.pt "
-                         "(make them with gen-self --kind loops)")
+    loops, seq_pool = [], []
+    if args.seq_penalty > 0:
+        loops = load_data("loops")
+        try:
+            seq_pool = loop_pool(loops, args.seq_ngram, pad_id)
+        except ValueError:
+            raise SystemExit(f"--seq-penalty needs decodes that repeat a {args.seq_ngram}-gram in {DATA}/loops*.pt "
+                             "(make them with gen-self --kind loops)")
     held_by_kind = {k: [e for e in heldout if e.get("kind", "long") == k] for k in ("long", "short", "greedy")}
     log({"stage": "train-start", "examples": len(train), "heldout": len(heldout),
          "by_kind": {k: sum(e.get("kind", "long") == k for e in train) for k in ("long", "short", "greedy", "self")},
@@ -563,8 +571,7 @@ def cmd_train(args):
          "lr": args.lr, "lora_r": args.r, "lora_alpha": args.alpha, "batch": args.batch, "threads": args.threads,
          "minutes": args.minutes, "data": "training/data (SmolLM2-135M-Instruct answers, see gen stage)",
          "resumed_from_steps": prior_steps, "out": str(args.out),
-         **({"loops": len(loops), "loops_repeating": sum(any(repeated_ngrams(e["answer"], args.seq_ngram, pad_id))
-                                                          for e in loops)} if loops else {}),
+         **({"loops": len(loops), "loops_repeating": len(seq_pool)} if loops else {}),
          **({"objective": objective_text(args)} if args.certainty > 0 else {}), "lr_schedule": "20-step warmup, linear decay to 10% over --minutes"})
     meta = {"base": "smollm2-135m-instruct", "mask_id": MASK_ID, "shift": 1, "bidirectional": True,
             "lora_r": args.r, "lora_alpha": args.alpha, "gen_length": GEN_LEN, "seed": args.seed}
@@ -574,6 +581,17 @@ def cmd_train(args):
 
     def track(name: str, value: float):
         emas[name] = value if name not in emas else 0.95 * emas[name] + 0.05 * value
+
+    def target_logits(X, Y, A):
+        """Bidirectional forward (the mask row a separate trainable parameter, fed as inputs_embeds), shifted
+        (hidden at i-1 predicts token i): (logits at the targets, [MASK] never predicted; Yt; sel = Yt != -100)."""
+        E = emb[X].detach()
+        E = torch.where((X == MASK_ID)[..., None], mask_row.expand_as(E), E)
+        h, Yt = padded_hidden(model, E, A)[:, :-1], Y[:, 1:]
+        sel = Yt != -100
+        logits = lm_head(h[sel]).float()
+        logits[:, MASK_ID] = -1e4
+        return logits, Yt, sel
     while time.time() - t0 < args.minutes * 60 and step < args.max_steps:
         batch = draw_batch(rng, pools, args)
         if args.certainty > 0:
@@ -584,15 +602,7 @@ def cmd_train(args):
         lr = args.lr * min(1.0, (step + 1) / 20) * max(0.1, 1.0 - 0.9 * frac)
         for g in opt.param_groups:
             g["lr"] = lr
-        # inputs_embeds so the mask row is a separate trainable parameter
-        E = emb[X].detach()
-        E = torch.where((X == MASK_ID)[..., None], mask_row.expand_as(E), E)
-        h = padded_hidden(model, E, A)  # bidirectional among real tokens
-        # shift: hidden at i-1 predicts token i
-        h, Yt = h[:, :-1], Y[:, 1:]
-        sel = Yt != -100
-        logits = lm_head(h[sel]).float()
-        logits[:, MASK_ID] = -1e4
+        logits, Yt, sel = target_logits(X, Y, A)
         if args.certainty > 0:
             loss, ce, ent = certainty_forcing_loss(logits, Yt[sel], args.certainty, args.cf_temperature)
             track("entropy", ent.item())
@@ -613,13 +623,8 @@ def cmd_train(args):
             rows = sel.nonzero()[:, 0]
             loss = (ce * W[rows]).sum() / (X.shape[0] * GEN_LEN)
         if args.seq_penalty > 0:  # sequence-level unlikelihood on the model's own loops
-            Xs, Ys, As = make_batch_seq(loops, rng, MASK_ID, pad_id, args.seq_rows, args.seq_ngram, pad_id)
-            Es = emb[Xs].detach()
-            Es = torch.where((Xs == MASK_ID)[..., None], mask_row.expand_as(Es), Es)
-            hs, Yst = padded_hidden(model, Es, As)[:, :-1], Ys[:, 1:]
-            ls = lm_head(hs[Yst != -100]).float()
-            ls[:, MASK_ID] = -1e4
-            ps = torch.softmax(ls, -1).gather(1, Yst[Yst != -100][:, None]).squeeze(1)
+            ls, Yst, sels = target_logits(*make_batch_seq(seq_pool, rng, MASK_ID, pad_id, args.seq_rows))
+            ps = torch.softmax(ls, -1).gather(1, Yst[sels][:, None]).squeeze(1)
             sq = unlikelihood(ps).mean()
             loss = loss + args.seq_penalty * sq
             track("seq_penalty", sq.item())
@@ -795,7 +800,7 @@ def main(argv=None):
                    help="with --certainty: weight of the sequence-level unlikelihood on repeated n-grams of the model's "
                         "own decodes (training/data/loops*.pt, from gen-self --kind loops)")
     t.add_argument("--seq-rows", type=int, default=4, help="looping decodes per step for --seq-penalty")
-    t.add_argument("--seq-ngram", type=int, default=4, help="n of the repeated n-grams --seq-penalty targets")
+    t.add_argument("--seq-ngram", type=int, default=5, help="n of the repeated n-grams --seq-penalty targets")
     t.add_argument("--cf-block", type=int, default=16, help="block length of the certainty-forcing masking")
     t.add_argument("--cf-temperature", type=float, default=0.5, help="temperature of the certainty-forcing entropy")
     t.add_argument("--cf-cut-share", type=float, default=0.0,
