@@ -15,14 +15,10 @@ lm = common.page_header(
     "A masked diffusion LM writes the whole answer at once: it starts from [MASK] tokens and, step by step, "
     "commits the predictions a remasking rule picks (semi-autoregressive blocks decode left to right). "
     "With the embedded SmolLM2 the page runs smol-diffusion: SmolLM2-135M turned into a diffusion LM with "
-    "Dream's recipe (a small LoRA delta shipped in models/); smol-diffusion-cf is the same delta after "
-    "certainty-forcing distillation (dParallel): more confident, so threshold rules commit more tokens per "
-    "step, and more repetitive; smol-diffusion-sd continues it on the default model's own answers "
-    "(self-distillation): about 2x fewer steps under threshold 0.9, and the most repetitive; smol-diffusion-cal "
-    "continues sd with a penalty on confident mistakes: ~1.7x fewer steps at little perplexity cost; smol-diffusion-div "
-    "continues cal on sampled answers: less repetitive, ~1.9x fewer steps with one block, "
-    "though most tokens it commits several at a time copy its own earlier text. LLaDA-8B-Instruct and Dream-v0-Instruct-7B run "
-    "here too when loaded on the home page (tick 'trust remote code' only if you trust their code).")
+    "Dream's recipe (a 9.8 MB LoRA delta shipped in models/). The sidebar offers four more trained variants "
+    "that trade diversity for parallelism (what each costs is in its help). LLaDA-8B-Instruct and "
+    "Dream-v0-Instruct-7B run here too when loaded on the home page (tick 'trust remote code' only if you "
+    "trust their code).")
 
 RULE_NAMES = list(R.RULES)
 EMBEDDED = lm is not None and lm.name == models.EMBEDDED
@@ -36,14 +32,13 @@ with st.sidebar:
     weights = "auto"
     if EMBEDDED:
         weights = st.radio("embedded diffusion weights", list(WEIGHTS), format_func=WEIGHTS.get, key="dlm_weights",
-                           help="smol-diffusion-cf: certainty-forcing distillation made it confident on more "
-                                "positions at once (threshold 0.9: 1.56x fewer steps than one token per step, "
-                                "vs 1.05x) at the cost of more repeated phrases; smol-diffusion-sd: the same trained "
-                                "further on the default model's own answers, ~2x fewer steps, most repetitive; "
-                                "smol-diffusion-cal: sd with a penalty on confident mistakes, 1.7x fewer steps "
-                                "at little perplexity cost (-7% to +12%); smol-diffusion-div: cal retrained on "
-                                "sampled answers, no longer loops (distinct-2 0.51), 1.8-1.95x fewer steps with one "
-                                "block (block_length 0), though ~80% of the tokens it commits two or more at a time "
+                           help="Fast-dLLM threshold 0.9 vs one token per step, and one-block greedy samples' distinct-2 "
+                                "(quality bar >= 0.5). default: 1.4x fewer steps with one block, distinct-2 0.62. "
+                                "cf (certainty-forcing distillation): 1.56x with blocks of 16, 0.39. "
+                                "sd (cf on its own answers): 2.0x but +72% judged perplexity, 0.24. "
+                                "cal (sd + a penalty on confident mistakes): 2.6-2.75x with one block at +4-15%, "
+                                "but it loops (0.30). div (cal retrained on sampled answers): 1.8-1.95x with one "
+                                "block at +0-4%, 0.51, though ~80% of the tokens it commits two or more at a time "
                                 "repeat its own earlier text")
     gen_length = st.number_input("gen_length (answer tokens)", 1, 512, 32, key="dlm_gen_length")
     block_length = st.number_input("block_length (0 = gen_length)", 0, 512, 8, key="dlm_block_length")

@@ -360,3 +360,36 @@ def test_draw_batch_pools():
     assert all(kinds(draw_batch(rng, pools, args)) == {"self"} for _ in range(10))
     args = Namespace(batch=8, sampled_only=False, self_share=0.0, greedy_share=1.0)
     assert all(kinds(draw_batch(rng, pools, args)) == {"greedy"} for _ in range(10))
+
+
+class _Oracle(torch.nn.Module):
+    """A 'model' whose logits (read shifted, as diffusion_logits does) put all mass on the answer's true
+    token at every position, except `wrong_at` offsets after the first [MASK] where it is sure of a wrong one."""
+
+    def __init__(self, full, vocab=400, wrong_at=()):
+        super().__init__()
+        self.full, self.vocab, self.wrong_at = full, vocab, set(wrong_at)
+
+    def forward(self, input_ids, attention_mask=None):
+        L = input_ids.shape[1]
+        target = torch.tensor(self.full[:L])
+        first = int((input_ids[0] == MASK).nonzero()[0]) if (input_ids[0] == MASK).any() else L
+        for d in self.wrong_at:
+            if first + d < L:
+                target[first + d] = (target[first + d] + 1) % self.vocab
+        logits = torch.full((1, L, self.vocab), -30.0)
+        # out[:, i] predicts ids[:, i] after the shift: the raw logits at i - 1 carry token i
+        logits[0, torch.arange(L - 1), target[1:]] = 30.0
+        return type("Out", (), {"logits": logits})()
+
+
+def test_evaluate_ahead_counts_confident_and_right_predictions_per_offset():
+    from training.train_diffusion import evaluate_ahead
+    eos = 2
+    prompt, answer = [101, 102, 103], [200 + i for i in range(20)] + [eos] * (GEN_LEN - 20)
+    ex = [{"prompt": prompt, "answer": answer}]
+    ev = evaluate_ahead(_Oracle(prompt + answer), ex, MASK, eos, cuts=5)
+    assert ev["ahead0_conf>=0.9"] == 1.0 and ev["ahead1_acc_if_conf"] == 1.0 and ev["ahead2_acc_if_conf"] == 1.0
+    ev = evaluate_ahead(_Oracle(prompt + answer, wrong_at=(1,)), ex, MASK, eos, cuts=5)
+    assert ev["ahead0_acc_if_conf"] == 1.0 and ev["ahead1_acc_if_conf"] == 0.0 and ev["ahead2_acc_if_conf"] == 1.0
+    assert ev["ahead1_conf>=0.9"] == 1.0

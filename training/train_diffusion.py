@@ -651,6 +651,8 @@ def cmd_train(args):
                     ev.update({f"{k}_{kind}": v for k, v in evk.items()})
                     tot += evk["heldout_ce"] * len(hk)
             ev["heldout_ce_all"] = round(tot / len(heldout), 4)  # checkpoint selection: every held-out set
+            if held_by_kind["greedy"]:  # the left-to-right decoder's state: how confident ahead, how often right
+                ev.update(evaluate_ahead(model, held_by_kind["greedy"], MASK_ID, pad_id))
             entry = {"stage": "train", "step": step, "total_steps": prior_steps + step,
                      "seconds": round(time.time() - t0, 1), "lr": round(lr, 6), "ce_ema": round(emas["ce"], 4), **ev}
             # certainty forcing trades held-out cross-entropy for confidence by design: keep the latest
@@ -664,6 +666,43 @@ def cmd_train(args):
             log(entry)
             model.train()
     log({"stage": "train-end", "steps": step, "seconds": round(time.time() - t0, 1), "best_heldout_ce": best})
+
+
+@torch.no_grad()
+def evaluate_ahead(model, heldout, mask_id, eos, rng_seed: int = 321, cuts: int = 4, depth: int = 3,
+                   threshold: float = 0.9):
+    """The state a left-to-right threshold decoder is in, on held-out answers: the answer clean up to a cut c
+    drawn before its first EOS, [MASK] from c on. Per offset d = 0..depth-1 (0: the next token, as an AR model
+    predicts it; 1: the one after it, read from a [MASK]'s hidden state; ...): the share of positions c + d whose
+    top prediction clears `threshold` and the share of those that are right. Offsets >= 1 are where a threshold
+    rule finds parallelism inside the answer, so this is the number certainty forcing must raise."""
+    from engine.diffusion.smol import diffusion_logits
+    model.eval()
+    rng = random.Random(rng_seed)
+    sure, right = [0] * depth, [0] * depth
+    n = 0
+    for e in heldout:
+        ans = e["answer"]
+        end = next((i for i, t in enumerate(ans) if t == eos), len(ans))
+        if end < depth:
+            continue
+        P = len(e["prompt"])
+        for _ in range(cuts):
+            c = rng.randrange(end - depth + 1)
+            x = torch.tensor([e["prompt"] + ans[:c] + [mask_id] * (len(ans) - c)])
+            logits = diffusion_logits(model, x)[0, P + c:P + c + depth].float()
+            logits[:, mask_id] = -1e4
+            conf, tok = logits.softmax(-1).max(-1)
+            for d in range(depth):
+                if conf[d] >= threshold:
+                    sure[d] += 1
+                    right[d] += int(tok[d] == ans[c + d])
+            n += 1
+    out = {}
+    for d in range(depth):
+        out[f"ahead{d}_conf>={threshold:g}"] = round(sure[d] / max(n, 1), 4)
+        out[f"ahead{d}_acc_if_conf"] = round(right[d] / max(sure[d], 1), 4)
+    return out
 
 
 @torch.no_grad()
