@@ -15,7 +15,7 @@ lm = common.page_header(
     "A masked diffusion LM writes the whole answer at once: it starts from [MASK] tokens and, step by step, "
     "commits the predictions a remasking rule picks (semi-autoregressive blocks decode left to right). "
     "With the embedded SmolLM2 the page runs smol-diffusion: SmolLM2-135M turned into a diffusion LM with "
-    "Dream's recipe (a 9.8 MB LoRA delta shipped in models/). The sidebar offers four more trained variants "
+    "Dream's recipe (a 9.8 MB LoRA delta shipped in models/). The sidebar offers five more trained variants "
     "that trade diversity for parallelism (what each costs is in its help). LLaDA-8B-Instruct and "
     "Dream-v0-Instruct-7B run here too when loaded on the home page (tick 'trust remote code' only if you "
     "trust their code).")
@@ -25,7 +25,8 @@ EMBEDDED = lm is not None and lm.name == models.EMBEDDED
 WEIGHTS = {"embedded": "smol-diffusion (default)", "embedded-cf": "smol-diffusion-cf (certainty-forced)",
            "embedded-sd": "smol-diffusion-sd (self-distilled, ~2x parallel)",
            "embedded-cal": "smol-diffusion-cal (calibrated, ~1.7x parallel)",
-           "embedded-div": "smol-diffusion-div (calibrated, diverse; ~1.9x in one block)"}
+           "embedded-div": "smol-diffusion-div (calibrated, diverse; ~1.9x in one block)",
+           "embedded-par": "smol-diffusion-par (parallel on new text; ~2.1x at threshold 0.75, one block)"}
 
 with st.sidebar:
     st.header("Diffusion settings")
@@ -39,7 +40,9 @@ with st.sidebar:
                                 "cal (sd + a penalty on confident mistakes): 2.6-2.75x with one block at +4-15%, "
                                 "but it loops (0.30). div (cal retrained on sampled answers): 1.8-1.95x with one "
                                 "block at +0-4%, 0.51, though ~80% of the tokens it commits two or more at a time "
-                                "repeat its own earlier text")
+                                "repeat its own earlier text. par (div + certainty forcing on greedy answers and unlikelihood "
+                                "against its own loops): 1.7-1.8x at threshold 0.9 and 2.1-2.2x at 0.75 with one block, "
+                                "within +12% judged perplexity, 0.64, and most of its parallel commits are new text")
     gen_length = st.number_input("gen_length (answer tokens)", 1, 512, 32, key="dlm_gen_length")
     block_length = st.number_input("block_length (0 = gen_length)", 0, 512, 8, key="dlm_block_length")
     steps = st.number_input("steps (0 = gen_length)", 0, 512, 0, key="dlm_steps",

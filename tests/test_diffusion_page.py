@@ -88,3 +88,6 @@ def test_diffusion_page_compares_the_two_embedded_weights(embedded_lm):
     at.radio(key="dlm_weights").set_value("embedded-div").run()  # and the calibrated one retrained on sampled text
     assert not at.exception
     assert any("smol-diffusion-div" in m.value for m in at.sidebar.markdown)
+    at.radio(key="dlm_weights").set_value("embedded-par").run()  # and div trained against its own loops
+    assert not at.exception
+    assert any("smol-diffusion-par" in m.value for m in at.sidebar.markdown)

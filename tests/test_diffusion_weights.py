@@ -1,6 +1,6 @@
 """The shipped embedded diffusion deltas: default (smol-diffusion), certainty-forced (smol-diffusion-cf) and
-self-distilled certainty-forced (smol-diffusion-sd), calibrated (smol-diffusion-cal) and calibrated retrained on
-sampled answers (smol-diffusion-div)."""
+self-distilled certainty-forced (smol-diffusion-sd), calibrated (smol-diffusion-cal), calibrated retrained on
+sampled answers (smol-diffusion-div), and div trained against its own loops (smol-diffusion-par)."""
 import pytest
 import torch
 
@@ -25,13 +25,14 @@ def test_certainty_forced_delta_is_more_confident(embedded_lm, one_thread):
     sd = adapters.for_lm(embedded_lm, "embedded-sd")
     cal = adapters.for_lm(embedded_lm, "embedded-cal")
     div = adapters.for_lm(embedded_lm, "embedded-div")
+    par = adapters.for_lm(embedded_lm, "embedded-par")
     assert base is adapters.for_lm(embedded_lm)  # auto = the default delta
     assert cf is not base and cf.name != base.name and "cf" in cf.name
     assert sd is not cf and sd is not base and "-sd" in sd.name
     prompt = embedded_lm.encode("Write a short story about a fox in the snow.")[0]
     x = torch.cat([prompt, torch.full((16,), smol.MASK_ID)])[None]
     conf = {}
-    for name, ad in (("base", base), ("cf", cf), ("sd", sd), ("cal", cal), ("div", div)):
+    for name, ad in (("base", base), ("cf", cf), ("sd", sd), ("cal", cal), ("div", div), ("par", par)):
         with torch.no_grad():
             logits = ad.logits(x)[0, prompt.shape[0]:].float()
         logits[:, smol.MASK_ID] = -1e4
@@ -43,6 +44,8 @@ def test_certainty_forced_delta_is_more_confident(embedded_lm, one_thread):
     assert conf["div"].mean() > conf["base"].mean() + 0.05, conf
     assert cal is not sd and "-cal" in cal.name
     assert div is not cal and "-div" in div.name
+    assert conf["par"].mean() > conf["base"].mean() + 0.05, conf
+    assert par is not div and "-par" in par.name
 
 
 def test_weights_option_reaches_the_trace(embedded_lm, one_thread):

@@ -120,7 +120,9 @@ def embedded(lm, variant: str = "default") -> DiffusionAdapter:
     certainty-forcing distillation (more tokens per step under threshold rules, more repetition);
     "sd": models/smol-diffusion-sd, cf continued on the default model's own answers (self-distillation);
     "cal": models/smol-diffusion-cal, sd continued with a confident-error penalty (calibrated);
-    "div": models/smol-diffusion-div, cal continued on sampled (diverse) answers."""
+    "div": models/smol-diffusion-div, cal continued on sampled (diverse) answers; "par":
+    models/smol-diffusion-par, div continued with certainty forcing on greedy answers and unlikelihood
+    against its own loops (parallel commits on new text)."""
     from engine.diffusion import smol
     if variant not in smol.VARIANTS:
         raise MethodError(f"Unknown embedded diffusion variant '{variant}': choose {', '.join(smol.VARIANTS)}.")

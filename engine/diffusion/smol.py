@@ -32,12 +32,18 @@ DELTA_DIR_CAL = DELTA_DIR.parent / "smol-diffusion-cal"
 # penalty): its one-block samples stop looping (distinct-2 0.51 vs cal's 0.30) and threshold 0.9 with one block
 # of 64 still takes 1.8-1.95x fewer steps than one token per step (benchmarks/RESULTS.md, run sd5).
 DELTA_DIR_DIV = DELTA_DIR.parent / "smol-diffusion-div"
+# The div delta continued with certainty forcing on SmolLM2's greedy answers (mostly in the left-to-right "prefix
+# cut" layout) plus token- and sequence-level unlikelihood against its own loops (run sd12): parallel commits on
+# new text rather than loop copies (benchmarks/RESULTS.md).
+DELTA_DIR_PAR = DELTA_DIR.parent / "smol-diffusion-par"
 VARIANTS = {"default": (DELTA_DIR, "smol-diffusion (SmolLM2-135M + delta)"),
             "cf": (DELTA_DIR_CF, "smol-diffusion-cf (certainty-forced: parallel, more repetitive)"),
             "sd": (DELTA_DIR_SD, "smol-diffusion-sd (self-distilled certainty forcing: ~2x parallel, repetitive)"),
             "cal": (DELTA_DIR_CAL, "smol-diffusion-cal (calibrated self-distillation: ~1.7x parallel, repetitive)"),
             "div": (DELTA_DIR_DIV, "smol-diffusion-div (cal retrained on sampled answers: ~1.9x parallel in one block, "
-                                   "less repetitive)")}
+                                   "less repetitive)"),
+            "par": (DELTA_DIR_PAR, "smol-diffusion-par (div + certainty forcing on greedy answers and unlikelihood "
+                                   "against its own loops: parallel on new text, not loops)")}
 
 
 def register_checkpoint(delta_dir, variant: str = "checkpoint") -> str:
