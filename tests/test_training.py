@@ -1,5 +1,6 @@
 """The diffusion training script's batches and the delta save / load round trip (tiny model)."""
 import random
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -364,23 +365,25 @@ def test_draw_batch_pools():
 
 class _Oracle(torch.nn.Module):
     """A 'model' whose logits (read shifted, as diffusion_logits does) put all mass on the answer's true
-    token at every position, except `wrong_at` offsets after the first [MASK] where it is sure of a wrong one."""
+    token at every position, except `wrong_at` offsets after each row's first [MASK] where it is sure of a wrong one."""
 
     def __init__(self, full, vocab=400, wrong_at=()):
         super().__init__()
         self.full, self.vocab, self.wrong_at = full, vocab, set(wrong_at)
 
     def forward(self, input_ids, attention_mask=None):
-        L = input_ids.shape[1]
-        target = torch.tensor(self.full[:L])
-        first = int((input_ids[0] == MASK).nonzero()[0]) if (input_ids[0] == MASK).any() else L
-        for d in self.wrong_at:
-            if first + d < L:
-                target[first + d] = (target[first + d] + 1) % self.vocab
-        logits = torch.full((1, L, self.vocab), -30.0)
-        # out[:, i] predicts ids[:, i] after the shift: the raw logits at i - 1 carry token i
-        logits[0, torch.arange(L - 1), target[1:]] = 30.0
-        return type("Out", (), {"logits": logits})()
+        B, L = input_ids.shape
+        logits = torch.full((B, L, self.vocab), -30.0)
+        for b in range(B):
+            target = torch.tensor(self.full[:L])
+            masked = (input_ids[b] == MASK).nonzero()
+            first = int(masked[0]) if len(masked) else L
+            for d in self.wrong_at:
+                if first + d < L:
+                    target[first + d] = (target[first + d] + 1) % self.vocab
+            # out[:, i] predicts ids[:, i] after the shift: the raw logits at i - 1 carry token i
+            logits[b, torch.arange(L - 1), target[1:]] = 30.0
+        return SimpleNamespace(logits=logits)
 
 
 def test_evaluate_ahead_counts_confident_and_right_predictions_per_offset():

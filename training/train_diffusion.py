@@ -687,12 +687,13 @@ def evaluate_ahead(model, heldout, mask_id, eos, rng_seed: int = 321, cuts: int 
         if end < depth:
             continue
         P = len(e["prompt"])
-        for _ in range(cuts):
-            c = rng.randrange(end - depth + 1)
-            x = torch.tensor([e["prompt"] + ans[:c] + [mask_id] * (len(ans) - c)])
-            logits = diffusion_logits(model, x)[0, P + c:P + c + depth].float()
-            logits[:, mask_id] = -1e4
-            conf, tok = logits.softmax(-1).max(-1)
+        cs = [rng.randrange(end - depth + 1) for _ in range(cuts)]
+        x = torch.tensor([e["prompt"] + ans[:c] + [mask_id] * (len(ans) - c) for c in cs])  # one forward per example
+        logits = diffusion_logits(model, x).float()
+        for row, c in enumerate(cs):
+            lg = logits[row, P + c:P + c + depth]
+            lg[:, mask_id] = -1e4
+            conf, tok = lg.softmax(-1).max(-1)
             for d in range(depth):
                 if conf[d] >= threshold:
                     sure[d] += 1
