@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             seen.add(name)
             g.add_argument("--" + name.replace("_", "-"), dest="opt_" + name, default=None,
-                           help=f"{help_} [{spec.name}; default {default}]")
+                           help=f"{help_} [{spec.name}; default {default}]".replace("%", "%%"))  # argparse %-formats help
     sub.add_parser("methods", help="list every method and its options")
     b = sub.add_parser("bench", help="run the benchmark suite")
     b.add_argument("--suite", default="default")

@@ -79,9 +79,6 @@ def test_diffusion_page_compares_the_two_embedded_weights(embedded_lm):
     at.radio(key="dlm_weights").set_value("embedded-cf").run()
     assert not at.exception
     assert any("smol-diffusion-cf" in m.value for m in at.sidebar.markdown)
-    at.radio(key="dlm_weights").set_value("embedded-sd").run()  # the self-distilled delta is offered too
-    assert not at.exception
-    assert any("smol-diffusion-sd" in m.value for m in at.sidebar.markdown)
     at.radio(key="dlm_weights").set_value("embedded-cal").run()  # and the calibrated one
     assert not at.exception
     assert any("smol-diffusion-cal" in m.value for m in at.sidebar.markdown)
@@ -91,3 +88,6 @@ def test_diffusion_page_compares_the_two_embedded_weights(embedded_lm):
     at.radio(key="dlm_weights").set_value("embedded-par").run()  # and div trained against its own loops
     assert not at.exception
     assert any("smol-diffusion-par" in m.value for m in at.sidebar.markdown)
+    at.radio(key="dlm_weights").set_value("embedded-fast").run()  # and par with a heavier confident-error penalty
+    assert not at.exception
+    assert any("smol-diffusion-fast" in m.value for m in at.sidebar.markdown)

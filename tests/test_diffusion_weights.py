@@ -1,6 +1,6 @@
-"""The shipped embedded diffusion deltas: default (smol-diffusion), certainty-forced (smol-diffusion-cf) and
-self-distilled certainty-forced (smol-diffusion-sd), calibrated (smol-diffusion-cal), calibrated retrained on
-sampled answers (smol-diffusion-div), and div trained against its own loops (smol-diffusion-par)."""
+"""The shipped embedded diffusion deltas: default (smol-diffusion), certainty-forced (smol-diffusion-cf),
+calibrated (smol-diffusion-cal), calibrated retrained on sampled answers (smol-diffusion-div), div trained
+against its own loops (smol-diffusion-par), and par with a heavier confident-error penalty (smol-diffusion-fast)."""
 import pytest
 import torch
 
@@ -22,30 +22,32 @@ def test_both_deltas_ship_and_are_small():
 def test_certainty_forced_delta_is_more_confident(embedded_lm, one_thread):
     base = adapters.for_lm(embedded_lm, "embedded")
     cf = adapters.for_lm(embedded_lm, "embedded-cf")
-    sd = adapters.for_lm(embedded_lm, "embedded-sd")
     cal = adapters.for_lm(embedded_lm, "embedded-cal")
     div = adapters.for_lm(embedded_lm, "embedded-div")
     par = adapters.for_lm(embedded_lm, "embedded-par")
+    fast = adapters.for_lm(embedded_lm, "embedded-fast")
     assert base is adapters.for_lm(embedded_lm)  # auto = the default delta
     assert cf is not base and cf.name != base.name and "cf" in cf.name
-    assert sd is not cf and sd is not base and "-sd" in sd.name
+    assert "sd" not in smol.VARIANTS  # the looping self-distilled delta no longer ships
     prompt = embedded_lm.encode("Write a short story about a fox in the snow.")[0]
     x = torch.cat([prompt, torch.full((16,), smol.MASK_ID)])[None]
     conf = {}
-    for name, ad in (("base", base), ("cf", cf), ("sd", sd), ("cal", cal), ("div", div), ("par", par)):
+    for name, ad in (("base", base), ("cf", cf), ("cal", cal), ("div", div), ("par", par), ("fast", fast)):
         with torch.no_grad():
             logits = ad.logits(x)[0, prompt.shape[0]:].float()
         logits[:, smol.MASK_ID] = -1e4
         conf[name] = logits.softmax(-1).max(-1).values
     # the point of certainty forcing: a fully masked block is predicted with more confidence
     assert conf["cf"].mean() > conf["base"].mean() + 0.05, conf
-    assert conf["sd"].mean() > conf["base"].mean() + 0.05, conf
     assert conf["cal"].mean() > conf["base"].mean() + 0.05, conf
     assert conf["div"].mean() > conf["base"].mean() + 0.05, conf
-    assert cal is not sd and "-cal" in cal.name
+    assert cal is not cf and "-cal" in cal.name
     assert div is not cal and "-div" in div.name
     assert conf["par"].mean() > conf["base"].mean() + 0.05, conf
     assert par is not div and "-par" in par.name
+    # fast is par taught to be less sure where it is wrong: still more confident than the default
+    assert conf["fast"].mean() > conf["base"].mean() + 0.05, conf
+    assert fast is not par and "-fast" in fast.name
 
 
 def test_weights_option_reaches_the_trace(embedded_lm, one_thread):

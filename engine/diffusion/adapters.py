@@ -118,11 +118,12 @@ def embedded(lm, variant: str = "default") -> DiffusionAdapter:
 
     variant "default": models/smol-diffusion; "cf": models/smol-diffusion-cf, the same delta after
     certainty-forcing distillation (more tokens per step under threshold rules, more repetition);
-    "sd": models/smol-diffusion-sd, cf continued on the default model's own answers (self-distillation);
-    "cal": models/smol-diffusion-cal, sd continued with a confident-error penalty (calibrated);
+    "cal": models/smol-diffusion-cal, cf continued on the default model's own answers and then with a
+    confident-error penalty (calibrated);
     "div": models/smol-diffusion-div, cal continued on sampled (diverse) answers; "par":
     models/smol-diffusion-par, div continued with certainty forcing on greedy answers and unlikelihood
-    against its own loops (parallel commits on new text)."""
+    against its own loops (parallel commits on new text); "fast": models/smol-diffusion-fast, par continued
+    with a heavier confident-error penalty (about 2x fewer steps at Fast-dLLM threshold 0.7)."""
     from engine.diffusion import smol
     if variant not in smol.VARIANTS:
         raise MethodError(f"Unknown embedded diffusion variant '{variant}': choose {', '.join(smol.VARIANTS)}.")

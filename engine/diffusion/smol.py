@@ -22,9 +22,8 @@ DELTA_DIR = Path(__file__).resolve().parents[2] / "models" / "smol-diffusion"
 # The same delta continued with certainty-forcing distillation (dParallel): more confident, so
 # threshold rules commit more tokens per step, at the cost of more repetition (benchmarks/RESULTS.md).
 DELTA_DIR_CF = DELTA_DIR.parent / "smol-diffusion-cf"
-# The cf delta continued with certainty forcing on the default model's own answers (self-distillation,
-# dParallel's data): ~2x fewer steps under threshold 0.9, still more repetitive.
-DELTA_DIR_SD = DELTA_DIR.parent / "smol-diffusion-sd"
+# (cf was continued with certainty forcing on the default model's own answers, "sd"; that delta looped,
+# distinct-2 0.24, and no longer ships: benchmarks/RESULTS.md keeps its numbers.)
 # The sd delta continued with a confident-error penalty (-log(1 - p_top) on wrong predictions) on 1,232
 # self answers: fewer parallel commits than sd, at little perplexity cost (-7% to +12%, benchmarks/RESULTS.md).
 DELTA_DIR_CAL = DELTA_DIR.parent / "smol-diffusion-cal"
@@ -36,14 +35,18 @@ DELTA_DIR_DIV = DELTA_DIR.parent / "smol-diffusion-div"
 # cut" layout) plus token- and sequence-level unlikelihood against its own loops (run sd12): parallel commits on
 # new text rather than loop copies (benchmarks/RESULTS.md).
 DELTA_DIR_PAR = DELTA_DIR.parent / "smol-diffusion-par"
+# The par delta continued 200 steps with a 3x confident-error penalty (run sd13): its confident guesses one token
+# past the frontier are right more often (67% -> 77%), so a lower Fast-dLLM threshold (0.7) stays coherent.
+DELTA_DIR_FAST = DELTA_DIR.parent / "smol-diffusion-fast"
 VARIANTS = {"default": (DELTA_DIR, "smol-diffusion (SmolLM2-135M + delta)"),
             "cf": (DELTA_DIR_CF, "smol-diffusion-cf (certainty-forced: parallel, more repetitive)"),
-            "sd": (DELTA_DIR_SD, "smol-diffusion-sd (self-distilled certainty forcing: ~2x parallel, repetitive)"),
             "cal": (DELTA_DIR_CAL, "smol-diffusion-cal (calibrated self-distillation: ~1.7x parallel, repetitive)"),
             "div": (DELTA_DIR_DIV, "smol-diffusion-div (cal retrained on sampled answers: ~1.9x parallel in one block, "
                                    "less repetitive)"),
             "par": (DELTA_DIR_PAR, "smol-diffusion-par (div + certainty forcing on greedy answers and unlikelihood "
-                                   "against its own loops: parallel on new text, not loops)")}
+                                   "against its own loops: parallel on new text, not loops)"),
+            "fast": (DELTA_DIR_FAST, "smol-diffusion-fast (par + a penalty on confident mistakes: ~2x fewer steps at "
+                                     "threshold 0.7 in one block)")}
 
 
 def register_checkpoint(delta_dir, variant: str = "checkpoint") -> str:

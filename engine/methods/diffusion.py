@@ -72,7 +72,7 @@ def step_record(lm, st, index: int, mask_id: int, t0: float) -> dict:
               "cfg_scale": (0.0, "classifier-free guidance scale (0: off)"),
               "prefix_cache": (False, "Fast-dLLM prefix KV cache: reuse committed blocks' keys/values"),
               "stop_at_eos": (True, "stop once an EOS is committed with nothing masked before it"),
-              "adapter": ("auto", "model adapter: auto, embedded, embedded-cf / embedded-sd / embedded-cal / embedded-div / embedded-par (the certainty-forced embedded deltas), llada, dream"),
+              "adapter": ("auto", "model adapter: auto, embedded, embedded-cf / embedded-cal / embedded-div / embedded-par / embedded-fast (the certainty-forced embedded deltas), llada, dream"),
               "mask_id": (-1, "mask token id (-1: from the model config)"),
               "anchor": (0.9, "LocalLeap anchor confidence"),
               "relaxed": (0.6, "LocalLeap relaxed confidence near anchors"),
