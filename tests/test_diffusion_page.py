@@ -91,3 +91,26 @@ def test_diffusion_page_compares_the_two_embedded_weights(embedded_lm):
     at.radio(key="dlm_weights").set_value("embedded-fast").run()  # and par with a heavier confident-error penalty
     assert not at.exception
     assert any("smol-diffusion-fast" in m.value for m in at.sidebar.markdown)
+
+
+def test_measured_2x_setting_button_sets_up_the_benchmark_comparison(embedded_lm):
+    """One click puts the page in the setting benchmarks/diffusion.py measured (smol-diffusion-fast, threshold 0.7,
+    one block of 64, greedy); side by side, the threshold rule then needs fewer steps than one token per step."""
+    at = app_test(PAGE).run()
+    at.button(key="dlm_preset_fast").click().run()
+    assert not at.exception
+    assert at.radio(key="dlm_weights").value == "embedded-fast"
+    assert at.selectbox(key="dlm_rule").value == "threshold"
+    assert at.slider(key="dlm_threshold").value == pytest.approx(0.7)
+    assert at.number_input(key="dlm_gen_length").value == 64 and at.number_input(key="dlm_block_length").value == 0
+    at.text_area(key="dlm_prompt").input("Write one sentence about a violin.")
+    at.button(key="dlm_compare_go").click().run()
+    a, b = wait_done(at, "runner_diffusion_a"), wait_done(at, "runner_diffusion_b")
+    assert a.state == DONE and b.state == DONE, (a.error, b.error)
+    pa, pb = a.trace.meta["params"], b.trace.meta["params"]
+    assert (pa["rule"], pa["adapter"]) == ("low_confidence", "embedded-fast")
+    assert (pb["rule"], pb["adapter"], pb["threshold"], pb["block_length"]) == ("threshold", "embedded-fast", 0.7, 0)
+    steps_a, steps_b = a.trace.extra["summary"]["steps"], b.trace.extra["summary"]["steps"]
+    assert steps_b < steps_a, (steps_a, steps_b)
+    at.run()
+    assert not at.exception
