@@ -99,3 +99,25 @@ def test_replay_in_browser(session):
     wait_for_idle(page)
     assert "showing step 6" in page.locator("[data-testid='stMain']").first.inner_text()
     page.screenshot(path=os.path.join(SHOTS, "replay.png"), full_page=True)
+
+
+def test_diffusion_measured_setting_side_by_side_in_browser(session):
+    """The teacher's demo: one click sets smol-diffusion-fast / threshold 0.7 / one block of 64, then both rules
+    run on the prompt side by side (one token per step on the left)."""
+    url, page = session
+    page.goto(f"{url}/Diffusion")
+    page.get_by_role("button", name="Use the measured ~2x setting").first.click()
+    wait_for_idle(page)
+    no_exception(page)
+    page.get_by_role("tab", name="Two rules side by side").first.click()
+    page.get_by_role("button", name="Run both on the prompt").first.click()
+    page.locator(".js-plotly-plot").first.wait_for()
+    body = wait_finished(page)
+    wait_for_idle(page)
+    body = page.locator("[data-testid='stMain']").first.inner_text()
+    assert body.count("done") >= 2, body[-1500:]
+    assert "smol-diffusion-fast" in page.locator("[data-testid='stSidebar']").first.inner_text()
+    no_exception(page)
+    page.mouse.move(5, 5)
+    time.sleep(0.5)
+    page.screenshot(path=os.path.join(SHOTS, "diffusion_side_by_side.png"), full_page=True)
