@@ -112,7 +112,9 @@ def test_diffusion_measured_setting_side_by_side_in_browser(session):
     page.get_by_role("tab", name="Two rules side by side").first.click()
     page.get_by_role("button", name="Run both on the prompt").first.click()
     page.locator(".js-plotly-plot").first.wait_for()
-    body = wait_finished(page)
+    # two live 64-position grids re-render while both workers run: on 2 cores, shared with chromium, the
+    # one-token-per-step side can take minutes (the two runs alone, concurrently, take well under a minute)
+    body = wait_finished(page, timeout_s=720)
     wait_for_idle(page)
     body = page.locator("[data-testid='stMain']").first.inner_text()
     assert body.count("done") >= 2, body[-1500:]
