@@ -29,7 +29,6 @@ WEIGHTS = {"embedded": "smol-diffusion (default)", "embedded-cf": "smol-diffusio
            "embedded-fast": "smol-diffusion-fast (~2x at threshold 0.7, one block)"}
 
 
-
 def use_measured_2x_setting():
     """The setting benchmarks/diffusion.py measured: smol-diffusion-fast, Fast-dLLM threshold 0.7, one block of
     64, greedy, against one token per step on the same weights (2.06x fewer steps at +6% judged perplexity)."""

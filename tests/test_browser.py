@@ -114,7 +114,7 @@ def test_diffusion_measured_setting_side_by_side_in_browser(session):
     page.locator(".js-plotly-plot").first.wait_for()
     # two live 64-position grids re-render while both workers run: on 2 cores, shared with chromium, the
     # one-token-per-step side can take minutes (the two runs alone, concurrently, take well under a minute)
-    body = wait_finished(page, timeout_s=720)
+    wait_finished(page, timeout_s=720)
     wait_for_idle(page)
     body = page.locator("[data-testid='stMain']").first.inner_text()
     assert body.count("done") >= 2, body[-1500:]

@@ -116,14 +116,8 @@ _EMBEDDED_LOCK = threading.Lock()
 def embedded(lm, variant: str = "default") -> DiffusionAdapter:
     """The embedded diffusion model: a copy of the base SmolLM2 (lm) with a shipped delta merged.
 
-    variant "default": models/smol-diffusion; "cf": models/smol-diffusion-cf, the same delta after
-    certainty-forcing distillation (more tokens per step under threshold rules, more repetition);
-    "cal": models/smol-diffusion-cal, cf continued on the default model's own answers and then with a
-    confident-error penalty (calibrated);
-    "div": models/smol-diffusion-div, cal continued on sampled (diverse) answers; "par":
-    models/smol-diffusion-par, div continued with certainty forcing on greedy answers and unlikelihood
-    against its own loops (parallel commits on new text); "fast": models/smol-diffusion-fast, par continued
-    with a heavier confident-error penalty (about 2x fewer steps at Fast-dLLM threshold 0.7)."""
+    variant: a key of engine.diffusion.smol.VARIANTS ("default": models/smol-diffusion; the others are the
+    certainty-forced deltas, each described there)."""
     from engine.diffusion import smol
     if variant not in smol.VARIANTS:
         raise MethodError(f"Unknown embedded diffusion variant '{variant}': choose {', '.join(smol.VARIANTS)}.")

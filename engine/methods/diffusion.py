@@ -12,6 +12,7 @@ import torch
 
 from engine.diffusion import adapters
 from engine.diffusion import rules as R
+from engine.diffusion import smol
 from engine.diffusion.sampler import diffuse, validate
 from engine.methods import Job, MethodError, register
 from engine.trace import clean_float
@@ -72,7 +73,9 @@ def step_record(lm, st, index: int, mask_id: int, t0: float) -> dict:
               "cfg_scale": (0.0, "classifier-free guidance scale (0: off)"),
               "prefix_cache": (False, "Fast-dLLM prefix KV cache: reuse committed blocks' keys/values"),
               "stop_at_eos": (True, "stop once an EOS is committed with nothing masked before it"),
-              "adapter": ("auto", "model adapter: auto, embedded, embedded-cf / embedded-cal / embedded-div / embedded-par / embedded-fast (the certainty-forced embedded deltas), llada, dream"),
+              "adapter": ("auto", "model adapter: auto, "
+                          + ", ".join(smol.adapter_name(v) for v in smol.VARIANTS)
+                          + " (the embedded deltas, models/smol-diffusion*), llada, dream"),
               "mask_id": (-1, "mask token id (-1: from the model config)"),
               "anchor": (0.9, "LocalLeap anchor confidence"),
               "relaxed": (0.6, "LocalLeap relaxed confidence near anchors"),
