@@ -27,6 +27,7 @@ import torch  # noqa: E402
 
 from kernels import confidence as C  # noqa: E402
 from kernels import decode_attention as DA  # noqa: E402
+from engine import attention  # noqa: E402
 from kernels import dispatch as KD  # noqa: E402
 from kernels import tree_attention as TA  # noqa: E402
 
@@ -151,7 +152,7 @@ def bench_model(device, dtype, shapes, reps, smoke):
                     return out.logits
 
             ref = verify(attention_mask=mask)
-            with KD.lab_attention(lm.model):
+            with attention.kernels(lm.model):
                 got = verify(tree_parents=tree)
                 tk = timed(lambda: verify(tree_parents=tree), device, repeats=reps)
             tr = timed(lambda: verify(attention_mask=mask), device, repeats=reps)

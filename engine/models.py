@@ -14,13 +14,19 @@ from pathlib import Path
 
 import torch
 
+from engine import attention
+
 EMBEDDED = "smollm2-135m-instruct"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_ENV = "DECODING_LAB_CACHE"
 
 
-class ModelLoadError(RuntimeError):
-    """A model could not be loaded; the message says why and what to do."""
+from engine.errors import ModelLoadError, PromptError, shorten  # noqa: F401  (re-exported)
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
+CHARS_PER_TOKEN_CAP = 32   # a prompt longer than this many characters per context position is refused untokenised
 
 
 @dataclass
@@ -46,9 +52,18 @@ class LM:
             ids.update(src if isinstance(src, (list, tuple)) else [src])
         return ids
 
+    @property
+    def context_length(self) -> int | None:
+        """The model's context window in tokens (None when its config does not say)."""
+        return context_length(self.model.config)
+
     def encode(self, prompt: str, chat: bool | None = None) -> torch.Tensor:
-        """Prompt text -> input ids [1, L] on the model's device (chat template for instruct)."""
-        return encode_prompt(self.tokenizer, prompt, self.is_instruct if chat is None else chat).to(self.device)
+        """Prompt text -> input ids [1, L] on the model's device (chat template for instruct).
+        PromptError when it is not text, empty, or does not fit the model's context window."""
+        if chat is not None and not isinstance(chat, bool):
+            raise PromptError(f"chat must be true, false or None, got {shorten(chat)}.")
+        return encode_prompt(self.tokenizer, prompt, self.is_instruct if chat is None else chat,
+                             self.context_length).to(self.device)
 
     def decode(self, ids) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=False)
@@ -63,16 +78,29 @@ class LM:
         return 2 * c.num_hidden_layers * kv_heads * head_dim * torch.tensor([], dtype=self.dtype).element_size()
 
 
-MAX_PROMPT_TOKENS = 6000
+def context_length(config) -> int | None:
+    for key in CONTEXT_KEYS:
+        v = getattr(config, key, None)
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            return v
+    return None
 
 
-class PromptError(ValueError):
-    """The prompt cannot be decoded (empty, too long)."""
-
-
-def encode_prompt(tokenizer, prompt: str, chat: bool) -> torch.Tensor:
-    if prompt is None or not str(prompt).strip():
+def encode_prompt(tokenizer, prompt: str, chat: bool, context: int | None = None) -> torch.Tensor:
+    """Checks before tokenising (text, not empty, not absurdly long), then the length in tokens: the
+    prompt must leave room for at least one new token in the model's context window."""
+    if not isinstance(prompt, str):
+        raise PromptError(f"The prompt must be text, got {type(prompt).__name__}.")
+    if not prompt.strip():
         raise PromptError("The prompt is empty: type some text to continue.")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise PromptError(f"The prompt is not valid text: character {e.start} cannot be encoded as UTF-8 "
+                          "(was it read with the wrong encoding?).") from None
+    if context is not None and len(prompt) > context * CHARS_PER_TOKEN_CAP:
+        raise PromptError(f"The prompt is {len(prompt):,} characters long; this model's context window of "
+                          f"{context:,} tokens holds at most about {context * CHARS_PER_TOKEN_CAP:,} characters.")
     if chat and getattr(tokenizer, "chat_template", None):
         enc = tokenizer.apply_chat_template(
             [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt"
@@ -80,10 +108,11 @@ def encode_prompt(tokenizer, prompt: str, chat: bool) -> torch.Tensor:
         ids = enc if isinstance(enc, torch.Tensor) else enc["input_ids"]
     else:
         ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
-    if ids.shape[1] > MAX_PROMPT_TOKENS:
-        raise PromptError(
-            f"The prompt is {ids.shape[1]} tokens long; the lab accepts at most {MAX_PROMPT_TOKENS}."
-        )
+    if ids.shape[1] == 0:
+        raise PromptError("The prompt encodes to no tokens.")
+    if context is not None and ids.shape[1] >= context:
+        raise PromptError(f"The prompt is {ids.shape[1]:,} tokens long; this model's context window is {context:,} "
+                          "tokens, and at least one must be left for the answer.")
     return ids
 
 
@@ -93,18 +122,37 @@ def cache_dir() -> Path:
 
 
 def auto_device(device=None) -> torch.device:
-    if device in (None, "auto"):
+    """cuda when available, else cpu; or the device asked for, if this machine has it (ModelLoadError)."""
+    if device in (None, "auto", ""):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ModelLoadError(f"Unknown device {shorten(device)}: use auto, cpu, cuda or cuda:N.") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelLoadError("device cuda was asked for, but this machine has no CUDA GPU (use cpu or auto).")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ModelLoadError(f"device {dev} does not exist: this machine has {torch.cuda.device_count()} GPU(s).")
+    elif dev.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ModelLoadError("device mps was asked for, but it is not available here (use cpu or auto).")
+    elif dev.type != "cpu":
+        raise ModelLoadError(f"device {dev.type} is not supported: use auto, cpu, cuda or cuda:N.")
+    return dev
 
 
 def auto_dtype(device: torch.device, dtype=None) -> torch.dtype:
-    if dtype in (None, "auto"):
+    """bf16 on CUDA, fp32 elsewhere; or float32 / bfloat16 / float16 (ModelLoadError otherwise)."""
+    if dtype in (None, "auto", ""):
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if isinstance(dtype, str):
-        return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-                "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
-    return dtype
+        if dtype.lower() not in DTYPES:
+            raise ModelLoadError(f"dtype {shorten(dtype)} is not supported: use auto, float32, bfloat16 or float16.")
+        return DTYPES[dtype.lower()]
+    if dtype in DTYPES.values():
+        return dtype
+    raise ModelLoadError(f"dtype {shorten(dtype)} is not supported: use auto, float32, bfloat16 or float16.")
 
 
 def embedded_gguf_path() -> Path:
@@ -148,13 +196,25 @@ def prepare_embedded() -> Path:
     return out
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0][:300] if text else type(e).__name__)
+
+
 def load(name_or_path: str = EMBEDDED, device=None, dtype=None, trust_remote_code: bool = False) -> LM:
     """Load a causal LM and its tokenizer. Raises ModelLoadError with a readable message."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    if name_or_path is not None and not isinstance(name_or_path, str):
+        raise ModelLoadError(f"The model must be named by text (a Hugging Face id or a directory), got "
+                             f"{type(name_or_path).__name__}.")
     name = (name_or_path or "").strip()
     if not name:
         raise ModelLoadError("No model name given.")
+    if len(name) > 1000 or any(ord(ch) < 32 for ch in name):
+        raise ModelLoadError(f"{shorten(name)} is not a model id or a directory.")
+    if not isinstance(trust_remote_code, bool):
+        raise ModelLoadError("trust_remote_code must be true or false.")
     dev = auto_device(device)
     dt = auto_dtype(dev, dtype)
     if name == EMBEDDED:
@@ -169,13 +229,15 @@ def load(name_or_path: str = EMBEDDED, device=None, dtype=None, trust_remote_cod
                 f"'{name}' needs custom code from its repository. Tick 'trust remote code' only if you "
                 "trust its authors."
             ) from e
-        raise ModelLoadError(f"Cannot read a model config from '{name}': {e}") from e
+        raise ModelLoadError(f"Cannot read a model config from '{name}': {_first_line(e)}") from e
     except (OSError, EnvironmentError) as e:
         raise ModelLoadError(
             f"Model '{name}' was not found: it is neither a local directory with a config.json nor a "
             "model already in the Hugging Face cache (this machine cannot download). "
-            f"Details: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+            f"Details: {_first_line(e)}"
         ) from e
+    except Exception as e:  # a config.json that is not JSON, or not a config
+        raise ModelLoadError(f"Cannot read a model config from '{name}' ({type(e).__name__}: {_first_line(e)}).") from e
     archs = getattr(config, "architectures", None) or []
     if archs and not any(a.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")) for a in archs) \
             and not trust_remote_code:
@@ -197,11 +259,15 @@ def load(name_or_path: str = EMBEDDED, device=None, dtype=None, trust_remote_cod
     except ValueError as e:
         raise ModelLoadError(f"'{name}' cannot be loaded as a causal LM: {e}") from e
     except OSError as e:
-        raise ModelLoadError(f"Files missing for '{name}': {e}") from e
+        raise ModelLoadError(f"Files missing for '{name}': {_first_line(e)}") from e
+    except Exception as e:  # corrupt weights (SafetensorError, HeaderTooLarge ...), a broken config, remote code
+        raise ModelLoadError(f"'{name}' could not be loaded ({type(e).__name__}: {_first_line(e)}). "
+                             "Are its files complete?") from e
     try:
         model.to(dev)
     except torch.cuda.OutOfMemoryError as e:
         raise ModelLoadError(f"Out of GPU memory moving '{name}' to {dev}.") from e
     model.eval()
+    attention.install(model)  # once, here: the per-call attention dispatcher (engine/attention.py)
     is_instruct = bool(getattr(tokenizer, "chat_template", None))
     return LM(model=model, tokenizer=tokenizer, name=name, device=dev, dtype=dt, is_instruct=is_instruct)

@@ -1,32 +1,42 @@
-"""Drive a method: build the job and the trace, and iterate the method's steps into the trace."""
+"""Drive a method: validate everything, build the job and the trace, iterate the steps into the trace."""
 from __future__ import annotations
 
+import inspect
 import time
 from typing import Iterator
 
 from engine import methods
-from engine.methods import MAX_NEW_TOKENS, Job, MethodError
+from engine.errors import MethodError, SamplingError
+from engine.methods import MAX_NEW_TOKENS, CheckContext, Job
+from engine.options import Opt
 from engine.sampling import SamplingConfig
 from engine.trace import Trace
+
+MAX_NEW = Opt(64, "tokens to generate at most", min=1, max=MAX_NEW_TOKENS, label="max new tokens")
 
 
 def prepare(lm, method: str, prompt: str, max_new_tokens: int = 64, sampling: SamplingConfig | None = None,
             options: dict | None = None, record: bool = True, chat: bool | None = None) -> tuple[Trace, Iterator[dict]]:
     """Validate everything up front; return the (empty) trace and an iterator that fills it.
 
-    Raises MethodError / PromptError / SamplingError before any model work when inputs are bad.
+    Raises MethodError / OptionError / PromptError / SamplingError before any model work when an input
+    is bad: the method and every option (typed specs), the prompt (text, length against the model's
+    context), prompt + output against the context, then the method's own cross-option check.
     """
     spec = methods.get(method)
-    sampling = sampling or SamplingConfig()
-    if not isinstance(max_new_tokens, int) or not (1 <= max_new_tokens <= MAX_NEW_TOKENS):
-        raise MethodError(f"max_new_tokens must be an integer in 1..{MAX_NEW_TOKENS}, got {max_new_tokens!r}.")
-    opts = spec.defaults()
-    unknown = set(options or {}) - set(opts)
-    if unknown:
-        raise MethodError(f"Unknown option(s) for {method}: {', '.join(sorted(unknown))}. "
-                          f"Known: {', '.join(sorted(opts)) or 'none'}.")
-    opts.update(options or {})
-    input_ids = lm.encode(prompt, chat)
+    if sampling is None:
+        sampling = SamplingConfig()
+    if not isinstance(sampling, SamplingConfig):
+        raise SamplingError(f"sampling must be a SamplingConfig, got {type(sampling).__name__}.")
+    max_new_tokens = MAX_NEW.coerce("max_new_tokens", max_new_tokens)
+    if options is not None and not isinstance(options, dict):
+        raise MethodError(f"options must be a dict of option name -> value, got {type(options).__name__}.")
+    opts = spec.values(options)
+    input_ids = lm.encode(prompt, chat)              # PromptError: empty, not text, longer than the context
+    ctx = CheckContext(lm, sampling, int(input_ids.shape[1]), max_new_tokens, lm.context_length)
+    ctx.need_positions(ctx.prompt_len + max_new_tokens, f"A prompt of {ctx.prompt_len} tokens + {max_new_tokens} new tokens")
+    if spec.check is not None:
+        spec.check(opts, ctx)
     job = Job(lm=lm, prompt=prompt, input_ids=input_ids, max_new_tokens=max_new_tokens, sampling=sampling,
               record=record)
     params = {"max_new_tokens": max_new_tokens, "sampling": sampling.as_dict(), **opts}
@@ -35,9 +45,14 @@ def prepare(lm, method: str, prompt: str, max_new_tokens: int = 64, sampling: Sa
     trace.meta["family"] = spec.family
     trace.meta["lossless"] = spec.lossless
     trace.meta["device"] = str(lm.device)
+    unused = spec.ignored(options, opts)
+    if unused:  # e.g. exit_layer with drafter=prompt_lookup: accepted, recorded, and said
+        trace.meta["ignored_options"] = unused
     trace.counters = job.counters
     trace.extra = job.extra
     gen = spec.fn(job, **opts)
+    if not inspect.isgenerator(gen) and not hasattr(gen, "__next__"):
+        raise TypeError(f"method {method} must return a generator of step records")
 
     def steps() -> Iterator[dict]:
         # The model lock is held for one step at a time (never across a yield), so a paused

@@ -6,6 +6,7 @@ verifier, which needs the warped target distribution p) uses the same definition
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -13,8 +14,7 @@ import torch
 NEG_INF = float("-inf")
 
 
-class SamplingError(ValueError):
-    """Impossible sampling parameters."""
+from engine.errors import SamplingError, shorten  # noqa: F401  (re-exported)
 
 
 @dataclass(frozen=True)
@@ -27,8 +27,18 @@ class SamplingConfig:
     seed: int | None = 0
 
     def __post_init__(self):
-        if not (self.temperature >= 0):
-            raise SamplingError(f"temperature must be >= 0 (0 means greedy), got {self.temperature}")
+        for name in ("temperature", "top_p", "min_p", "typical_p"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise SamplingError(f"{name} must be a finite number, got {shorten(v)}")
+            object.__setattr__(self, name, float(v))
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int):
+            raise SamplingError(f"top_k must be an integer (0 = off), got {shorten(self.top_k)}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
+                                      or not 0 <= self.seed < 2 ** 63):
+            raise SamplingError(f"seed must be an integer in 0..2^63-1 or None, got {shorten(self.seed)}")
+        if not (self.temperature == 0 or 1e-4 <= self.temperature <= 1000):
+            raise SamplingError(f"temperature must be 0 (greedy) or in [0.0001, 1000], got {self.temperature}")
         if self.top_k < 0:
             raise SamplingError(f"top_k must be >= 0, got {self.top_k}")
         for name in ("top_p", "typical_p"):

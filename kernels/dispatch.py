@@ -4,9 +4,11 @@
   decode_attention_with_mass(q, k, v)               -> (out [B, Hq, Tq, D], mass [B, Hkv, S] fp32)
   confidence(logits, temperature, ids=None)         -> Confidence(max_prob, margin, entropy, argmax, token_prob)
 
-and a transformers attention function, registered as "lab_tree", that routes a model's attention
-through them: `with lab_attention(model): model(..., tree_parents=Tree | tree_visibility=... |
-attention_mass={})`. kernels/README.md says which call each method family makes.
+and a transformers attention function (`lab_attention_forward`, also registered as "lab_tree") that
+routes a model's attention through them. The engine calls it per forward, in the calling thread only,
+with `with engine.attention.kernels(model): model(..., tree_parents=Tree | tree_visibility=... |
+attention_mass={})`, so a model shared between sessions is never switched for everyone.
+kernels/README.md says which call each method family makes.
 
 Which path runs:
   - DECODING_LAB_FORCE_TORCH=1 -> always the torch reference (to compare on a GPU);
@@ -18,7 +20,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import MutableMapping
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -199,20 +200,6 @@ def lab_attention_forward(module, query, key, value, attention_mask, scaling=Non
 def register() -> None:
     from transformers import AttentionInterface
     AttentionInterface.register(ATTENTION_NAME, lab_attention_forward)
-
-
-@contextmanager
-def lab_attention(model):
-    """Switch `model` (a transformers PreTrainedModel) to the "lab_tree" attention for the
-    duration of the block, then back. Install and remove it within one engine step (the model
-    may be shared between sessions between steps; `engine.run` holds lm.lock around a step)."""
-    register()
-    previous = model.config._attn_implementation
-    model.set_attn_implementation(ATTENTION_NAME)
-    try:
-        yield model
-    finally:
-        model.set_attn_implementation(previous)
 
 
 register()

@@ -18,6 +18,7 @@ from transformers import DynamicCache
 
 from kernels import confidence as C
 from kernels import decode_attention as DA
+from engine import attention
 from kernels import dispatch as KD
 from kernels import tree_attention as TA
 
@@ -293,10 +294,12 @@ def test_engine_greedy_unchanged_with_lab_attention(lm, monkeypatch, force_torch
     if force_torch:
         monkeypatch.setenv(KD.FORCE_TORCH_ENV, "1")
     spy = Spy(monkeypatch, TA, "tree_attention_triton")
-    with KD.lab_attention(lm.model):
-        assert lm.model.config._attn_implementation == KD.ATTENTION_NAME
+    before = lm.model.config._attn_implementation
+    with attention.kernels(lm.model):
+        # per call, in this thread: the shared model's config is not switched
+        assert lm.model.config._attn_implementation == before or attention.installed(lm.model)
         got = run.run(lm, "ar", PROMPT, max_new_tokens=16).final_ids
-    assert lm.model.config._attn_implementation != KD.ATTENTION_NAME  # restored
+    assert attention.original(lm.model) == "sdpa"
     assert got == want
     layers = lm.model.config.num_hidden_layers
     assert spy.calls == (0 if force_torch else layers * len(want))
@@ -312,7 +315,7 @@ def test_engine_decode_with_attention_mass(lm, monkeypatch):
     group = cfg.num_attention_heads // cfg.num_key_value_heads
     ids = lm.encode(PROMPT)
     cache, got = DynamicCache(), []
-    with torch.inference_mode(), KD.lab_attention(lm.model):
+    with torch.inference_mode(), attention.kernels(lm.model):
         logits = lm.model(input_ids=ids, past_key_values=cache).logits[0, -1]
         for _ in range(12):
             tok = int(logits.argmax())
@@ -362,11 +365,11 @@ def test_engine_tree_verification_matches_dense_mask(lm, monkeypatch):
 
     ref = forward(attention_mask=tree.dense_mask(p)[None, None])     # sdpa, 4D mask used as given
     spy = Spy(monkeypatch, TA, "tree_attention_triton")
-    with KD.lab_attention(lm.model):
+    with attention.kernels(lm.model):
         got = forward(tree_parents=tree)
     assert spy.calls == 2 * lm.model.config.num_hidden_layers   # the prefix forward (causal) + the tree
     torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
-    with KD.lab_attention(lm.model):
+    with attention.kernels(lm.model):
         same = forward(tree_visibility=tree.ancestry)            # the same pattern given as a matrix
         masked = forward(attention_mask=tree.dense_mask(p)[None, None])   # a caller's 4D mask: SDPA
         with pytest.raises(ValueError, match="not both"):

@@ -208,13 +208,15 @@ def test_capture_leaves_outputs_unchanged_and_matches_eager_attention(tiny_lm):
         plain = model(input_ids=ids).logits
         with capture(model, range(model.config.num_hidden_layers)) as store:
             cap = model(input_ids=ids).logits
-        assert model.config._attn_implementation == "sdpa"
+        from engine import attention
+        assert attention.original(model) == "sdpa"
         assert torch.equal(plain, cap)
-        model.config._attn_implementation = "eager"
+        before = model.config._attn_implementation
+        model.set_attn_implementation("eager")
         try:
             eager = model(input_ids=ids, output_attentions=True)
         finally:
-            model.config._attn_implementation = "sdpa"
+            model.set_attn_implementation(before)
         from transformers import DynamicCache
         for li in range(model.config.num_hidden_layers):
             # recompute keys as the cache would hold them

@@ -120,7 +120,7 @@ def test_kv_cache_keeps_only_accepted_path(tiny_lm):
 
 
 @pytest.mark.parametrize("opts,msg", [
-    ({"drafter": "nope"}, "Unknown drafter"),
+    ({"drafter": "nope"}, "drafter must be one of"),
     ({"tree": "2.x"}, "unknown tree shape"),
     ({"tree": "[[0,1]]"}, "prefix"),
     ({"drafter": "draft_model"}, "needs draft_model"),

@@ -16,7 +16,14 @@ from dataclasses import dataclass, field
 
 import torch
 
+from engine.options import Components, Opt
+
 NEG = float("-inf")
+# The registry of remasking rules. A new rule is one function registered here with its options:
+# the diffusion method, its CLI flags and the page's widgets pick it up. Options are passed to the
+# rule as keyword arguments.
+RULES = Components("rule")
+THRESHOLD = Opt(0.9, "confidence threshold", min=0.0, max=1.0, min_open=True, slider=True, step=0.01)
 
 
 @dataclass
@@ -65,38 +72,46 @@ def _by_score(score, v):
 
 
 # --- schedule rules (LLaDA, Dream) ------------------------------------------------------------
+@RULES.register("low_confidence", "LLaDA: commit the k most probable predictions")
 def low_confidence(v: StepView) -> Choice:
     """LLaDA: the probability of the chosen token."""
     return _by_score(v.conf, v)
 
 
+@RULES.register("random", "LLaDA: commit k random masked positions")
 def random(v: StepView) -> Choice:
     """LLaDA: a uniform random score, i.e. a random order of unmasking."""
     return _by_score(torch.rand(v.conf.shape[0], generator=v.generator, dtype=torch.float64), v)
 
 
+@RULES.register("maskgit_plus", "Dream: top-1 probability")
 def maskgit_plus(v: StepView) -> Choice:
     """Dream: the top-1 probability (differs from low_confidence only when sampling)."""
     return _by_score(v.max_prob, v)
 
 
+@RULES.register("topk_margin", "Dream: top-1 minus top-2 probability")
 def topk_margin(v: StepView) -> Choice:
     """Dream: top-1 minus top-2 probability."""
     return _by_score(v.margin, v)
 
 
+@RULES.register("entropy", "Dream: lowest entropy first")
 def entropy(v: StepView) -> Choice:
     """Dream: negative entropy of the position's distribution."""
     return _by_score(v.neg_entropy, v)
 
 
 # --- parallel rules ---------------------------------------------------------------------------
+@RULES.register("threshold", "Fast-dLLM: every prediction with confidence >= threshold (at least one)",
+                options={"threshold": THRESHOLD})
 def threshold(v: StepView, threshold: float = 0.9) -> Choice:
     """Fast-dLLM: commit every candidate whose confidence >= threshold."""
     s = _masked(v.conf, v)
     return Choice(s >= threshold, s, threshold)
 
 
+@RULES.register("prophet", "Prophet: commit everything once the top1-top2 logit gap is large enough")
 def prophet(v: StepView, gaps: tuple = (7.5, 5.0, 2.5)) -> Choice:
     """Prophet: low_confidence step, but once the smallest top1-top2 logit gap among the
     candidates clears a threshold that falls with progress (7.5 / 5.0 / 2.5 before 33% /
@@ -112,6 +127,8 @@ def prophet(v: StepView, gaps: tuple = (7.5, 5.0, 2.5)) -> Choice:
     return Choice(top_k(base, v.k), s, tau)
 
 
+@RULES.register("eos_ascending", "EOS early rejection + ascending step size",
+                options={"eos_gamma": Opt(3.0, "EOS early rejection strength", min=0.0, max=16.0)})
 def eos_ascending(v: StepView, eos_gamma: float = 3.0) -> Choice:
     """EOS early rejection + ascending step size: an EOS candidate's confidence is damped by
     (step / steps) ** eos_gamma early in the block, and the number committed per step grows
@@ -128,6 +145,10 @@ def eos_ascending(v: StepView, eos_gamma: float = 3.0) -> Choice:
     return Choice(top_k(s, k), s)
 
 
+@RULES.register("credit", "CreditDecoding: threshold on credit-fused confidence",
+                options={"threshold": THRESHOLD,
+                         "decay": Opt(0.7, "CreditDecoding credit decay per step", min=0.0, max=1.0, slider=True),
+                         "alpha": Opt(0.6, "CreditDecoding credit weight", min=0.0, max=10.0)})
 def credit(v: StepView, threshold: float = 0.9, decay: float = 0.7, alpha: float = 0.6) -> Choice:
     """CreditDecoding: each position keeps a credit per token it predicted before (decayed by
     `decay` each step, increased by the predicted probability); the credit is fused into the
@@ -145,6 +166,12 @@ def credit(v: StepView, threshold: float = 0.9, decay: float = 0.7, alpha: float
     return Choice(s >= threshold, s, threshold)
 
 
+@RULES.register("local_leap", "LocalLeap: anchors + their neighbourhood under a relaxed threshold",
+                options={"anchor": Opt(0.9, "LocalLeap anchor confidence", min=0.0, max=1.0, min_open=True,
+                                       slider=True),
+                         "relaxed": Opt(0.6, "LocalLeap relaxed confidence near anchors (<= anchor)", min=0.0,
+                                        max=1.0, min_open=True, slider=True),
+                         "radius": Opt(2, "LocalLeap neighbourhood radius", min=0, max=64)})
 def local_leap(v: StepView, anchor: float = 0.9, relaxed: float = 0.6, radius: int = 2) -> Choice:
     """LocalLeap: candidates with confidence >= anchor are anchors; candidates within `radius`
     positions of an anchor are committed too when their confidence >= relaxed."""
@@ -156,19 +183,3 @@ def local_leap(v: StepView, anchor: float = 0.9, relaxed: float = 0.6, radius: i
         near[max(0, a - radius):a + radius + 1] = True
     commit = anchors | (near & (s >= relaxed))
     return Choice(commit, s, anchor)
-
-
-RULES = {
-    "low_confidence": (low_confidence, "LLaDA: commit the k most probable predictions"),
-    "random": (random, "LLaDA: commit k random masked positions"),
-    "maskgit_plus": (maskgit_plus, "Dream: top-1 probability"),
-    "topk_margin": (topk_margin, "Dream: top-1 minus top-2 probability"),
-    "entropy": (entropy, "Dream: lowest entropy first"),
-    "threshold": (threshold, "Fast-dLLM: every prediction with confidence >= threshold (at least one)"),
-    "prophet": (prophet, "Prophet: commit everything once the top1-top2 logit gap is large enough"),
-    "eos_ascending": (eos_ascending, "EOS early rejection + ascending step size"),
-    "credit": (credit, "CreditDecoding: threshold on credit-fused confidence"),
-    "local_leap": (local_leap, "LocalLeap: anchors + their neighbourhood under a relaxed threshold"),
-}
-# rules that ignore the step budget and finish a block when it is filled
-PARALLEL = {"threshold", "credit", "local_leap"}

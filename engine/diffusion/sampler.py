@@ -70,8 +70,7 @@ class Step:
 
 def validate(gen_length: int, block_length: int, steps: int, rule: str, prompt_len: int, cfg_scale: float,
              prefix_cache: bool) -> tuple[int, int]:
-    if rule not in R.RULES:
-        raise MethodError(f"Unknown rule '{rule}'. Known: {', '.join(R.RULES)}.")
+    R.RULES.get(rule)   # OptionError naming the known rules
     if gen_length < 1:
         raise MethodError(f"gen_length must be >= 1, got {gen_length}.")
     if block_length <= 0:
@@ -104,7 +103,7 @@ def diffuse(adapter, prompt: torch.Tensor, gen_length: int = 64, block_length: i
     block_length, steps = validate(gen_length, block_length, steps, rule, P, cfg_scale, prefix_cache)
     if prefix_cache and not adapter.supports_prefix_cache():
         raise MethodError(f"The prefix cache is not available for {adapter.name}.")
-    fn = R.RULES[rule][0]
+    fn = R.RULES.get(rule).obj
     params = rule_params or {}
     mask_id = adapter.mask_id
     dev = prompt.device

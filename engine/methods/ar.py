@@ -6,6 +6,7 @@ from transformers import DynamicCache
 
 from engine import sampling as S
 from engine.methods import Job, register
+from engine.options import Opt
 from engine.trace import clean_float
 
 
@@ -38,7 +39,7 @@ def prefill(lm, input_ids: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
 
 
 @register("ar", "autoregressive", "One token per forward with a KV cache (greedy or sampled).",
-          options={"top_candidates": (10, "candidates recorded per step")})
+          options={"top_candidates": Opt(10, "candidates recorded per step", min=1, max=100)})
 def generate(job: Job, top_candidates: int = 10):
     lm, cfg, c = job.lm, job.sampling, job.counters
     gen = cfg.generator(lm.device) if not cfg.greedy else None

@@ -15,15 +15,8 @@ from engine.diffusion import rules as R
 from engine.diffusion import smol
 from engine.diffusion.sampler import diffuse, validate
 from engine.methods import Job, MethodError, register
+from engine.options import Opt
 from engine.trace import clean_float
-
-RULE_PARAMS = {
-    "threshold": ("threshold",),
-    "credit": ("threshold", "decay", "alpha"),
-    "local_leap": ("anchor", "relaxed", "radius"),
-    "eos_ascending": ("eos_gamma",),
-}
-
 
 def _f(v):
     v = float(v)
@@ -62,51 +55,50 @@ def step_record(lm, st, index: int, mask_id: int, t0: float) -> dict:
     return rec
 
 
+MAX_GEN = 1024
+
+
+def adapter_choices() -> tuple[str, ...]:
+    return ("auto", *(smol.adapter_name(v) for v in smol.VARIANTS), "llada", "dream")
+
+
+OPTIONS = {
+    "rule": Opt("low_confidence", "remasking rule"),
+    "steps": Opt(0, "denoising steps over the whole answer", min=1, max=MAX_GEN, special={0: "gen_length: one token per step"}),
+    "gen_length": Opt(0, "answer length in tokens", min=1, max=MAX_GEN, special={0: "max_new_tokens"}),
+    "block_length": Opt(0, "semi-autoregressive block length", min=1, max=MAX_GEN,
+                        special={0: "gen_length: pure diffusion"}),
+    "cfg_scale": Opt(0.0, "classifier-free guidance scale (0: off)", min=0.0, max=20.0),
+    "prefix_cache": Opt(False, "Fast-dLLM prefix KV cache: reuse committed blocks' keys/values (changes outputs: "
+                               "the cached prefix does not see the later positions)"),
+    "stop_at_eos": Opt(True, "stop once an EOS is committed with nothing masked before it"),
+    "adapter": Opt("auto", "model adapter: auto, the embedded deltas (models/smol-diffusion*), llada, dream",
+                   choices=adapter_choices),
+    "mask_id": Opt(-1, "mask token id", min=0, max=10_000_000, special={-1: "from the model config"}),
+}
+
+
+def check(o: dict, ctx) -> None:
+    gen_length = o["gen_length"] or ctx.max_new_tokens
+    validate(gen_length, o["block_length"], o["steps"], o["rule"], ctx.prompt_len, o["cfg_scale"], o["prefix_cache"])
+    if o["rule"] == "local_leap" and o["relaxed"] > o["anchor"]:
+        raise MethodError(f"local_leap: relaxed ({o['relaxed']}) must be <= anchor ({o['anchor']}).")
+    ctx.need_positions(ctx.prompt_len + gen_length, f"A {ctx.prompt_len}-token prompt + gen_length {gen_length}")
+
+
 @register("diffusion", "diffusion",
           "Masked diffusion LM: iterative unmasking with a remasking rule (LLaDA, Dream, Fast-dLLM ...).",
-          options={
-              "rule": ("low_confidence", "remasking rule: " + ", ".join(R.RULES)),
-              "steps": (0, "denoising steps over the whole answer (0: gen_length, one token per step)"),
-              "gen_length": (0, "answer length in tokens (0: max_new_tokens)"),
-              "block_length": (0, "semi-autoregressive block length (0: gen_length, pure diffusion)"),
-              "threshold": (0.9, "confidence threshold (threshold / credit rules)"),
-              "cfg_scale": (0.0, "classifier-free guidance scale (0: off)"),
-              "prefix_cache": (False, "Fast-dLLM prefix KV cache: reuse committed blocks' keys/values"),
-              "stop_at_eos": (True, "stop once an EOS is committed with nothing masked before it"),
-              "adapter": ("auto", "model adapter: auto, "
-                          + ", ".join(smol.adapter_name(v) for v in smol.VARIANTS)
-                          + " (the embedded deltas, models/smol-diffusion*), llada, dream"),
-              "mask_id": (-1, "mask token id (-1: from the model config)"),
-              "anchor": (0.9, "LocalLeap anchor confidence"),
-              "relaxed": (0.6, "LocalLeap relaxed confidence near anchors"),
-              "radius": (2, "LocalLeap neighbourhood radius"),
-              "decay": (0.7, "CreditDecoding credit decay per step"),
-              "alpha": (0.6, "CreditDecoding credit weight"),
-              "eos_gamma": (3.0, "EOS early rejection strength"),
-          }, lossless=False)
-def generate(job: Job, rule="low_confidence", steps=0, gen_length=0, block_length=0, threshold=0.9,
-             cfg_scale=0.0, prefix_cache=False, stop_at_eos=True, adapter="auto", mask_id=-1,
-             anchor=0.9, relaxed=0.6, radius=2, decay=0.7, alpha=0.6, eos_gamma=3.0):
-    lm = job.lm
-    gen_length = int(gen_length) or job.max_new_tokens
-    if rule not in R.RULES:
-        raise MethodError(f"Unknown rule '{rule}'. Known: {', '.join(R.RULES)}.")
-    if rule in ("threshold", "credit") and not (0.0 < threshold <= 1.0):
-        raise MethodError(f"threshold must be in (0, 1], got {threshold}.")
-    if rule == "local_leap" and not (0.0 < relaxed <= anchor <= 1.0 and radius >= 0):
-        raise MethodError("LocalLeap needs 0 < relaxed <= anchor <= 1 and radius >= 0.")
-    if rule == "credit" and not (0.0 <= decay <= 1.0 and alpha >= 0):
-        raise MethodError("CreditDecoding needs 0 <= decay <= 1 and alpha >= 0.")
-    all_params = {"threshold": threshold, "decay": decay, "alpha": alpha, "anchor": anchor, "relaxed": relaxed,
-                  "radius": int(radius), "eos_gamma": eos_gamma}
-    params = {k: all_params[k] for k in RULE_PARAMS.get(rule, ())}
-    # everything checkable is checked here, before the first step: run.prepare raises it to the caller
-    validate(gen_length, int(block_length), int(steps), rule, job.input_ids.shape[1], float(cfg_scale),
-             bool(prefix_cache))
-    ad = adapters.for_lm(lm, adapter, int(mask_id))
-    if prefix_cache and not ad.supports_prefix_cache():
+          options=OPTIONS, lossless=False, check=check, components={"rule": R.RULES})
+def generate(job: Job, **o):
+    """Options were checked by engine.run.prepare; pick the adapter (merging an embedded delta the first
+    time, a few seconds) and return the steps."""
+    gen_length = int(o["gen_length"]) or job.max_new_tokens
+    params = {k: o[k] for k in R.RULES.get(o["rule"]).options}
+    ad = adapters.for_lm(job.lm, o["adapter"], int(o["mask_id"]))
+    if o["prefix_cache"] and not ad.supports_prefix_cache():
         raise MethodError(f"The prefix cache is not available for {ad.name}.")
-    return _steps(job, ad, rule, params, gen_length, block_length, steps, cfg_scale, prefix_cache, stop_at_eos)
+    return _steps(job, ad, o["rule"], params, gen_length, o["block_length"], o["steps"], o["cfg_scale"],
+                  o["prefix_cache"], o["stop_at_eos"])
 
 
 def _steps(job, ad, rule, params, gen_length, block_length, steps, cfg_scale, prefix_cache, stop_at_eos):

@@ -37,7 +37,8 @@ import torch
 from transformers import DynamicCache
 
 from engine import sampling as S
-from engine.methods import Job, MethodError, register
+from engine.methods import MAX_NEW_TOKENS, Job, register
+from engine.options import Opt
 from engine.trace import clean_float
 
 VARIANTS = ("jacobi", "gauss_seidel", "hybrid")
@@ -155,27 +156,27 @@ def forced_ranges(changed: list[bool], m: int, block_start: int, next_start: int
 
 
 # ----------------------------------------------------------------------------------------- method
+def check(o: dict, ctx) -> None:
+    ctx.need_positions(ctx.prompt_len + ctx.max_new_tokens + o["block_size"],
+                       f"Jacobi with block_size {o['block_size']} after a {ctx.prompt_len}-token prompt")
+
+
 @register(
     "jacobi", "jacobi",
     "Jacobi decoding: greedy fixed-point iteration over a block of guesses (variants jacobi / gauss_seidel / "
     "hybrid); speculative Jacobi acceptance when sampling.",
     options={
-        "variant": ("jacobi", "jacobi (sliding window; block_size >= max_new_tokens is the paper's parallel "
-                              "Jacobi) | gauss_seidel (blockwise) | hybrid (blocks, then autoregressive)"),
-        "block_size": (8, "n: guessed tokens per iteration (block length)"),
-        "init": ("pad", "initial guesses: pad | repeat (the last token) | random (tokens from the context)"),
-        "hybrid_length": (32, "hybrid: tokens decoded with Gauss-Seidel blocks before switching to one "
-                              "token per forward"),
-    })
+        "variant": Opt("jacobi", "jacobi (sliding window; block_size >= max_new_tokens is the paper's parallel "
+                                 "Jacobi) | gauss_seidel (blockwise) | hybrid (blocks, then autoregressive)",
+                       choices=VARIANTS),
+        "block_size": Opt(8, "n: guessed tokens per iteration (block length)", min=1, max=MAX_BLOCK),
+        "init": Opt("pad", "initial guesses: pad | repeat (the last token) | random (tokens from the context)",
+                    choices=INITS),
+        "hybrid_length": Opt(32, "hybrid: tokens decoded with Gauss-Seidel blocks before switching to one "
+                                 "token per forward", min=0, max=MAX_NEW_TOKENS, when={"variant": ("hybrid",)}),
+    }, check=check)
 def generate(job: Job, variant: str = "jacobi", block_size: int = 8, init: str = "pad", hybrid_length: int = 32):
-    if variant not in VARIANTS:
-        raise MethodError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}.")
-    if init not in INITS:
-        raise MethodError(f"init must be one of {', '.join(INITS)}, got {init!r}.")
-    if isinstance(block_size, bool) or not isinstance(block_size, int) or not (1 <= block_size <= MAX_BLOCK):
-        raise MethodError(f"block_size must be an integer in 1..{MAX_BLOCK}, got {block_size!r}.")
-    if isinstance(hybrid_length, bool) or not isinstance(hybrid_length, int) or hybrid_length < 0:
-        raise MethodError(f"hybrid_length must be an integer >= 0, got {hybrid_length!r}.")
+    """Options were checked by engine.run.prepare; return the iterations."""
     return _run(job, variant, block_size, init, hybrid_length)
 
 

@@ -31,9 +31,11 @@ import torch
 from transformers import DynamicCache
 
 from engine import sampling as S
-from engine.methods import Job, MethodError, register
+from engine.methods import Job, register
+from engine.options import Opt
 from engine.methods.jacobi import crop_to, texts
 from engine.trace import clean_float
+from engine import attention
 from kernels import dispatch as KD
 
 MAX_W, MAX_N, MAX_G = 64, 16, 64
@@ -190,23 +192,26 @@ def verify_sampled(cands, root_logits, cand_logits, cfg, gen) -> tuple[int, int,
     return best, a, hits, lens, tests
 
 
+def check(o: dict, ctx) -> None:
+    W, N, G = o["window_size"], o["level"], o["guess_set_size"]
+    ctx.need_positions(ctx.prompt_len + ctx.max_new_tokens + W + N,
+                       f"Lookahead with W={W}, N={N} after a {ctx.prompt_len}-token prompt")
+
+
 @register(
     "lookahead", "lookahead",
     "Lookahead decoding: a 2-D Jacobi window harvests n-grams into a pool; pool n-grams starting with the "
     "last token are verified in the same forward pass.",
     options={
-        "window_size": (5, "W: window width (parallel Jacobi trajectories); reference README 7, code 60"),
-        "level": (4, "N: n-gram size; the window keeps N-1 levels; reference README 5, code 8"),
-        "guess_set_size": (5, "G: n-grams kept per first token (LRU) and verified per step; README 7"),
-        "pool_from_prompt": (True, "seed the n-gram pool with the prompt's n-grams and add the output's"),
-    })
+        "window_size": Opt(5, "W: window width (parallel Jacobi trajectories); reference README 7, code 60",
+                           min=1, max=MAX_W),
+        "level": Opt(4, "N: n-gram size; the window keeps N-1 levels; reference README 5, code 8", min=3, max=MAX_N),
+        "guess_set_size": Opt(5, "G: n-grams kept per first token (LRU) and verified per step; README 7",
+                              min=1, max=MAX_G),
+        "pool_from_prompt": Opt(True, "seed the n-gram pool with the prompt's n-grams and add the output's"),
+    }, check=check)
 def generate(job: Job, window_size: int = 5, level: int = 4, guess_set_size: int = 5, pool_from_prompt: bool = True):
-    for name, v, lo, hi in (("window_size", window_size, 1, MAX_W), ("level", level, 3, MAX_N),
-                            ("guess_set_size", guess_set_size, 1, MAX_G)):
-        if isinstance(v, bool) or not isinstance(v, int) or not (lo <= v <= hi):
-            raise MethodError(f"{name} must be an integer in {lo}..{hi}, got {v!r}.")
-    if not isinstance(pool_from_prompt, bool):
-        raise MethodError(f"pool_from_prompt must be true or false, got {pool_from_prompt!r}.")
+    """Options were checked by engine.run.prepare; return the steps."""
     return _run(job, window_size, level, guess_set_size, pool_from_prompt)
 
 
@@ -247,7 +252,7 @@ def _run(job: Job, W: int, N: int, G: int, pool_from_prompt: bool):
                 if KD.enabled(lm.device):
                     # Triton: the window + candidates' visibility as a bitmask, no dense mask over the prefix
                     vis = KD.Tree.from_visibility(mask[0, 0, :, cache_len:] == 0, device=lm.device)
-                    with KD.lab_attention(lm.model):
+                    with attention.kernels(lm.model):
                         o = lm.model(input_ids=ids, position_ids=pos, past_key_values=cache, use_cache=True,
                                      logits_to_keep=keep, tree_visibility=vis)
                 else:

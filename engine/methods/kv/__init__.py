@@ -15,27 +15,27 @@ import torch
 from transformers import DynamicCache
 
 from engine import sampling as S
-from engine.methods import MAX_NEW_TOKENS, Job, MethodError, register
+from engine.errors import shorten
+from engine.methods import Job, MethodError, register
 from engine.methods.ar import candidates_record
 from engine.methods.kv.cache import CacheUnsupported, EvictingCache
-from engine.methods.kv.policies import POLICIES, make as make_policy
+from engine.methods.kv.policies import MAX_BUDGET, POLICIES, make as make_policy
+from engine.options import Opt
 from engine.trace import clean_float
 
 POSITION_MODES = ("original", "rerotate")
 
 OPTIONS = {
-    "policy": ("h2o", "eviction policy: " + " | ".join(POLICIES)),
-    "budget": (128, "decode budget: KV entries kept per layer and head after every step"),
-    "prefill_budget": (0, "entries kept after the prompt's forward (0 = same as budget, -1 = keep the whole prompt)"),
-    "n_sink": (4, "attention-sink tokens always kept by streaming_llm and lazy_eviction"),
-    "window": (-1, "recent window kept by h2o and lazy_eviction (-1 = half the budget)"),
-    "window_size": (32, "SnapKV observation window (queries that vote; also the recent entries it keeps)"),
-    "kernel_size": (5, "SnapKV average-pooling kernel over the votes (odd)"),
-    "hit_threshold": (1.0, "lazy_eviction: attention >= this x uniform counts as a re-attention"),
-    "positions": ("original", "original: keys keep their original RoPE positions | rerotate: positions inside the "
-                              "cache, keys re-rotated after each eviction (StreamingLLM)"),
-    "watch_layers": ("mid", "layers recorded per head (attention rows, scores): 'all', 'first,mid,last' or indices"),
-    "compare_full": (True, "run a full-cache shadow to count top-1 agreement and the first divergence"),
+    "policy": Opt("h2o", "eviction policy"),
+    "budget": Opt(48, "decode budget: KV entries kept per layer and head after every step", min=1, max=MAX_BUDGET),
+    "prefill_budget": Opt(0, "entries kept after the prompt's forward", min=1, max=MAX_BUDGET,
+                          special={0: "same as budget", -1: "keep the whole prompt"}),
+    "positions": Opt("original", "original: keys keep their original RoPE positions | rerotate: positions inside "
+                                 "the cache, keys re-rotated after each eviction (StreamingLLM)", choices=POSITION_MODES),
+    "watch_layers": Opt("first,mid,last", "layers recorded per head (attention rows, scores): 'all', 'none', "
+                                          "'first,mid,last' or indices such as 0,5,29", max_len=2000,
+                        presets=("first,mid,last", "mid", "all", "none")),
+    "compare_full": Opt(True, "run a full-cache shadow to count top-1 agreement and the first divergence"),
 }
 
 
@@ -46,46 +46,39 @@ def parse_layers(spec: str, n_layers: int) -> list[int]:
     if spec in ("", "none"):
         return []
     out = []
+    named = {"first": 0, "mid": n_layers // 2, "middle": n_layers // 2, "last": n_layers - 1}
     for part in spec.split(","):
         part = part.strip()
-        named = {"first": 0, "mid": n_layers // 2, "middle": n_layers // 2, "last": n_layers - 1}
         if part in named:
             v = named[part]
         else:
             try:
                 v = int(part)
             except ValueError:
-                raise MethodError(f"watch_layers: '{part}' is not a layer index, 'first', 'mid', 'last' or 'all'.")
+                raise MethodError(f"watch_layers: {shorten(part)} is not a layer index, 'first', 'mid', 'last' or "
+                                  "'all'.") from None
             if v < 0:
                 v += n_layers
             if not 0 <= v < n_layers:
-                raise MethodError(f"watch_layers: layer {part} does not exist (the model has {n_layers} layers).")
+                raise MethodError(f"watch_layers: layer {shorten(part)} does not exist (the model has {n_layers} "
+                                  "layers).")
         if v not in out:
             out.append(v)
     return sorted(out)
 
 
-def validate(policy, budget, prefill_budget, n_sink, window, window_size, kernel_size, hit_threshold, positions):
-    """Raise MethodError for impossible settings; return (prefill_keep or None, window)."""
-    if policy not in POLICIES:
-        raise MethodError(f"Unknown KV policy '{policy}'. Choose one of: {', '.join(POLICIES)}.")
-    for name, v in (("budget", budget), ("prefill_budget", prefill_budget), ("n_sink", n_sink), ("window", window),
-                    ("window_size", window_size), ("kernel_size", kernel_size)):
-        if not isinstance(v, int) or isinstance(v, bool):
-            raise MethodError(f"{name} must be an integer, got {v!r}.")
-    if not 1 <= budget <= MAX_NEW_TOKENS * 4:
-        raise MethodError(f"budget must be between 1 and {MAX_NEW_TOKENS * 4} cache entries, got {budget}.")
-    if prefill_budget < -1:
-        raise MethodError("prefill_budget must be -1 (keep the whole prompt), 0 (same as budget) or a positive size.")
-    if positions not in POSITION_MODES:
-        raise MethodError(f"positions must be one of {', '.join(POSITION_MODES)}, got '{positions}'.")
-    if n_sink < 0:
-        raise MethodError("n_sink must be >= 0.")
-    if window == -1:
-        window = budget // 2
-    if window < 0:
-        raise MethodError("window must be -1 (half the budget) or >= 0.")
+def resolve(o: dict) -> tuple[int | None, int]:
+    """(entries kept after the prompt's forward or None for all, the recent window)."""
+    budget, prefill_budget = o["budget"], o["prefill_budget"]
+    window = budget // 2 if o["window"] == -1 else o["window"]
     prefill_keep = None if prefill_budget == -1 else (budget if prefill_budget == 0 else prefill_budget)
+    return prefill_keep, window
+
+
+def check(o: dict, ctx) -> None:
+    """Cross-option checks, before any forward: each policy's protected part must leave room to choose."""
+    policy, budget, n_sink = o["policy"], o["budget"], o["n_sink"]
+    prefill_keep, window = resolve(o)
     keeps = [budget] + ([prefill_keep] if prefill_keep is not None else [])
     if policy == "streaming_llm" and min(keeps) <= n_sink:
         raise MethodError(f"streaming_llm needs a budget larger than n_sink={n_sink} (sinks + a recent window).")
@@ -96,16 +89,12 @@ def validate(policy, budget, prefill_budget, n_sink, window, window_size, kernel
         raise MethodError(f"lazy_eviction: n_sink + window ({n_sink + window}) must be smaller than the budget "
                           f"({budget}).")
     if policy == "snapkv":
-        if window_size < 1:
-            raise MethodError("snapkv: window_size must be >= 1.")
-        if window_size >= min(keeps):
-            raise MethodError(f"snapkv: window_size ({window_size}) must be smaller than the budget "
+        if o["window_size"] >= min(keeps):
+            raise MethodError(f"snapkv: window_size ({o['window_size']}) must be smaller than the budget "
                               f"({min(keeps)}) to leave room for the voted entries.")
-        if kernel_size < 1 or kernel_size % 2 == 0:
-            raise MethodError(f"snapkv: kernel_size must be an odd integer >= 1, got {kernel_size}.")
-    if policy == "lazy_eviction" and not (isinstance(hit_threshold, (int, float)) and 0 < hit_threshold):
-        raise MethodError("lazy_eviction: hit_threshold must be > 0.")
-    return prefill_keep, window
+        if o["kernel_size"] % 2 == 0:
+            raise MethodError(f"snapkv: kernel_size must be odd, got {o['kernel_size']}.")
+    parse_layers(o["watch_layers"], ctx.lm.model.config.num_hidden_layers)
 
 
 def build_cache(lm, policy_names: list[str], positions="original", watch=(), seed=0, **pkw) -> EvictingCache:
@@ -158,17 +147,17 @@ def kept_count(ec: EvictingCache) -> list[int]:
 
 
 @register("kv", "kv", "KV-cache eviction with a budget (StreamingLLM, H2O, SnapKV, TOVA, L2-norm, LazyEviction, "
-          "random): the cache really shrinks; quality vs the full cache.", options=OPTIONS, lossless=False)
-def generate(job: Job, policy="h2o", budget=128, prefill_budget=0, n_sink=4, window=-1, window_size=32,
-             kernel_size=5, hit_threshold=1.0, positions="original", watch_layers="mid", compare_full=True):
-    """Validate now (so that engine.run.prepare raises MethodError before any model work); return the steps."""
-    prefill_keep, window = validate(policy, budget, prefill_budget, n_sink, window, window_size, kernel_size,
-                                    hit_threshold, positions)
-    watch = parse_layers(watch_layers, job.lm.model.config.num_hidden_layers)
-    ec = build_cache(job.lm, [policy], positions=positions, watch=watch if job.record else (),
-                     seed=0 if job.sampling.seed is None else int(job.sampling.seed), n_sink=n_sink, window=window,
-                     window_size=window_size, kernel_size=kernel_size, hit_threshold=float(hit_threshold))
-    return _steps(job, ec, policy, budget, prefill_keep, n_sink, watch, compare_full)
+          "random): the cache really shrinks; quality vs the full cache.", options=OPTIONS, lossless=False,
+          check=check, components={"policy": POLICIES})
+def generate(job: Job, **o):
+    """Options were checked by engine.run.prepare (check above); build the cache now, return the steps."""
+    prefill_keep, window = resolve(o)
+    watch = parse_layers(o["watch_layers"], job.lm.model.config.num_hidden_layers)
+    ec = build_cache(job.lm, [o["policy"]], positions=o["positions"], watch=watch if job.record else (),
+                     seed=0 if job.sampling.seed is None else int(job.sampling.seed), n_sink=o["n_sink"],
+                     window=window, window_size=o["window_size"], kernel_size=o["kernel_size"],
+                     hit_threshold=float(o["hit_threshold"]))
+    return _steps(job, ec, o["policy"], o["budget"], prefill_keep, o["n_sink"], watch, o["compare_full"])
 
 
 def _steps(job: Job, ec: EvictingCache, policy, budget, prefill_keep, n_sink, watch, compare_full):

@@ -16,26 +16,20 @@ Attention mask: for a single decode query, transformers' `create_causal_mask` si
 from the cache (`kv_length = cache_len + 1`, `q_offset = cache_len`), so with a shrunken cache
 every kept key stays visible and nothing else is needed. Prefill runs on an empty cache.
 
-Capture: `capture(model, layers)` registers (once) an attention function named
-`dlab_kv_capture|<original>` in transformers' AttentionInterface, with the original's mask
-function, which stores the post-RoPE query of the watched layers and then calls the original
-implementation unchanged. The model-wide switch of `config._attn_implementation` is undone
-when the `with` block ends (within one engine step). The probabilities are then recomputed
+Capture: `engine.attention.capture(model, layers)` stores the post-RoPE query of the watched
+layers during this thread's forwards and calls the original attention unchanged (the model is
+switched once, at load, to a per-call dispatcher, so another session sharing the model never sees
+the capture). The probabilities are then recomputed
 from the stored query and the cached keys: softmax(q K^T * scaling) with the causal mask,
 chunked over queries for long prompts.
 """
 from __future__ import annotations
 
-import sys
-import threading
-from contextlib import contextmanager
-
 import torch
 from transformers import DynamicCache
-from kernels import dispatch as KD
 
-PREFIX = "dlab_kv_capture|"
-_local = threading.local()
+from engine.attention import capture, install as install_attention, kernels
+from kernels import dispatch as KD
 
 
 class CacheUnsupported(ValueError):
@@ -43,62 +37,8 @@ class CacheUnsupported(ValueError):
 
 
 # ----------------------------------------------------------------------------- capture
-
-def _original_impl(orig: str, module):
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-    if orig == "eager" or orig not in ALL_ATTENTION_FUNCTIONS:
-        eager = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
-        if eager is None:
-            raise CacheUnsupported(f"{type(module).__name__} has no eager attention to fall back on.")
-        return eager
-    return ALL_ATTENTION_FUNCTIONS[orig]
-
-
-def _make_capture_fn(orig: str):
-    def capture_attention(module, query, key, value, attention_mask, **kwargs):
-        store = getattr(_local, "store", None)
-        if store is not None and module.layer_idx in store["layers"]:
-            store["q"][module.layer_idx] = query.detach()
-            store["scaling"][module.layer_idx] = kwargs.get("scaling", getattr(module, "scaling", None))
-        return _original_impl(orig, module)(module, query, key, value, attention_mask, **kwargs)
-    return capture_attention
-
-
-def _ensure_registered(orig: str) -> str:
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
-    from transformers.modeling_utils import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface
-    name = PREFIX + orig
-    if name not in AttentionInterface._global_mapping:
-        AttentionInterface.register(name, _make_capture_fn(orig))
-        mask_fn = ALL_MASK_ATTENTION_FUNCTIONS._global_mapping.get(orig)
-        if mask_fn is not None:
-            AttentionMaskInterface.register(name, mask_fn)
-    return name
-
-
-@contextmanager
-def capture(model, layers):
-    """Record the post-RoPE queries of `layers` during the forwards run inside the block."""
-    layers = set(layers)
-    cfg = model.config
-    orig = cfg._attn_implementation or "eager"
-    if orig.startswith(PREFIX):  # nested: reuse the outer capture's switch
-        orig = orig[len(PREFIX):]
-    store = {"layers": layers, "q": {}, "scaling": {}}
-    if not layers:
-        yield store
-        return
-    name = _ensure_registered(orig)
-    prev_store = getattr(_local, "store", None)
-    cfg._attn_implementation = name
-    _local.store = store
-    try:
-        yield store
-    finally:
-        cfg._attn_implementation = orig
-        _local.store = prev_store
-
+# engine.attention.capture records the post-RoPE queries of the watched layers in the calling thread
+# only (the model is switched once, at load, to a dispatcher; no shared config is touched per step).
 
 def attention_probs(query: torch.Tensor, keys: torch.Tensor, scaling: float, chunk: int = 128):
     """Yield (q_start, probs) with probs [B, Hkv, g, c, n] (float32) for query chunks.
@@ -172,6 +112,9 @@ class EvictingCache:
         self.watch = set(watch or ())
         self.last_probs: dict[int, torch.Tensor] = {}   # watched layers: last query's probs [B, Hkv, g, n]
         self.needs_attention = any(p.needs_attention for p, _ in groups)
+        if (self.needs_attention or self.watch) and not install_attention(model):
+            raise CacheUnsupported(f"{type(model).__name__} does not use transformers' attention interface, so the "
+                                   "attention the policies need cannot be captured.")
 
     # -- sizes
     def length(self, layer: int = 0) -> int:
@@ -205,7 +148,7 @@ class EvictingCache:
             # over its KV group, instead of recomputing q.K per layer. Per-query-head rows are then the
             # group mean (what the policies use; the view shows it per KV head).
             store = {"q": {}, "scaling": {}}
-            with KD.lab_attention(self.model):
+            with kernels(self.model):
                 out = self.model(input_ids=input_ids, past_key_values=self.cache, position_ids=pos_ids,
                                  use_cache=True, logits_to_keep=logits_to_keep, attention_mass=masses)
         else:

@@ -32,8 +32,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-POLICIES = ("full", "random", "streaming_llm", "h2o", "snapkv", "tova", "l2norm", "lazy_eviction")
+from engine.options import Components, Opt
+
 PROTECT_BONUS = 1e12
+MAX_BUDGET = 16384
+# The registry of policies, read like the tuple of their names. A new policy is one class registered
+# here with its options: the KV method, its CLI flags and the page's widgets pick it up.
+POLICIES = Components("policy")
+
+N_SINK = Opt(4, "attention-sink tokens always kept", min=0, max=1024)
+WINDOW = Opt(-1, "recent window always kept", min=0, max=MAX_BUDGET, special={-1: "half the budget"})
 
 
 class Policy:
@@ -102,6 +110,7 @@ class Policy:
         return pos < k
 
 
+@POLICIES.register("full", "no eviction (the reference)")
 class Full(Policy):
     name = "full"
 
@@ -109,6 +118,7 @@ class Full(Policy):
         return torch.ones(pos.shape, device=pos.device)
 
 
+@POLICIES.register("random", "random entries, per head (the baseline every policy must beat)")
 class Random(Policy):
     name = "random"
 
@@ -119,6 +129,8 @@ class Random(Policy):
         return torch.rand(pos.shape, generator=self.gen).to(pos.device)
 
 
+@POLICIES.register("streaming_llm", "the first n_sink tokens + the most recent ones (StreamingLLM)",
+                   options={"n_sink": N_SINK})
 class StreamingLLM(Policy):
     name = "streaming_llm"
     per_head = False
@@ -132,6 +144,8 @@ class StreamingLLM(Policy):
         return self._sinks(pos, sinks) | self._recent(pos, n_keep - sinks, latest)
 
 
+@POLICIES.register("h2o", "recent window + heavy hitters by accumulated attention (H2O)",
+                   options={"window": WINDOW})
 class H2O(Policy):
     name = "h2o"
     needs_attention = True
@@ -147,6 +161,10 @@ class H2O(Policy):
         return self._recent(pos, min(self.window, n_keep), latest)
 
 
+@POLICIES.register("snapkv", "recent window + entries voted by the last window_size queries, pooled (SnapKV)",
+                   options={"window_size": Opt(32, "SnapKV observation window (queries that vote; also the recent "
+                                                   "entries it keeps)", min=1, max=MAX_BUDGET),
+                            "kernel_size": Opt(5, "SnapKV average-pooling kernel over the votes (odd)", min=1, max=63)})
 class SnapKV(Policy):
     name = "snapkv"
     needs_attention = True
@@ -172,6 +190,7 @@ class SnapKV(Policy):
         return self._recent(pos, min(self.window_size, n_keep), latest)
 
 
+@POLICIES.register("tova", "highest attention from the current token, averaged over heads (TOVA)")
 class TOVA(Policy):
     name = "tova"
     needs_attention = True
@@ -187,6 +206,7 @@ class TOVA(Policy):
         return self.s[layer]["last"]
 
 
+@POLICIES.register("l2norm", "keys with the lowest L2 norm (no attention needed)")
 class L2Norm(Policy):
     name = "l2norm"
 
@@ -194,6 +214,11 @@ class L2Norm(Policy):
         return -keys.float().norm(dim=-1)
 
 
+@POLICIES.register("lazy_eviction", "sinks + recent + entries expected to be re-attended (recurrence interval, "
+                   "LazyEviction-style)",
+                   options={"n_sink": N_SINK, "window": WINDOW,
+                            "hit_threshold": Opt(1.0, "attention >= this x uniform counts as a re-attention", min=0.0,
+                                                 max=1000.0, min_open=True)})
 class LazyEviction(Policy):
     name = "lazy_eviction"
     needs_attention = True
@@ -234,8 +259,5 @@ class LazyEviction(Policy):
         return self._sinks(pos, sinks) | self._recent(pos, min(self.window, n_keep - sinks), latest)
 
 
-CLASSES = {c.name: c for c in (Full, Random, StreamingLLM, H2O, SnapKV, TOVA, L2Norm, LazyEviction)}
-
-
 def make(name: str, n_layers: int, **kw) -> Policy:
-    return CLASSES[name](n_layers, **kw)
+    return POLICIES.get(name).obj(n_layers, **kw)

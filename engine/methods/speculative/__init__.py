@@ -8,57 +8,50 @@ compacted into place and the rest dropped, so no prefix is ever recomputed.
 """
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass, field
 
 import torch
 from transformers import DynamicCache
 
+from engine import attention
 from engine import sampling as S
 from engine.methods import Job, MethodError, register
 from engine.methods.speculative import verify as V
-from engine.methods.speculative.drafters import (DraftModelDrafter, PromptLookup, SubModelDrafter, TokenRecycling,
-                                                 Trigram)
-from engine.methods.speculative.trees import ShapeError, parse_shape, tree_mask
+from engine.methods.speculative.draft_models import truncated_view  # noqa: F401  (benchmarks use it)
+from engine.methods.speculative.drafters import DRAFTERS, MAX_K, Drafter  # noqa: F401
+from engine.methods.speculative.trees import MAX_NODES, MAX_SPEC_CHARS, ShapeError, parse_shape, tree_mask
+from engine.options import Not, Opt
 from engine.trace import clean_float
 from kernels import dispatch as KD
 
-DRAFTERS = {
-    "draft_model": "a separate causal LM sharing the tokenizer ('self:K' = the target's first K layers as a model)",
-    "early_exit": "the target's first exit_layer layers + final norm + LM head, sharing the target's KV cache",
-    "layer_skip": "the target with skip_layers skipped (SWIFT-style self-speculation)",
-    "kangaroo": "early exit that stops drafting when the draft's confidence < exit_threshold",
-    "prompt_lookup": "copy the continuation of the last n-gram's latest earlier occurrence (n = max..1)",
-    "token_recycling": "adjacency matrix of each token's latest top-k successors from verified logits",
-    "trigram": "online tri-gram table of the committed text (bigram fallback)",
-}
 RULES = ("auto", "greedy", "sampling", "typical")
 SCHEDULES = ("constant", "heuristic")
-MAX_K = 32
+TREE_PRESETS = ("chain", "2.2.2", "3.2.1", "[[0],[1],[2],[0,0],[0,1],[1,0],[0,0,0]]", "dynamic")
 
 OPTIONS = {
-    "drafter": ("prompt_lookup", "who drafts: " + " / ".join(DRAFTERS)),
-    "tree": ("chain", "draft shape: chain, a template like 2.2.2, Medusa choices [[0],[1],[0,0]] or dynamic"),
-    "num_assistant_tokens": (5, "draft length k (chain length / dynamic tree depth)"),
-    "schedule": ("constant", "draft length schedule: constant, or heuristic (HF: +2 after a full accept, else -1)"),
-    "confidence_threshold": (0.0, "adaptive length: stop a branch when its cumulative draft confidence < this (0 off)"),
-    "verify": ("auto", "rule: auto (greedy at temperature 0, else sampling), greedy, sampling, typical (lossy)"),
-    "draft_model": ("", "draft model for drafter=draft_model: HF id, local path, or self:K"),
-    "exit_layer": (0, "early_exit / kangaroo: number of target layers the draft runs (0: 80% of them)"),
-    "exit_threshold": (0.6, "kangaroo: stop drafting when the draft's top probability < this"),
-    "skip_layers": ("", "layer_skip: layers to skip, e.g. 5,7,9-20 (empty: every other layer of the back half)"),
-    "max_matching_ngram_size": (3, "prompt_lookup: longest n-gram matched"),
-    "prompt_lookup_num_tokens": (10, "prompt_lookup: tokens copied after a match"),
-    "tree_budget": (16, "dynamic tree: drafted nodes per round"),
-    "tree_topk": (4, "dynamic tree: children per node and nodes kept per depth"),
-    "recycle_k": (8, "token_recycling: successors kept per token"),
-    "typical_epsilon": (0.09, "typical acceptance: epsilon"),
-    "typical_alpha": (0.3, "typical acceptance: alpha"),
-    "dense_mask_max": (64, "record the dense tree mask when the tree has at most this many nodes"),
+    "drafter": Opt("prompt_lookup", "who drafts"),
+    "tree": Opt("chain", "draft shape: chain, a template like 2.2.2 (children per depth), Medusa choices "
+                         "[[0],[1],[0,0]] or dynamic", max_len=MAX_SPEC_CHARS, presets=TREE_PRESETS, lower=True),
+    "num_assistant_tokens": Opt(5, "draft length k (chain length / dynamic tree depth)", min=1, max=MAX_K,
+                                when={"drafter": Not(("prompt_lookup",))}),
+    "schedule": Opt("constant", "draft length schedule: constant, or heuristic (HF: +2 after a full accept, "
+                                "else -1)", choices=SCHEDULES),
+    "confidence_threshold": Opt(0.0, "adaptive length: stop a branch when its cumulative draft confidence < this "
+                                     "(0 off)", min=0.0, max=1.0, max_open=True, slider=True, step=0.05),
+    "verify": Opt("auto", "rule: auto (greedy at temperature 0, else sampling), greedy, sampling, typical (lossy)",
+                  choices=RULES),
+    "tree_budget": Opt(16, "dynamic tree: drafted nodes per round", min=1, max=MAX_NODES,
+                       when={"tree": ("dynamic",)}),
+    "tree_topk": Opt(4, "dynamic tree: children per node and nodes kept per depth", min=1, max=32,
+                     when={"tree": ("dynamic",)}),
+    "typical_epsilon": Opt(0.09, "typical acceptance: epsilon", min=0.0, max=1.0, min_open=True,
+                           when={"verify": ("typical",)}),
+    "typical_alpha": Opt(0.3, "typical acceptance: alpha", min=0.0, max=1.0, min_open=True,
+                         when={"verify": ("typical",)}),
+    "dense_mask_max": Opt(64, "record the dense tree mask when the tree has at most this many nodes", min=0,
+                          max=MAX_NODES + 1),
 }
-
-_DRAFT_LMS: dict = {}
 
 
 @dataclass
@@ -78,135 +71,56 @@ class Ctx:
     extra: dict = field(default_factory=dict)
 
 
-# ---- construction and validation ------------------------------------------------------------
-
-def parse_layers(spec: str, n_layers: int) -> list[int]:
-    out = set()
-    for part in str(spec).replace(" ", "").split(","):
-        if not part:
-            continue
-        try:
-            if "-" in part:
-                a, b = part.split("-", 1)
-                out.update(range(int(a), int(b) + 1))
-            else:
-                out.add(int(part))
-        except ValueError:
-            raise MethodError(f"skip_layers must be a list like 5,7,9-20; cannot read '{part}'.") from None
-    bad = [i for i in out if not 0 <= i < n_layers]
-    if bad:
-        raise MethodError(f"skip_layers {sorted(bad)} are outside 0..{n_layers - 1} (the model has {n_layers} layers).")
-    return sorted(out)
-
-
-def _layers_of(lm):
-    inner = getattr(lm.model, "model", None)
-    need = ("embed_tokens", "layers", "norm", "rotary_emb")
-    if inner is None or not all(hasattr(inner, a) for a in need) or not hasattr(lm.model, "lm_head"):
-        raise MethodError(f"The self-speculative drafters need a Llama-style model (model.layers, norm, lm_head); "
-                          f"{type(lm.model).__name__} is not one. Use prompt_lookup, token_recycling or trigram.")
-    return inner.layers
-
-
-def truncated_view(lm, k: int):
-    """The target's first k layers + final norm + LM head as a standalone causal LM (shared weights)."""
-    from transformers import AutoModelForCausalLM
-    from engine.models import LM
-    layers = _layers_of(lm)
-    if not 1 <= k < len(layers):
-        raise MethodError(f"self:K needs 1 <= K < {len(layers)} (the target's layer count), got {k}.")
-    cfg = copy.deepcopy(lm.model.config)
-    cfg.num_hidden_layers = k
-    if isinstance(getattr(cfg, "layer_types", None), list):
-        cfg.layer_types = cfg.layer_types[:k]
-    with torch.device("meta"):
-        small = AutoModelForCausalLM.from_config(cfg)
-    inner, src = small.model, lm.model.model
-    inner.embed_tokens, inner.norm, inner.rotary_emb = src.embed_tokens, src.norm, src.rotary_emb
-    inner.layers = torch.nn.ModuleList(list(layers[:k]))
-    small.lm_head = lm.model.lm_head
-    small.generation_config = copy.deepcopy(lm.model.generation_config)
-    small.eval()
-    return LM(model=small, tokenizer=lm.tokenizer, name=f"self:{k}", device=lm.device, dtype=lm.dtype,
-              is_instruct=lm.is_instruct)
-
-
-def load_draft(lm, name: str):
-    name = (name or "").strip()
-    if not name:
-        raise MethodError("drafter=draft_model needs draft_model: a Hugging Face id or local path of a causal LM "
-                          "with the target's tokenizer, or self:K for the target's first K layers.")
-    if name.lower().startswith("self:"):
-        try:
-            k = int(name.split(":", 1)[1])
-        except ValueError:
-            raise MethodError(f"draft_model '{name}': write self:K with K an integer, e.g. self:8.") from None
-        return truncated_view(lm, k)
-    key = (name, str(lm.device), str(lm.dtype))
-    if key not in _DRAFT_LMS:
-        from engine import models
-        try:
-            _DRAFT_LMS[key] = models.load(name, device=lm.device, dtype=lm.dtype)
-        except models.ModelLoadError as e:
-            raise MethodError(f"Cannot load the draft model: {e}") from e
-    draft = _DRAFT_LMS[key]
-    check_tokenizers(lm, draft)
-    return draft
-
-
-def check_tokenizers(lm, draft) -> None:
-    va, vb = lm.tokenizer.get_vocab(), draft.tokenizer.get_vocab()
-    if va != vb:
-        diff = sum(1 for t, i in vb.items() if va.get(t) != i) + sum(1 for t in va if t not in vb)
-        raise MethodError(
-            f"The draft model '{draft.name}' does not share the target's tokenizer ({len(vb)} vs {len(va)} tokens, "
-            f"{diff} entries differ): speculative decoding compares token ids, so the draft must use the same "
-            "vocabulary. Pick a draft from the same model family.")
-
-
-def make_drafter(job: Job, o: dict):
-    lm = job.lm
-    name = o["drafter"]
-    if name not in DRAFTERS:
-        raise MethodError(f"Unknown drafter '{name}'. Known: {', '.join(DRAFTERS)}.")
-    if name in ("early_exit", "kangaroo", "layer_skip"):
-        n = len(_layers_of(lm))
-        if name == "layer_skip":
-            skip = parse_layers(o["skip_layers"], n) if str(o["skip_layers"]).strip() else \
-                [i for i in range(n // 2, n - 1) if i % 2 == 1]
-            keep = [i for i in range(n) if i not in skip]
-            if not skip or not keep:
-                raise MethodError("layer_skip must skip at least one layer and keep at least one.")
-            return SubModelDrafter(lm, keep, name)
-        k = int(o["exit_layer"]) or max(1, round(0.8 * n))
-        if not 1 <= k < n:
-            raise MethodError(f"exit_layer must be in 1..{n - 1} for this {n}-layer model, got {k}.")
-        thr = float(o["exit_threshold"]) if name == "kangaroo" else 0.0
-        if not 0 <= thr < 1:
-            raise MethodError(f"exit_threshold must be in [0, 1), got {thr}.")
-        return SubModelDrafter(lm, list(range(k)), name, thr)
-    if name == "draft_model":
-        draft = load_draft(lm, o["draft_model"])
-        return DraftModelDrafter(draft)
-    if name == "prompt_lookup":
-        n, k = o["max_matching_ngram_size"], o["prompt_lookup_num_tokens"]
-        if not 1 <= n <= 16:
-            raise MethodError(f"max_matching_ngram_size must be in 1..16, got {n}.")
-        if not 1 <= k <= MAX_K:
-            raise MethodError(f"prompt_lookup_num_tokens must be in 1..{MAX_K}, got {k}.")
-        return PromptLookup(n, k)
-    if name == "token_recycling":
-        if not 1 <= o["recycle_k"] <= 64:
-            raise MethodError(f"recycle_k must be in 1..64, got {o['recycle_k']}.")
-        return TokenRecycling(lm.model.get_output_embeddings().weight.shape[0], o["recycle_k"])
-    return Trigram()
-
+# ---- validation -------------------------------------------------------------------------------
 
 def check_attention(lm):
-    impl = getattr(lm.model.config, "_attn_implementation", None) or "eager"
+    impl = attention.original(lm.model)   # the implementation under the lab's per-call dispatcher
     if impl not in ("sdpa", "eager"):
         raise MethodError(f"Tree verification passes a 4D attention mask, which the '{impl}' attention does not "
                           "accept; load the model with attn_implementation='sdpa' or 'eager'.")
+
+
+def draft_length(o: dict) -> int:
+    return o["prompt_lookup_num_tokens"] if o["drafter"] == "prompt_lookup" else o["num_assistant_tokens"]
+
+
+def check_options(lm, cfg, o: dict):
+    """Validate the options; return (rule, shape, draft length). Raises MethodError."""
+    rule = o["verify"]
+    if rule == "auto":
+        rule = "greedy" if cfg.greedy else "sampling"
+    if rule == "greedy" and not cfg.greedy:
+        raise MethodError("verify=greedy needs greedy decoding (temperature 0); use verify=sampling to sample.")
+    if rule == "typical" and cfg.greedy:
+        raise MethodError("verify=typical (Medusa) needs a temperature > 0; at temperature 0 use greedy.")
+    if rule == "sampling" and cfg.greedy:
+        rule = "greedy"  # p is a point mass at the argmax: speculative sampling reduces to greedy matching
+    k = draft_length(o)
+    try:
+        shape0 = parse_shape(o["tree"], k, o["tree_budget"], o["tree_topk"])
+    except ShapeError as e:
+        raise MethodError(str(e)) from None
+    check_attention(lm)
+    return rule, shape0, k
+
+
+def shape_nodes(shape) -> int:
+    """The most nodes a round of this shape drafts."""
+    if shape.kind == "chain":
+        return shape.depth
+    if shape.kind == "dynamic":
+        return shape.budget
+    return len(shape.choices)
+
+
+def check(o: dict, ctx) -> None:
+    """engine.run.prepare's hook: options against the sampling settings and the model, the drafter's own
+    checks (a draft model's tokenizer is compared before its weights load), positions against the context."""
+    _, shape0, _ = check_options(ctx.lm, ctx.sampling, o)
+    DRAFTERS.get(o["drafter"]).obj.check(o, ctx)
+    ctx.need_positions(ctx.prompt_len + ctx.max_new_tokens + shape_nodes(shape0) + 1,
+                       f"Speculative decoding with trees of up to {shape_nodes(shape0)} nodes after a "
+                       f"{ctx.prompt_len}-token prompt")
 
 
 # ---- one round ------------------------------------------------------------------------------
@@ -246,7 +160,7 @@ def target_forward(lm, tree, cache, prefix_len, cfg=None) -> V.Rows:
         # Triton tree attention: ancestors as a bitmask, no dense [T, prefix + T] mask built
         kw = dict(input_ids=ids, position_ids=pos, past_key_values=cache, use_cache=True,
                   tree_parents=KD.Tree.from_parents(tree.parents, device=dev))
-        with KD.lab_attention(lm.model):
+        with attention.kernels(lm.model):
             if lazy_head:
                 return V.Rows(base(**kw).last_hidden_state[0], head, cfg=cfg)
             return V.Rows(None, logits=lm.model(**kw).logits[0].float(), cfg=cfg)
@@ -290,29 +204,14 @@ def check_options(lm, cfg, o: dict):
     return rule, shape0, k
 
 
-def validate(lm, sampling: S.SamplingConfig, options: dict) -> None:
-    """Raise MethodError for options the method would reject, before any forward (pages call this).
-    Builds the drafter too, so a draft model that cannot be loaded or does not match is reported."""
-    o = {k: v[0] for k, v in OPTIONS.items()}
-    unknown = set(options) - set(o)
-    if unknown:
-        raise MethodError(f"Unknown option(s): {', '.join(sorted(unknown))}.")
-    o.update(options)
-    check_options(lm, sampling, o)
-    job = Job(lm=lm, prompt="", input_ids=torch.zeros(1, 1, dtype=torch.long), max_new_tokens=1,
-              sampling=sampling, record=False)
-    make_drafter(job, o)
-
-
 @register("speculative", "speculative",
-          "Draft a chain or tree (7 drafters), verify it in one target forward with a tree mask; "
-          "lossless unless verify=typical.", options=OPTIONS, lossless=True)
-def generate(job: Job, **opts):
-    o = {k: v[0] for k, v in OPTIONS.items()}
-    o.update(opts)
+          "Draft a chain or tree (registered drafters), verify it in one target forward with a tree mask; "
+          "lossless unless verify=typical.", options=OPTIONS, lossless=True, check=check,
+          components={"drafter": DRAFTERS})
+def generate(job: Job, **o):
     lm, cfg, c = job.lm, job.sampling, job.counters
-    rule, shape0, k = check_options(lm, cfg, o)   # everything validated before model work
-    drafter = make_drafter(job, o)
+    rule, shape0, k = check_options(lm, cfg, o)   # checked by engine.run.prepare already; cheap
+    drafter = DRAFTERS.get(o["drafter"]).obj.from_options(job, o)
     lossless = rule != "typical"
     gen = cfg.generator(lm.device) if not cfg.greedy else None
 
@@ -350,8 +249,7 @@ def generate(job: Job, **opts):
                     verdict = V.typical(tree, rows, gen, o["typical_epsilon"], o["typical_alpha"])
                 dropped = keep_path(cache, ctx.prefix_len, verdict.path)
                 t2 = time.perf_counter()
-                if isinstance(drafter, TokenRecycling):
-                    drafter.observe(ctx, tree, rows.all_logits().softmax(-1), verdict)
+                drafter.observe(ctx, tree, rows, verdict)
             accepted = [tree.nodes[i].token for i in verdict.path[1:]]
             new = accepted + [verdict.token]
             kept = job.commit(new)

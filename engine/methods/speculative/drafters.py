@@ -1,7 +1,12 @@
-"""Drafters: one small class each, the same interface.
+"""Drafters: one small class each, the same interface, registered in DRAFTERS with their options.
 
+    from_options(job, o) -> Drafter  build from the method's option values (classmethod)
+    check(o, ctx)                    cheap checks before any forward (classmethod; optional)
     propose(ctx) -> DraftTree        candidates after the committed sequence (chain or tree)
-    observe(ctx, tree, probs, verdict)  learn from the target's verification (tables only)
+    observe(ctx, tree, rows, verdict)  learn from the target's verification (called every round)
+
+A new drafter is one class registered here: the speculative method, its CLI flags and the page's
+widgets pick it up, with its options.
 
 Model drafters (a separate draft LM, the target's first layers, the target with skipped layers)
 return full draft distributions q per node and can draw sampled proposals; table drafters
@@ -14,18 +19,33 @@ import torch
 from transformers import DynamicCache
 
 from engine import sampling as S
+from engine.errors import MethodError
+from engine.methods.speculative.draft_models import check_draft, layers_of, load_draft, parse_layer_list
 from engine.methods.speculative.trees import DraftTree, additive_mask, grow, trie_from_continuations
+from engine.options import Components, Opt
+
+DRAFTERS = Components("drafter")
+MAX_K = 32
+EXIT_LAYER = Opt(0, "number of target layers the draft runs", min=1, max=1024, special={0: "80% of the layers"})
 
 
 class Drafter:
     name = "base"
     model_based = False      # gives a full distribution q per node (can draw sampled proposals)
 
+    @classmethod
+    def check(cls, o: dict, ctx) -> None:
+        """Cheap checks of the options against the model, before any forward (raise MethodError)."""
+
+    @classmethod
+    def from_options(cls, job, o: dict) -> "Drafter":
+        return cls()
+
     def propose(self, ctx) -> DraftTree:
         raise NotImplementedError
 
-    def observe(self, ctx, tree, probs, verdict) -> None:
-        pass
+    def observe(self, ctx, tree, rows, verdict) -> None:
+        """After verification: `rows` gives the target's logits per tree node (verify.Rows, lazy)."""
 
     def describe(self) -> dict:
         return {"drafter": self.name}
@@ -151,8 +171,73 @@ class SubModelDrafter(ModelDrafter):
         return {"drafter": self.name, "draft_layers": self.layers}
 
 
+@DRAFTERS.register("early_exit", "the target's first exit_layer layers + final norm + LM head, sharing the "
+                   "target's KV cache", options={"exit_layer": EXIT_LAYER})
+class EarlyExit(SubModelDrafter):
+    @staticmethod
+    def exit_layers(lm, o) -> list[int]:
+        n = len(layers_of(lm))
+        k = o["exit_layer"] or max(1, round(0.8 * n))
+        if not 1 <= k < n:
+            raise MethodError(f"exit_layer must be in 1..{n - 1} for this {n}-layer model, got {k}.")
+        return list(range(k))
+
+    @classmethod
+    def check(cls, o, ctx):
+        cls.exit_layers(ctx.lm, o)
+
+    @classmethod
+    def from_options(cls, job, o):
+        return cls(job.lm, cls.exit_layers(job.lm, o), "early_exit")
+
+
+@DRAFTERS.register("kangaroo", "early exit that stops drafting when the draft's confidence < exit_threshold",
+                   options={"exit_layer": EXIT_LAYER,
+                            "exit_threshold": Opt(0.6, "stop drafting when the draft's top probability < this",
+                                                  min=0.0, max=1.0, max_open=True, slider=True, step=0.01)})
+class Kangaroo(EarlyExit):
+    @classmethod
+    def from_options(cls, job, o):
+        return cls(job.lm, cls.exit_layers(job.lm, o), "kangaroo", float(o["exit_threshold"]))
+
+
+@DRAFTERS.register("layer_skip", "the target with skip_layers skipped (SWIFT-style self-speculation)",
+                   options={"skip_layers": Opt("", "layers to skip, e.g. 5,7,9-20 (empty: every other layer of "
+                                                   "the back half)", max_len=1000)})
+class LayerSkip(SubModelDrafter):
+    @staticmethod
+    def kept_layers(lm, o) -> list[int]:
+        n = len(layers_of(lm))
+        spec = str(o["skip_layers"]).strip()
+        skip = parse_layer_list(spec, n) if spec else [i for i in range(n // 2, n - 1) if i % 2 == 1]
+        keep = [i for i in range(n) if i not in set(skip)]
+        if not skip or not keep:
+            raise MethodError("layer_skip must skip at least one layer and keep at least one.")
+        return keep
+
+    @classmethod
+    def check(cls, o, ctx):
+        cls.kept_layers(ctx.lm, o)
+
+    @classmethod
+    def from_options(cls, job, o):
+        return cls(job.lm, cls.kept_layers(job.lm, o), "layer_skip")
+
+
+@DRAFTERS.register("draft_model", "a separate causal LM sharing the tokenizer ('self:K' = the target's first K "
+                   "layers as a model)",
+                   options={"draft_model": Opt("", "draft model: HF id, local path, or self:K", max_len=500,
+                                               presets=("self:24", "self:16", "self:8"))})
 class DraftModelDrafter(ModelDrafter):
     """A separate causal LM sharing the target's tokenizer, with its own KV cache."""
+
+    @classmethod
+    def check(cls, o, ctx):
+        check_draft(ctx.lm, o["draft_model"])      # the tokenizer, before any weights are loaded
+
+    @classmethod
+    def from_options(cls, job, o):
+        return cls(load_draft(job.lm, o["draft_model"]))
 
     def __init__(self, draft_lm, name: str = "draft_model"):
         super().__init__(draft_lm.device, draft_lm.dtype)
@@ -170,6 +255,10 @@ class DraftModelDrafter(ModelDrafter):
 
 # ---- table drafters ---------------------------------------------------------------------------
 
+@DRAFTERS.register("prompt_lookup", "copy the continuation of the last n-gram's latest earlier occurrence "
+                   "(n = max..1)",
+                   options={"max_matching_ngram_size": Opt(3, "longest n-gram matched", min=1, max=16),
+                            "prompt_lookup_num_tokens": Opt(10, "tokens copied after a match", min=1, max=MAX_K)})
 class PromptLookup(Drafter):
     """Copy what followed the most recent earlier occurrence of the last n tokens (n = max..1) that
     still has num_tokens tokens after it (a truncated continuation is used only when none has)."""
@@ -177,6 +266,10 @@ class PromptLookup(Drafter):
 
     def __init__(self, max_ngram: int = 3, num_tokens: int = 10, max_continuations: int = 16):
         self.max_ngram, self.num_tokens, self.max_cont = max_ngram, num_tokens, max_continuations
+
+    @classmethod
+    def from_options(cls, job, o):
+        return cls(o["max_matching_ngram_size"], o["prompt_lookup_num_tokens"])
 
     def continuations(self, seq: list[int], want: int) -> list[list[int]]:
         arr = np.asarray(seq, dtype=np.int64)
@@ -206,6 +299,8 @@ class PromptLookup(Drafter):
                 "prompt_lookup_num_tokens": self.num_tokens}
 
 
+@DRAFTERS.register("token_recycling", "adjacency matrix of each token's latest top-k successors from verified logits",
+                   options={"recycle_k": Opt(8, "successors kept per token", min=1, max=64)})
 class TokenRecycling(Drafter):
     """Adjacency matrix vocab x k of each token's latest top-k successors from verified logits."""
     name = "token_recycling"
@@ -214,6 +309,10 @@ class TokenRecycling(Drafter):
         self.k = k
         self.ids = torch.full((vocab, k), -1, dtype=torch.long)
         self.probs = torch.zeros(vocab, k)
+
+    @classmethod
+    def from_options(cls, job, o):
+        return cls(job.lm.model.get_output_embeddings().weight.shape[0], o["recycle_k"])
 
     def propose(self, ctx) -> DraftTree:
         def expand(tree, frontier):
@@ -224,8 +323,9 @@ class TokenRecycling(Drafter):
             return out
         return grow(ctx.seq[-1], ctx.shape, expand, False, None, ctx.min_cum)
 
-    def observe(self, ctx, tree, probs, verdict):
+    def observe(self, ctx, tree, rows, verdict):
         # every verified position updates its token's row, rejected branches included
+        probs = rows.all_logits().softmax(-1)
         top = torch.topk(probs.cpu(), self.k, dim=-1)
         toks = torch.tensor(tree.tokens)
         self.ids[toks] = top.indices
@@ -235,6 +335,7 @@ class TokenRecycling(Drafter):
         return {"drafter": self.name, "successors": self.k}
 
 
+@DRAFTERS.register("trigram", "online tri-gram table of the committed text (bigram fallback)")
 class Trigram(Drafter):
     """Online tri-gram table of the committed text (bigram fallback), most frequent first."""
     name = "trigram"

@@ -14,6 +14,7 @@ import torch
 
 MAX_NODES = 256
 MAX_DEPTH = 64
+MAX_SPEC_CHARS = 4000
 
 
 class ShapeError(ValueError):
@@ -151,10 +152,20 @@ def parse_shape(spec: str, depth: int, budget: int, topk: int) -> Shape:
         if not (1 <= topk <= 32):
             raise ShapeError(f"tree_topk must be in 1..32, got {topk}")
         return Shape("dynamic", depth, budget=budget, topk=topk, spec="dynamic")
-    if re.fullmatch(r"\d+(\.\d+)*", s):
+    if len(s) > MAX_SPEC_CHARS:
+        raise ShapeError(f"the tree shape is {len(s)} characters long; at most {MAX_SPEC_CHARS} are allowed")
+    if re.fullmatch(r"\d{1,6}(\.\d{1,6})*", s):
         widths = [int(w) for w in s.split(".")]
         if any(w < 1 for w in widths):
             raise ShapeError(f"every width in the template '{spec}' must be >= 1")
+        if len(widths) > MAX_DEPTH:
+            raise ShapeError(f"the template '{spec}' is {len(widths)} levels deep; at most {MAX_DEPTH} are allowed")
+        nodes, level_n = 0, 1
+        for w in widths:      # count before building: 10000000 must not build ten million paths
+            level_n *= w
+            nodes += level_n
+            if nodes > MAX_NODES:
+                raise ShapeError(f"the template '{spec}' has more than {MAX_NODES} nodes")
         paths, level = set(), [()]
         for w in widths:
             level = [p + (r,) for p in level for r in range(w)]
@@ -167,7 +178,7 @@ def parse_shape(spec: str, depth: int, budget: int, topk: int) -> Shape:
             raw = json.loads(s)
             paths = {tuple(int(r) for r in p) for p in raw}
         except (ValueError, TypeError) as e:
-            raise ShapeError(f"cannot read the choices list '{spec}': {e}") from e
+            raise ShapeError(f"cannot read the choices list {spec[:60]!r}: {str(e)[:100]}") from None
         if not paths or any(len(p) == 0 or min(p) < 0 for p in paths):
             raise ShapeError("choices must be a non-empty list of non-empty rank lists, e.g. [[0],[1],[0,0]]")
         missing = [p for p in paths if len(p) > 1 and p[:-1] not in paths]
@@ -176,7 +187,7 @@ def parse_shape(spec: str, depth: int, budget: int, topk: int) -> Shape:
         if len(paths) > MAX_NODES or max(len(p) for p in paths) > MAX_DEPTH:
             raise ShapeError(f"choices may have at most {MAX_NODES} nodes and depth {MAX_DEPTH}")
         return Shape("static", max(len(p) for p in paths), frozenset(paths), spec=s)
-    raise ShapeError(f"unknown tree shape '{spec}': use chain, dynamic, a template like 2.2.2 "
+    raise ShapeError(f"unknown tree shape {spec[:60]!r}: use chain, dynamic, a template like 2.2.2 "
                      "or Medusa choices like [[0],[1],[0,0]]")
 
 
