@@ -203,3 +203,60 @@ class Runner:
     @property
     def following(self) -> bool:
         return self._cursor is None
+
+
+class TraceView(Runner):
+    """A finished trace stepped through with the Runner's controls, with no worker thread (Replay).
+
+    It is a Runner so that ui/controls (which accepts Runners) drives it unchanged; every method the
+    controls call is answered here from the recorded steps, and nothing is ever computed.
+    """
+
+    def __init__(self, trace, cursor: int | None = 0):
+        self.trace = trace
+        self.breakpoints = []
+        self.state = DONE
+        self.error = None
+        self.traceback = None
+        self.break_reason = None
+        self._cursor = None
+        if cursor is not None:
+            self.jump(cursor)
+
+    def start(self):
+        return self
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return True
+
+    def wait_idle(self, timeout: float = 30.0) -> None:
+        return None
+
+    @property
+    def alive(self) -> bool:
+        return False
+
+    def pause(self):
+        pass
+
+    def resume(self):
+        """Like a finished Runner: follow, i.e. show the last step."""
+        self._cursor = None
+
+    def step_forward(self):
+        """The next recorded step; at the last one, follow it (as a finished Runner does)."""
+        cur = self.cursor
+        self._cursor = cur + 1 if cur is not None and cur < len(self.trace.steps) - 1 else None
+
+    def step_back(self):
+        cur = self.cursor
+        if cur is not None:
+            self._cursor = max(0, cur - 1)
+
+    def jump(self, i: int):
+        n = len(self.trace.steps)
+        if n:
+            self._cursor = max(0, min(int(i), n - 1))
+
+    def cancel(self):
+        pass

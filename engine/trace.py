@@ -15,9 +15,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine import schema
+
 SCHEMA_VERSION = 1
 MAX_TRACE_BYTES = 50 * 1024 * 1024
-KINDS = {"ar", "speculative", "kv", "jacobi", "lookahead", "diffusion"}
+KINDS = set(schema.STEPS)  # ar, speculative, kv, jacobi, lookahead, diffusion: engine/schema.py says what each holds
 COUNTER_KEYS = ("target_forwards", "draft_forwards", "generated_tokens", "compute_s", "record_s")
 
 
@@ -192,4 +194,8 @@ def from_dict(obj: Any) -> Trace:
             setattr(counters, k, type(getattr(counters, k))(c[k]))
     extra = obj.get("extra", {})
     _need(isinstance(extra, dict), "'extra' must be an object.")
+    try:
+        schema.check_trace(obj)  # every field the views read, per step kind
+    except schema.Invalid as e:
+        raise TraceError(f"{e}.") from None
     return Trace(meta=meta, steps=steps, counters=counters, final_text=text, final_ids=ids, extra=extra)

@@ -4,6 +4,7 @@ import streamlit as st
 from ui import controls
 from viz import diffusion as vz
 from viz import legend
+from viz.safe import md_text
 
 
 def render(r, prefix: str = "diffusion", compact: bool = False) -> None:
@@ -18,14 +19,15 @@ def render(r, prefix: str = "diffusion", compact: bool = False) -> None:
         extra["tokens forwarded"] = summ["forwarded_tokens"]
     if compact:
         if summ.get("model"):
-            st.caption(f"{summ['model']} · rule {summ.get('rule', '?')}")
+            st.caption(f"{md_text(summ['model'])} · rule {md_text(summ.get('rule', '?'))}")
         cols = st.columns(4)
         for col, (k, v) in zip(cols, {**extra, "compute s": f"{r.trace.counters.compute_s:.2f}"}.items()):
             col.metric(k, v)
     else:
         controls.metrics_row(r, extra)
-    st.markdown(f"block {step['block']} (positions {step['block_range'][0]}–{step['block_range'][1] - 1}) · "
-                f"step {step['step_in_block']} of the block · committed {len(step['new_ids'])} · "
+    lo, hi = step["block_range"]
+    st.markdown(f"block {step.get('block', '?')} (positions {lo}–{hi - 1}) · "
+                f"step {step.get('step_in_block', '?')} of the block · committed {len(step['new_ids'])} · "
                 f"remasked {step.get('remasked', 0)}"
                 + (f" · threshold {step['threshold']:g}" if step.get("threshold") is not None else ""))
     st.markdown(vz.text_html(step), unsafe_allow_html=True)

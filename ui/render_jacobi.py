@@ -5,6 +5,9 @@ import streamlit as st
 from ui import controls
 from viz import jacobi as vz
 from viz import legend
+from viz.safe import md_text
+
+TEST_COLUMNS = ("pos", "p", "q", "accept_prob", "u", "accepted")
 
 
 def _vs_ar(r) -> None:
@@ -35,8 +38,8 @@ def _render_jacobi(r, steps, cur, step, prefix):
         extra["iterations / block"] = f"{s['iterations_per_block']:.2f}"
     controls.metrics_row(r, extra)
     params = r.trace.meta.get("params", {})
-    st.caption(f"variant **{step.get('variant', params.get('variant', '?'))}** · init "
-               f"**{params.get('init', '?')}** · block_size **{params.get('block_size', '?')}** · "
+    st.caption(f"variant **{md_text(step.get('variant', params.get('variant', '?')))}** · init "
+               f"**{md_text(params.get('init', '?'))}** · block_size **{md_text(params.get('block_size', '?'))}** · "
                f"iteration {cur}: {step.get('accepted', 0)} guesses were already fixed, "
                f"{step.get('committed', 0)} token(s) committed"
                + (" · autoregressive tail (hybrid)" if step.get("phase") == "ar" else ""))
@@ -63,7 +66,8 @@ def _render_jacobi(r, steps, cur, step, prefix):
         st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
         if step.get("tests"):
             st.markdown("Speculative Jacobi tests (accept if u < min(1, p/q); q = 1 for an initial guess):")
-            st.dataframe(pd.DataFrame(step["tests"]), hide_index=True, width="stretch")
+            tests = [{k: t.get(k) for k in TEST_COLUMNS} for t in step["tests"]]
+            st.dataframe(pd.DataFrame(tests, columns=list(TEST_COLUMNS)), hide_index=True, width="stretch")
     st.plotly_chart(vz.progress_figure(steps, cur), key=f"{prefix}_prog_{cur}", width="stretch")
     _vs_ar(r)
 
@@ -71,11 +75,11 @@ def _render_jacobi(r, steps, cur, step, prefix):
 def _render_lookahead(r, steps, cur, step, prefix):
     s = vz.lookahead_stats(steps[: cur + 1])
     controls.metrics_row(r, {"compression (tokens / forward)": f"{s['compression_ratio']:.2f}",
-                             "n-gram pool": s["pool_size"],
+                             "n-gram pool": "-" if s["pool_size"] is None else s["pool_size"],
                              "accepted from pool / step": f"{s['mean_accepted_len']:.2f}"})
     params = r.trace.meta.get("params", {})
-    st.caption(f"W={params.get('window_size', '?')} · N={params.get('level', '?')} · "
-               f"G={params.get('guess_set_size', '?')} · step {cur} ({step.get('phase')}): "
+    st.caption(f"W={md_text(params.get('window_size', '?'))} · N={md_text(params.get('level', '?'))} · "
+               f"G={md_text(params.get('guess_set_size', '?'))} · step {cur} ({md_text(step.get('phase'))}): "
                f"{len(step.get('candidates', []))} n-gram(s) verified, {step.get('accepted_len', 0)} token(s) "
                f"accepted from the pool, {step.get('committed', 0)} committed · {step.get('input_tokens', '?')} "
                "tokens in this forward")
@@ -90,14 +94,15 @@ def _render_lookahead(r, steps, cur, step, prefix):
                     width="stretch")
     a, b = st.columns(2)
     with a:
-        st.markdown(f"**Verified this step** (n-grams starting with {step.get('last_text', '')!r})")
+        st.markdown(f"**Verified this step** (n-grams starting with {md_text(repr(step.get('last_text', '')))})")
         t = vz.candidates_table(step)
         if len(t):
             st.dataframe(t, hide_index=True, width="stretch")
         else:
             st.caption("none: the pool has no n-gram for this token yet")
     with b:
-        g = int(params.get("guess_set_size", 7) or 7)
+        g = params.get("guess_set_size")
+        g = g if isinstance(g, int) and g >= 1 else 7
         only = st.checkbox("only the next step's key", False, key=f"{prefix}_pool_only")
         nxt = steps[cur + 1] if cur + 1 < len(steps) else None
         key_id = (nxt or {}).get("last_id") if only else None

@@ -4,6 +4,7 @@ import streamlit as st
 from ui import controls
 from viz import kv as vz
 from viz import legend
+from viz.safe import md_text
 
 
 def kv_metrics(steps, cur) -> dict:
@@ -12,8 +13,9 @@ def kv_metrics(steps, cur) -> dict:
            "KV kept / full": f"{s.get('kv_bytes', 0) / 1e6:.2f} / {s.get('kv_bytes_full', 0) / 1e6:.2f} MB"}
     q = s.get("quality")
     if q:
-        out["agreement vs full"] = f"{q['agreement']:.2f}"
-        out["first divergence"] = "none" if q["first_divergence"] is None else f"step {q['first_divergence']}"
+        agreement, first = q.get("agreement"), q.get("first_divergence")
+        out["agreement vs full"] = "-" if agreement is None else f"{agreement:.2f}"
+        out["first divergence"] = "none" if first is None else f"step {first}"
     return out
 
 
@@ -24,7 +26,8 @@ def render(r, prefix: str = "kv", compact: bool = False) -> None:
     steps = all_steps[: cur + 1]
     step = steps[-1]
     policy = step.get("policy") or r.trace.meta.get("params", {}).get("policy", "")
-    st.markdown(f"**policy: `{policy}`** · budget {step.get('budget')} · step {cur} ({step.get('phase', '')})"
+    st.markdown(f"**policy: {md_text(policy)}** · budget {step.get('budget', '?')} · step {cur} "
+                f"({md_text(step.get('phase', ''))})"
                 + (f" · evicted {step.get('evicted_count', 0)} entries this step" if step.get("evicted_count") else ""))
     controls.metrics_row(r, kv_metrics(all_steps, cur))
     st.markdown(vz.tokens_html(all_steps, cur), unsafe_allow_html=True)
@@ -45,9 +48,7 @@ def render(r, prefix: str = "kv", compact: bool = False) -> None:
     head = c2.selectbox("KV head", head_opts, index=1 if nh else 0, key=f"{prefix}_head",
                         format_func=lambda v: "all heads (summary)" if v == "all" else f"KV head {v}",
                         disabled=layer == "all")
-    group = 1
-    lay0 = step["layers"].get(str(layer if layer != "all" else layers[0]), {})
-    group = lay0.get("group", 1)
+    group = vz.query_group(all_steps, layer if layer != "all" else layers[0])
     qhead = c3.selectbox("query head (attention)", list(range(nh * group)), key=f"{prefix}_qhead",
                          index=(0 if head == "all" else int(head) * group))
     st.plotly_chart(vz.eviction_map_figure(all_steps[: cur + 1], layer, head, cursor=cur),

@@ -5,6 +5,7 @@ import streamlit as st
 from ui import controls
 from viz import legend
 from viz import speculative as vz
+from viz.safe import md_text
 
 
 def render(r, prefix: str = "spec") -> None:
@@ -22,7 +23,7 @@ def render(r, prefix: str = "spec") -> None:
     controls.metrics_row(r, extra)
     summ = r.trace.extra.get("summary", {})
     lossy = summ.get("lossless") is False or step.get("lossless") is False
-    st.caption(f"rule: **{step.get('rule', '?')}**{' (lossy: typical acceptance)' if lossy else ' (lossless)'}"
+    st.caption(f"rule: **{md_text(step.get('rule', '?'))}**{' (lossy: typical acceptance)' if lossy else ' (lossless)'}"
                f" · proposals: {'sampled from q' if step.get('stochastic') else 'top-ranked (point masses)'}"
                f" · this round: draft {1000 * (step.get('draft_s') or 0):.0f} ms, verify "
                f"{1000 * (step.get('verify_s') or 0):.0f} ms, KV entries dropped {step.get('kv_dropped', 0)}")

@@ -28,5 +28,7 @@ def render_raw(r, prefix: str = "raw") -> None:
 
 
 def render(r, prefix: str) -> None:
-    kind = r.trace.steps[r.cursor]["kind"] if r.trace.steps else "ar"
-    renderer(kind)(r, prefix)
+    if not r.trace.steps or r.cursor is None:
+        st.info("This trace has no steps to show.")
+        return
+    renderer(r.trace.steps[r.cursor]["kind"])(r, prefix)

@@ -1,16 +1,16 @@
 """Autoregressive view figures: token stream, per-step candidates, probability / entropy over time."""
 from __future__ import annotations
 
-import html
 import math
 
 import plotly.graph_objects as go
 
 from viz import legend
+from viz.safe import html_text, plot_text
 
 
 def _show(text: str) -> str:
-    return html.escape(text).replace("\n", "↵<br>")
+    return html_text(text, newline="↵<br>")
 
 
 def token_stream_html(steps: list[dict], upto: int, colour_by: str = "prob") -> str:
@@ -28,7 +28,7 @@ def token_stream_html(steps: list[dict], upto: int, colour_by: str = "prob") -> 
         tip = f"step {i}: p={p:.3f}" if p is not None else f"step {i}"
         if h is not None:
             tip += f", entropy={h:.2f} nats"
-        spans.append(f'<span title="{html.escape(tip)}" style="background:{colour}33;border-bottom:3px solid {colour};'
+        spans.append(f'<span title="{html_text(tip)}" style="background:{colour}33;border-bottom:3px solid {colour};'
                      f'outline:{border};padding:1px 0;margin:0 1px">{_show(s.get("token_text", "?"))}</span>')
     return f'<div style="font-family:monospace;line-height:1.9;font-size:0.95em">{"".join(spans)}</div>'
 
@@ -36,7 +36,7 @@ def token_stream_html(steps: list[dict], upto: int, colour_by: str = "prob") -> 
 def candidates_figure(step: dict) -> go.Figure:
     """Top-k candidates of one step: probability before and after warping; the chosen token marked."""
     cands = sorted(step.get("candidates", []), key=lambda c: -(c.get("p_raw") or 0))
-    labels = [f"{repr(c['text'])[1:-1] or '∅'}  #{c['id']}" for c in cands]
+    labels = [plot_text(f"{repr(c['text'])[1:-1] or '∅'}  #{c['id']}") for c in cands]
     chosen = step.get("token_id")
     fig = go.Figure()
     fig.add_bar(y=labels, x=[c.get("p_raw") or 0 for c in cands], orientation="h", name="model p (T=1, no filter)",
@@ -45,7 +45,7 @@ def candidates_figure(step: dict) -> go.Figure:
                 marker_color=[legend.BONUS if c["id"] == chosen else "#6FA8DC" for c in cands])
     fig.update_layout(barmode="group", height=60 + 28 * len(cands), margin=dict(l=10, r=10, t=30, b=10),
                       yaxis=dict(autorange="reversed"), xaxis=dict(title="probability", range=[0, 1]),
-                      title=f"step {step.get('index')}: chose {step.get('token_text')!r} (dark blue)",
+                      title=plot_text(f"step {step.get('index')}: chose {step.get('token_text')!r} (dark blue)"),
                       legend=dict(orientation="h", y=-0.15))
     return fig
 

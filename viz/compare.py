@@ -1,9 +1,9 @@
 """Compare view figures: several runs on one prompt, aligned by target forwards and by compute time."""
 from __future__ import annotations
 
-import html
-
 import plotly.graph_objects as go
+
+from viz.safe import html_text, plot_text
 
 PALETTE = ["#1F77B4", "#FF7F0E", "#2CA02C", "#9467BD", "#8C564B", "#E377C2"]
 
@@ -23,7 +23,7 @@ def tokens_vs(runs: dict[str, list[dict]], x_key: str, title: str, x_title: str)
     fig = go.Figure()
     for i, (name, steps) in enumerate(runs.items()):
         xs, ys = _curve(steps, x_key)
-        fig.add_scatter(x=xs, y=ys, mode="lines+markers", name=name, line=dict(color=PALETTE[i % len(PALETTE)]),
+        fig.add_scatter(x=xs, y=ys, mode="lines+markers", name=plot_text(name), line=dict(color=PALETTE[i % len(PALETTE)]),
                         line_shape="hv", marker=dict(size=4))
     if x_key == "target_forwards":
         mx = max([max(_curve(s, x_key)[0]) for s in runs.values()] + [1])
@@ -45,10 +45,10 @@ def diff_html(ref_texts: list[str], out_texts: list[str]) -> str:
         div = min(len(ref_texts), len(out_texts))
     spans = []
     for i, t in enumerate(out_texts):
-        esc = html.escape(t).replace("\n", "↵")
+        esc = html_text(t, newline="↵")
         if div is not None and i == div:
             spans.append(f'<span title="first divergence at token {i}: reference has '
-                         f'{html.escape(repr(ref_texts[i]) if i < len(ref_texts) else "end")}" '
+                         f'{html_text(repr(ref_texts[i]) if i < len(ref_texts) else "end")}" '
                          f'style="outline:2px solid #D62728;background:#D6272833">{esc}</span>')
         elif div is not None and i > div:
             spans.append(f'<span style="background:#D627281A">{esc}</span>')

@@ -7,19 +7,19 @@ prediction under a mask), `conf` (probability of the prediction, where it was ma
 """
 from __future__ import annotations
 
-import html
-
 import plotly.graph_objects as go
 
 from viz import legend
+from viz.safe import html_text, plot_text
 
 STATE_COLOURS = {"mask": legend.MASK, "committed": legend.COMMITTED_EARLIER, "new": legend.COMMITTED_NOW}
 GHOST_TEXT = "#B0B0B0"
 
 
 def _short(text: str, n: int = 6) -> str:
+    """A cell label: spaces as ·, newlines as ↵, cut to n characters, escaped for plotly."""
     t = (text or "").replace("\n", "↵").replace(" ", "·")
-    return t if len(t) <= n else t[: n - 1] + "…"
+    return plot_text(t if len(t) <= n else t[: n - 1] + "…")
 
 
 def grid_legend() -> dict[str, str]:
@@ -57,7 +57,7 @@ def denoising_grid(steps: list[dict], upto: int, graded: bool = True, max_rows: 
             st, conf, sc = s["state"][j], s["conf"][j], s["score"][j]
             zr.append(code[_cell_colour(st, conf, graded)] + 0.5)
             label = _short(s["texts"][j])
-            tip = f"step {s['index']} · position {j}<br>{st}: {html.escape(repr(s['texts'][j]))}"
+            tip = f"step {s['index']} · position {j}<br>{st}: {plot_text(repr(s['texts'][j]))}"
             if conf is not None:
                 tip += f"<br>confidence {conf:.3f}"
             if sc is not None:
@@ -108,7 +108,7 @@ def confidence_figure(step: dict) -> go.Figure:
             cols.append(legend.MASK)
         else:
             cols.append("#CCCCCC")
-        tips.append(f"position {j}: {html.escape(repr(step['texts'][j]))} p={conf:.3f}"
+        tips.append(f"position {j}: {plot_text(repr(step['texts'][j]))} p={conf:.3f}"
                     + (f"<br>rule score {step['score'][j]:.3g}" if step["score"][j] is not None else ""))
     fig = go.Figure(go.Bar(x=xs, y=ys, marker_color=cols, customdata=tips, hovertemplate="%{customdata}<extra></extra>",
                            showlegend=False))
@@ -143,7 +143,7 @@ def text_html(step: dict, mask_glyph: str = "▒") -> str:
     """The answer after a step: committed text, masks as dark boxes with the ghost in light type."""
     parts = []
     for st, t, conf in zip(step["state"], step["texts"], step["conf"]):
-        esc = html.escape(t).replace("\n", "↵<br>")
+        esc = html_text(t, newline="↵<br>")
         if st == "mask":
             parts.append(f'<span style="background:{legend.MASK};color:{GHOST_TEXT};border-radius:2px" '
                          f'title="ghost prediction, p={conf if conf is not None else 0:.2f}">{esc or mask_glyph}</span>')

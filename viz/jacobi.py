@@ -5,13 +5,12 @@ saved trace replays without a model. Colours come from viz.legend.
 """
 from __future__ import annotations
 
-import html
-
 import networkx as nx
 import pandas as pd
 import plotly.graph_objects as go
 
 from viz import legend
+from viz.safe import html_text, plot_text
 
 # grid cell states, in colour-scale order
 STATES = ["earlier", "fixed", "committed", "changed", "unchanged"]
@@ -32,9 +31,9 @@ STATE_LABEL = {
 
 
 def tok(text: str, width: int = 7) -> str:
-    """A token as a short visible label: spaces as ·, newlines as ↵."""
+    """A token as a short visible label for plotly: spaces as ·, newlines as ↵, escaped."""
     s = (text or "").replace(" ", "·").replace("\n", "↵").replace("\t", "⇥")
-    return s if len(s) <= width else s[: width - 1] + "…"
+    return plot_text(s if len(s) <= width else s[: width - 1] + "…")
 
 
 def legend_items() -> dict[str, str]:
@@ -96,12 +95,12 @@ def trajectory_grid(steps: list[dict], upto: int | None = None, final_ids: list[
         for pos, t in out_so_far.items():
             if pos <= max_pos:
                 zr[pos], tr[pos] = STATES.index("earlier"), tok(t)
-                hr[pos] = f"position {pos}: {t!r} (committed earlier)"
+                hr[pos] = plot_text(f"position {pos}: {t!r} (committed earlier)")
         for c in cells(s):
             zr[c["pos"]] = STATES.index(c["state"])
             tr[c["pos"]] = tok(c["text"])
-            g = "" if c["guess_id"] is None else f"<br>input guess {c['guess_text']!r}"
-            hr[c["pos"]] = (f"iteration {s['index']}, position {c['pos']}<br>token {c['text']!r}{g}"
+            g = "" if c["guess_id"] is None else f"<br>input guess {plot_text(repr(c['guess_text']))}"
+            hr[c["pos"]] = (f"iteration {s['index']}, position {c['pos']}<br>token {plot_text(repr(c['text']))}{g}"
                             f"<br>{STATE_LABEL[c['state']]}")
             if c["state"] in ("changed", "unchanged") and c["pos"] < len(final) and final[c["pos"]] == c["id"]:
                 dots_x.append(c["pos"] + 0.38)
@@ -203,7 +202,7 @@ def dependency_graph(steps: list[dict], upto: int | None = None, first_row: int 
             text=[tok(g.nodes[n]["token"], 5) for n in nodes], textposition="top center", textfont=dict(size=9),
             marker=dict(size=[13 if n in set(chain) else 9 for n in nodes], color=STATE_COLOUR[state],
                         line=dict(color="#000", width=[2 if n in set(chain) else 0 for n in nodes])),
-            hovertext=[f"iteration {n[0]}, position {n[1]}: {g.nodes[n]['token']!r}<br>{STATE_LABEL[state]}"
+            hovertext=[f"iteration {n[0]}, position {n[1]}: {plot_text(repr(g.nodes[n]['token']))}<br>{STATE_LABEL[state]}"
                        f"<br>forced {g.out_degree(n)} recomputations" for n in nodes],
             hoverinfo="text", name=STATE_LABEL[state])
     n_rows = len({n[0] for n in g.nodes})
@@ -260,6 +259,7 @@ def lookahead_window_figure(step: dict, final_ids: list[int] | None = None) -> g
     window = step.get("window", [])
     base = step.get("base", 0)
     rows: list[tuple[str, list[tuple[int, str, str, str]]]] = []  # label, [(pos, text, colour, hover)]
+    # hover texts are built with plot_text(repr(token)); labels go through tok()
     rows.append(("last token", [(base - 1, step.get("last_text", ""), legend.JACOBI_COMMITTED,
                                  "the last committed token (key of the verified n-grams)")]))
     for lv in window:
@@ -267,13 +267,14 @@ def lookahead_window_figure(step: dict, final_ids: list[int] | None = None) -> g
         for p, t, i in zip(lv["positions"], lv["text"], lv["ids"]):
             right = p < len(final) and final[p] == i and p >= 0
             cells_.append((p, t, legend.JACOBI_FIXED if right else legend.JACOBI_GUESS,
-                           f"level {lv['level']}, position {p}: {t!r}" + (" (equals the final output)" if right else "")))
+                           f"level {lv['level']}, position {p}: {plot_text(repr(t))}"
+                           + (" (equals the final output)" if right else "")))
         rows.append((f"level {lv['level']}", cells_))
-    f = step.get("fill_level", len(window) - 1)
+    f = min(step.get("fill_level", len(window) - 1), len(window) - 1)
     if window:
         lv = window[f]
         pred_pos = [p + 1 for p in lv["positions"]]
-        rows.append(("predicted", [(p, t, "#F4D35E", f"prediction from level {f}: {t!r}")
+        rows.append(("predicted", [(p, t, "#F4D35E", f"prediction from level {f}: {plot_text(repr(t))}")
                                    for p, t in zip(pred_pos, step.get("level_out_text", []))]))
     best = step.get("best")
     a = step.get("accepted_len", 0)
@@ -289,7 +290,7 @@ def lookahead_window_figure(step: dict, final_ids: list[int] | None = None) -> g
                 col, what = legend.REJECTED, "rejected"
             else:
                 col, what = legend.UNVERIFIED, "after a rejection"
-            cells_.append((p, t, col, f"candidate {g}, depth {d}: {t!r} — {what}"))
+            cells_.append((p, t, col, f"candidate {g}, depth {d}: {plot_text(repr(t))} — {what}"))
         rows.append((f"cand {g}", cells_))
     bonus_pos = base + a
     rows.append(("committed", [(base + d, t, legend.ACCEPTED, "accepted from the pool")
@@ -310,7 +311,10 @@ def lookahead_window_figure(step: dict, final_ids: list[int] | None = None) -> g
                         hovertext=[h for *_, h in cs], hoverinfo="text", showlegend=False)
     # the n-grams harvested this step: diagonals through the window
     if step.get("phase") == "lookahead" and len(window) >= 2:
-        for col in range(len(window[1]["ids"])):
+        # one diagonal per column that every level reaches (all of them in the engine's records)
+        n_cols = min([len(window[1]["ids"]), len(window[0]["positions"]) + 1]
+                     + [len(lv["positions"]) for lv in window[1:]])
+        for col in range(n_cols):
             xs, yl = [], []
             if col == 0:
                 xs.append(base - 1)
@@ -336,6 +340,7 @@ def lookahead_window_figure(step: dict, final_ids: list[int] | None = None) -> g
 def replay_pool(steps: list[dict], upto: int, guess_set_size: int) -> dict[int, list[tuple]]:
     """Rebuild the n-gram pool as it was after step `upto` from the records (same LRU as the engine)."""
     pool: dict[int, list[tuple]] = {}
+    guess_set_size = max(1, guess_set_size)
 
     def add(gram):
         key, tail = int(gram[0]), tuple(gram[1:])
@@ -396,7 +401,7 @@ def token_stream_html(steps: list[dict], upto: int) -> str:
         n = s.get("committed", len(s.get("new_ids", [])))
         colour = legend.JACOBI_COMMITTED if n > 1 else "#BBBBBB"
         border = "2px solid #000" if i == upto else "1px solid transparent"
-        txt = html.escape(s.get("new_text", "")).replace("\n", "↵<br>")
+        txt = html_text(s.get("new_text", ""), newline="↵<br>")
         spans.append(f'<span title="step {i}: {n} token(s)" style="background:{colour}22;border-bottom:3px solid '
                      f'{colour};outline:{border};padding:1px 0;margin:0 1px">{txt}</span>')
     return f'<div style="font-family:monospace;line-height:1.9;font-size:0.95em">{"".join(spans)}</div>'

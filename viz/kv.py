@@ -7,6 +7,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from viz import legend
+from viz.safe import html_text, plot_text
 
 # eviction-map categories
 ABSENT, EVICTED, KEPT, SINK, NEWEST = 0, 1, 2, 3, 4
@@ -48,7 +49,8 @@ def eviction_matrix(steps: list[dict], layer, head) -> tuple[list[list[float]], 
         n = s["seq_len"]
         if layer == "all" or head == "all":
             if layer == "all":
-                frac = [c / s["slots"] for c in s["kept_count"]]
+                slots = s.get("slots") or 1
+                frac = [c / slots for c in s.get("kept_count", [])]
             else:
                 kept = s["layers"][str(layer)]["kept"]
                 cnt = [0] * n
@@ -56,7 +58,7 @@ def eviction_matrix(steps: list[dict], layer, head) -> tuple[list[list[float]], 
                     for p in h:
                         cnt[p] += 1
                 frac = [c / len(kept) for c in cnt]
-            rows.append(frac + [math.nan] * (width - n))
+            rows.append(frac + [math.nan] * (width - len(frac)))
             continue
         kept = set(s["layers"][str(layer)]["kept"][int(head)])
         sinks = s.get("n_sink", 0)
@@ -110,16 +112,25 @@ def eviction_map_figure(steps: list[dict], layer, head, cursor: int | None = Non
     return fig
 
 
+def query_group(steps: list[dict], layer) -> int:
+    """Query heads per KV head of a watched layer (recorded with its attention rows; 1 if none was)."""
+    for s in steps:
+        g = s["layers"][str(layer)].get("group")
+        if g:
+            return g
+    return 1
+
+
 def attention_matrix(steps: list[dict], layer: int, qhead: int) -> tuple[list[list[float]], int]:
     """Rows = steps, columns = original positions: the new token's attention to each cached key
     (over the cache before this step's eviction); keys not in the cache are NaN (masked)."""
     width = max(s["seq_len"] for s in steps)
+    g = query_group(steps, layer)
     rows = []
     for s in steps:
         lay = s["layers"][str(layer)]
         row = [math.nan] * width
-        if "attn" in lay and "cand_pos" in lay:
-            g = lay.get("group", 1)
+        if "attn" in lay and "cand_pos" in lay and qhead < len(lay["attn"]):
             pos = lay["cand_pos"][qhead // g]
             for p, v in zip(pos, lay["attn"][qhead]):
                 row[p] = v
@@ -140,10 +151,10 @@ def attention_heatmap_figure(steps: list[dict], layer: int, qhead: int, cursor: 
                       + "<extra></extra>"))
     # evicted this step: red x
     xs, ys = [], []
+    kv_head = qhead // query_group(steps, layer)
     for s in steps:
-        lay = s["layers"][str(layer)]
-        g = lay.get("group", 1)
-        for p, _ in (lay.get("evicted") or [[]] * (qhead // g + 1))[qhead // g]:
+        evicted = s["layers"][str(layer)].get("evicted") or []
+        for p, _ in (evicted[kv_head] if kv_head < len(evicted) else []):
             xs.append(p)
             ys.append(s["index"])
     if xs:
@@ -194,8 +205,8 @@ def score_bars_figure(step: dict, layer: int, head: int):
     if budget is not None and budget < len(pos):
         fig.add_vline(x=budget - 0.5, line=dict(color="black", dash="dash"),
                       annotation_text=f"budget {budget}", annotation_position="top")
-    fig.update_layout(title=f"{step.get('policy', '')} scores at step {step['index']} (layer {layer}, KV head {head}); "
-                            "hatched = protected (sink / recent window)",
+    fig.update_layout(title=plot_text(f"{step.get('policy', '')} scores at step {step['index']} (layer {layer}, "
+                                      f"KV head {head}); hatched = protected (sink / recent window)"),
                       xaxis_title="rank (kept first)", yaxis_title="score", height=320, margin=dict(t=50, b=40),
                       showlegend=False)
     return fig
@@ -209,9 +220,10 @@ def memory_figure(traces: dict[str, list[dict]]):
         if not steps:
             continue
         x = [s["index"] for s in steps]
-        fig.add_trace(go.Scatter(x=x, y=[s["kv_bytes"] / 1e6 for s in steps], mode="lines+markers", name=f"{name} kept"))
+        fig.add_trace(go.Scatter(x=x, y=[s.get("kv_bytes", 0) / 1e6 for s in steps], mode="lines+markers",
+                                 name=plot_text(f"{name} kept")))
         if not full_drawn:
-            fig.add_trace(go.Scatter(x=x, y=[s["kv_bytes_full"] / 1e6 for s in steps], mode="lines",
+            fig.add_trace(go.Scatter(x=x, y=[s.get("kv_bytes_full", 0) / 1e6 for s in steps], mode="lines",
                                      name="full cache", line=dict(color="#555555", dash="dash")))
             full_drawn = True
     fig.update_layout(title="KV memory over time", xaxis_title="step", yaxis_title="MB", height=300,
@@ -229,9 +241,10 @@ def quality_figure(rows: list[dict]):
     for p in pols:
         rr = sorted((r for r in rows if r["policy"] == p), key=lambda r: r["fraction"])
         x = [r["fraction"] * 100 for r in rr]
-        fig.add_trace(go.Scatter(x=x, y=[r["agreement"] for r in rr], mode="lines+markers", name=p, legendgroup=p),
+        fig.add_trace(go.Scatter(x=x, y=[r["agreement"] for r in rr], mode="lines+markers", name=plot_text(p),
+                                 legendgroup=p),
                       1, 1)
-        fig.add_trace(go.Scatter(x=x, y=[r["ppl"] for r in rr], mode="lines+markers", name=p, legendgroup=p,
+        fig.add_trace(go.Scatter(x=x, y=[r["ppl"] for r in rr], mode="lines+markers", name=plot_text(p), legendgroup=p,
                                  showlegend=False), 1, 2)
     if rows:
         fr = sorted({r["fraction"] for r in rows})
@@ -248,9 +261,10 @@ def agreement_figure(traces: dict[str, list[dict]]):
     """Running top-1 agreement with the full-cache shadow, per run."""
     fig = go.Figure()
     for name, steps in traces.items():
-        pts = [(s["index"], s["quality"]["agreement"]) for s in steps if s.get("quality")]
+        pts = [(s["index"], s["quality"].get("agreement")) for s in steps if s.get("quality")]
         if pts:
-            fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers", name=name))
+            fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers",
+                                     name=plot_text(name)))
     fig.update_layout(title="Running top-1 agreement with the full cache", xaxis_title="step",
                       yaxis_title="agreement", yaxis_range=[0, 1.05], height=300, margin=dict(t=50, b=40))
     return fig
@@ -258,14 +272,13 @@ def agreement_figure(traces: dict[str, list[dict]]):
 
 def tokens_html(steps: list[dict], cursor: int | None = None) -> str:
     """The generated text; tokens where the policy's argmax differs from the full cache's are underlined red."""
-    import html
     out = []
     for s in steps[: (cursor + 1) if cursor is not None else None]:
-        t = html.escape(s.get("new_text", "")).replace("\n", "↵<br>")
+        t = html_text(s.get("new_text", ""), newline="↵<br>")
         q = s.get("quality")
         style = ""
         if q is not None and not q.get("agree", True):
             style = f"border-bottom:2px solid {legend.KV_EVICTED};"
-            t = f'<span title="full cache would say {html.escape(q.get("full_argmax_text", ""))}" style="{style}">{t}</span>'
+            t = f'<span title="full cache would say {html_text(q.get("full_argmax_text", ""))}" style="{style}">{t}</span>'
         out.append(t)
     return '<div style="font-family:monospace;line-height:1.6">' + "".join(out) + "</div>"

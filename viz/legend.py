@@ -1,4 +1,5 @@
 """The app's one colour legend. Every view takes its colours from here."""
+from viz.safe import html_text
 
 # speculative decoding
 ACCEPTED = "#2CA02C"     # accepted draft token (green)
@@ -56,6 +57,6 @@ def legend_html(items: dict[str, str]) -> str:
     """A small inline legend: {label: colour}."""
     spans = "".join(
         f'<span style="display:inline-block;margin-right:12px"><span style="display:inline-block;width:12px;'
-        f'height:12px;background:{c};border:1px solid #888;vertical-align:middle;margin-right:4px"></span>{l}</span>'
+        f'height:12px;background:{c};border:1px solid #888;vertical-align:middle;margin-right:4px"></span>{html_text(l)}</span>'
         for l, c in items.items())
     return f'<div style="font-size:0.85em">{spans}</div>'

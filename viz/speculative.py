@@ -7,12 +7,11 @@ the acceptance probability `ratio`; `mask` (the tree attention mask, when small)
 """
 from __future__ import annotations
 
-import html
-
 import networkx as nx
 import plotly.graph_objects as go
 
 from viz import legend
+from viz.safe import html_text, plot_text
 
 STATUS_LABEL = {"root": "root (last committed token)", "accepted": "accepted draft", "rejected": "rejected draft",
                 "unverified": "not reached", "bonus": "bonus (target, after a full accept)",
@@ -22,7 +21,7 @@ ORIGIN_COLOUR = {"accepted": legend.ACCEPTED, "bonus": legend.BONUS, "corrected"
 
 
 def _show(text: str) -> str:
-    return html.escape(text).replace("\n", "↵<br>")
+    return html_text(text, newline="↵<br>")  # for HTML (the token stream)
 
 
 def _tok(text: str) -> str:
@@ -34,7 +33,7 @@ def _fmt(x, digits=3):
 
 
 def node_hover(n: dict) -> str:
-    lines = [f"<b>{html.escape(_tok(n.get('text', '')))}</b>  #{n.get('token')}",
+    lines = [f"<b>{plot_text(_tok(n.get('text', '')))}</b>  #{n.get('token')}",
              f"node {n['id']} · depth {n['depth']} · parent {n['parent']}",
              f"status: {STATUS_LABEL.get(n['status'], n['status'])}"]
     if n["status"] != "root":
@@ -93,15 +92,16 @@ def tree_figure(step: dict, height: int = 380) -> go.Figure:
             continue
         fig.add_scatter(
             x=[pos[n["id"]][0] for n in group], y=[pos[n["id"]][1] for n in group], mode="markers+text",
-            name=STATUS_LABEL[status], text=[_tok(n.get("text", ""))[:10] for n in group], textposition="top center",
+            name=STATUS_LABEL[status], text=[plot_text(_tok(n.get("text", ""))[:10]) for n in group],
+            textposition="top center",
             marker=dict(size=16, color=legend.SPEC_STATUS[status], line=dict(color="#222", width=1),
                         symbol="diamond" if status in ("bonus", "corrected", "resampled") else "circle"),
             hovertext=[node_hover(n) for n in group], hoverinfo="text")
     n_draft = sum(1 for n in nodes if n["status"] not in ("root",) and not n.get("appended"))
     fig.update_layout(
         height=height, margin=dict(l=10, r=10, t=40, b=10), hovermode="closest",
-        title=f"round {step.get('index')}: {n_draft} drafted, {step.get('accepted_len', 0)} accepted "
-              f"+ 1 {step.get('origin', '')}",
+        title=plot_text(f"round {step.get('index')}: {n_draft} drafted, {step.get('accepted_len', 0)} accepted "
+                        f"+ 1 {step.get('origin', '')}"),
         xaxis=dict(visible=False), yaxis=dict(visible=False), legend=dict(orientation="h", y=-0.05))
     return fig
 
@@ -124,7 +124,7 @@ def mask_matrix(step: dict) -> list[list[int]]:
 def mask_figure(step: dict, height: int = 380) -> go.Figure:
     m = mask_matrix(step)
     nodes = {n["id"]: n for n in step.get("nodes", [])}
-    labels = [f"{i}:{_tok(nodes[i]['text'])[:8]}" if i in nodes else str(i) for i in range(len(m))]
+    labels = [plot_text(f"{i}:{_tok(nodes[i].get('text', ''))[:8]}") if i in nodes else str(i) for i in range(len(m))]
     path = set(step.get("path", []))
     # 0 masked, 1 attends, 2 attends and both ends lie on the accepted path
     z = [[(2 if (i in path and j in path) else 1) if v else 0 for j, v in enumerate(row)] for i, row in enumerate(m)]
@@ -148,7 +148,7 @@ def stream_html(steps: list[dict], upto: int) -> str:
             c = ORIGIN_COLOUR.get(o, legend.UNVERIFIED)
             out = "2px solid #000" if s["index"] == upto else "1px solid transparent"
             tip = f"round {s['index']}: {o}"
-            spans.append(f'<span title="{html.escape(tip)}" style="background:{c}33;border-bottom:3px solid {c};'
+            spans.append(f'<span title="{html_text(tip)}" style="background:{c}33;border-bottom:3px solid {c};'
                          f'outline:{out};padding:1px 0;margin:0 1px">{_show(t)}</span>')
     return f'<div style="font-family:monospace;line-height:1.9;font-size:0.95em">{"".join(spans)}</div>'
 

@@ -1,0 +1,653 @@
+"""The step-record contract: for each step kind, the fields the views read, with types and bounds.
+
+`engine.trace.from_dict` checks every trace against it (so `load`, `loads` and uploads do), and
+a trace that passes is one the views in ui/render_*.py and viz/ can draw: every field a view reads
+has the type it expects, every size a view allocates from is bounded, and what one field cannot
+say alone (lengths that must agree, parents before children, positions inside the sequence) is
+checked per kind.
+
+A kind is one entry in STEPS: the fields of its records (an `Obj`) and, optionally, a check of one
+record and a check across the steps of a trace. Unknown fields are allowed and ignored, so the
+engine can record more than the views read.
+
+Checking is cheap: lists of numbers and strings go through C-level builtins (`min`, `max`,
+`set(map(type, ...))`), and the path to an offending field is only built once something is wrong.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+# ---- bounds (generous: the engine stays well inside them) ------------------------------------
+MAX_STEPS = 16_384          # the engine makes at most 4096 new tokens, and at least one per step
+MAX_OUTPUT = 8_192          # output positions (max_new_tokens <= 4096)
+MAX_POSITIONS = 2**17       # sequence positions: the prompt (up to a long context window) + the output
+MAX_TOKEN_ID = 2**31 - 1
+MAX_TEXT = 8_000_000        # characters of a prompt, a final text, a step's new text
+MAX_TOKEN_TEXT = 1_024      # characters of one token's text
+MAX_NAME = 1_024            # characters of a model / method / policy / rule name
+MAX_LAYERS = 256
+MAX_HEADS = 256             # KV heads, and query heads (KV heads x group)
+MAX_NODES = 512             # speculative tree nodes with the root and the appended token (engine: <= 258)
+MAX_BLOCK = 256             # Jacobi guesses per iteration (engine: <= 128)
+MAX_WINDOW = 256            # lookahead tokens per window level (engine: W + N - 3 <= 77)
+MAX_LEVELS = 64             # lookahead window levels (engine: N - 1 <= 15)
+MAX_NGRAM = 64              # tokens of one n-gram (engine: N <= 16)
+MAX_CANDIDATES = 1_024      # top candidates of one AR step, n-grams verified in one lookahead step
+MAX_POOL_ITEMS = 2**18      # n-grams seeded (from the prompt) in one step, vocabulary entries of one step
+MAX_EVENTS = 16
+MAX_GRID_CELLS = 2**25      # steps x positions of a step-by-position figure (KV map, diffusion grid)
+MAX_COUNT = 2**53           # counters, bytes
+MAX_SECONDS = 1e7
+
+NODE_STATUSES = ("root", "accepted", "rejected", "unverified", "bonus", "corrected", "resampled")
+DIFFUSION_STATES = ("mask", "committed", "new")
+
+
+class Invalid(ValueError):
+    """A value breaks the schema; `path` leads to it from the object that was checked."""
+
+    def __init__(self, msg: str, path: tuple = ()):
+        super().__init__(msg)
+        self.msg, self.path = msg, tuple(path)
+
+    def at(self, *segments) -> "Invalid":
+        self.path = segments + self.path
+        return self
+
+    def __str__(self) -> str:
+        path, head = self.path, ""
+        if len(path) >= 2 and path[0] == "steps" and isinstance(path[1], int):
+            head, path = f"step {path[1]}", path[2:]
+        where = ", ".join(p for p in (head, format_path(path)) if p)
+        return f"{where}: {self.msg}" if where else self.msg
+
+
+def format_path(path) -> str:
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
+def _got(v) -> str:
+    """A short description of a value for an error message."""
+    if isinstance(v, bool) or v is None:
+        return repr(v)
+    if isinstance(v, (int, float)):
+        s = repr(v)
+        return s if len(s) <= 40 else s[:20] + "…"
+    if isinstance(v, str):
+        return repr(v) if len(v) <= 40 else f"a string of {len(v)} characters"
+    if isinstance(v, list):
+        return f"a list of {len(v)} item(s)"
+    if isinstance(v, dict):
+        return "an object"
+    return type(v).__name__
+
+
+def _types(values) -> set:
+    return set(map(type, values))
+
+
+# ---- the helper constructors -----------------------------------------------------------------
+class Spec:
+    """One field's contract. `check` raises Invalid; `fits_all` is a fast test for a whole list."""
+    leaf = False  # a leaf's fits_all is a real test (not just False)
+
+    def check(self, v) -> None:
+        raise NotImplementedError
+
+    def fits_all(self, values: list) -> bool:
+        return False  # containers: check item by item
+
+    def check_all(self, values: list) -> None:
+        if self.fits_all(values):
+            return
+        for i, x in enumerate(values):
+            try:
+                self.check(x)
+            except Invalid as e:
+                raise e.at(i) from None
+
+
+@dataclass(frozen=True)
+class Int(Spec):
+    leaf = True
+    lo: int = 0
+    hi: int = MAX_COUNT
+
+    def check(self, v):
+        if type(v) is not int or not self.lo <= v <= self.hi:
+            raise Invalid(f"must be an integer in {self.lo}..{self.hi}, got {_got(v)}")
+
+    def fits_all(self, values):
+        return not values or (_types(values) == {int} and self.lo <= min(values) and max(values) <= self.hi)
+
+
+@dataclass(frozen=True)
+class Float(Spec):
+    """A finite number (an int is fine) in [lo, hi]."""
+    leaf = True
+    lo: float = -1e300
+    hi: float = 1e300
+
+    def check(self, v):
+        t = type(v)
+        ok = (t is int or (t is float and math.isfinite(v))) and self.lo <= v <= self.hi
+        if not ok:
+            raise Invalid(f"must be a finite number in [{self.lo:g}, {self.hi:g}], got {_got(v)}")
+
+    def fits_all(self, values):
+        if not values:
+            return True
+        types = _types(values)
+        if not types <= {int, float}:
+            return False
+        try:
+            finite = float not in types or all(map(math.isfinite, values))
+        except OverflowError:  # an int too large for a float
+            return False
+        return finite and self.lo <= min(values) and max(values) <= self.hi
+
+
+@dataclass(frozen=True)
+class Bool(Spec):
+    leaf = True
+    def check(self, v):
+        if type(v) is not bool:
+            raise Invalid(f"must be true or false, got {_got(v)}")
+
+    def fits_all(self, values):
+        return _types(values) <= {bool}
+
+
+@dataclass(frozen=True)
+class Str(Spec):
+    leaf = True
+    max_len: int = MAX_NAME
+
+    def check(self, v):
+        if type(v) is not str:
+            raise Invalid(f"must be a string, got {_got(v)}")
+        if len(v) > self.max_len:
+            raise Invalid(f"must be at most {self.max_len} characters long, has {len(v)}")
+
+    def fits_all(self, values):
+        return not values or (_types(values) == {str} and max(map(len, values)) <= self.max_len)
+
+
+@dataclass(frozen=True)
+class Enum(Spec):
+    leaf = True
+    values: tuple
+
+    def check(self, v):
+        if type(v) is not str or v not in self.values:
+            raise Invalid(f"must be one of {', '.join(map(repr, self.values))}, got {_got(v)}")
+
+    def fits_all(self, values):
+        return _types(values) <= {str} and set(values) <= set(self.values)
+
+
+@dataclass(frozen=True)
+class Maybe(Spec):
+    """The value, or null."""
+    inner: Spec
+
+    @property
+    def leaf(self):
+        return self.inner.leaf
+
+    def check(self, v):
+        if v is not None:
+            try:
+                self.inner.check(v)
+            except Invalid as e:
+                raise Invalid(f"{e.msg} (or null)", e.path) from None
+
+    def fits_all(self, values):
+        return self.inner.fits_all([v for v in values if v is not None])
+
+
+@dataclass(frozen=True)
+class Scalar(Spec):
+    """A table cell: null, true/false, a finite number or a short string."""
+
+    def check(self, v):
+        if v is None or type(v) is bool:
+            return
+        if type(v) in (int, float):
+            return Float(-1e300, 1e300).check(v)
+        Str(MAX_NAME).check(v)
+
+
+@dataclass(frozen=True)
+class List(Spec):
+    item: Spec
+    max_len: int
+    min_len: int = 0
+
+    def check(self, v):
+        if type(v) is not list:
+            raise Invalid(f"must be a list, got {_got(v)}")
+        if not self.min_len <= len(v) <= self.max_len:
+            raise Invalid(f"must have {self.min_len}..{self.max_len} items, has {len(v)}")
+        self.item.check_all(v)
+
+
+@dataclass(frozen=True)
+class Tuple(Spec):
+    """A list of fixed length, one spec per place."""
+    items: tuple
+
+    def check(self, v):
+        if type(v) is not list or len(v) != len(self.items):
+            raise Invalid(f"must be a list of {len(self.items)} items, got {_got(v)}")
+        for i, (spec, x) in enumerate(zip(self.items, v)):
+            try:
+                spec.check(x)
+            except Invalid as e:
+                raise e.at(i) from None
+
+
+@dataclass(frozen=True)
+class Obj(Spec):
+    """An object with required and optional fields; other fields are allowed and not checked."""
+    fields: dict
+    optional: dict = field(default_factory=dict)
+    name: str = "this object"  # in "is missing (every tree node has it)"
+
+    def check(self, v):
+        if type(v) is not dict:
+            raise Invalid(f"must be an object, got {_got(v)}")
+        for k, spec in self.fields.items():
+            if k not in v:
+                raise Invalid(f"is missing ({self.name} has it)", (k,))
+            self._field(spec, v[k], k)
+        for k, spec in self.optional.items():
+            if k in v:
+                self._field(spec, v[k], k)
+
+    def fits_all(self, values):
+        """Column by column, for objects whose fields are all leaves (tree nodes, candidates)."""
+        specs = {**self.fields, **self.optional}
+        if not all(spec.leaf for spec in specs.values()) or not _types(values) <= {dict}:
+            return False
+        for k, spec in self.fields.items():
+            if not all(k in v for v in values) or not spec.fits_all([v[k] for v in values]):
+                return False
+        return all(spec.fits_all([v[k] for v in values if k in v]) for k, spec in self.optional.items())
+
+    @staticmethod
+    def _field(spec, x, k):
+        try:
+            spec.check(x)
+        except Invalid as e:
+            raise e.at(k) from None
+
+
+@dataclass(frozen=True)
+class IntKey(Spec):
+    """An object key that is a number: decimal ASCII digits (not '²', which str.isdigit accepts)."""
+    hi: int
+
+    def check(self, v):
+        ok = type(v) is str and 0 < len(v) <= 10 and v.isascii() and v.isdecimal() and int(v) <= self.hi
+        if not ok:
+            raise Invalid(f"must be a key of digits for a number in 0..{self.hi}, got {_got(v)}")
+
+
+@dataclass(frozen=True)
+class Map(Spec):
+    """An object whose keys are data (layer numbers, token ids), all with the same kind of value."""
+    value: Spec
+    max_len: int
+    keys: Spec = Str(64)
+
+    def check(self, v):
+        if type(v) is not dict:
+            raise Invalid(f"must be an object, got {_got(v)}")
+        if len(v) > self.max_len:
+            raise Invalid(f"must have at most {self.max_len} entries, has {len(v)}")
+        if self.value.fits_all(list(v.values())) and isinstance(self.keys, IntKey) and _digit_keys(v, self.keys.hi):
+            return
+        for k, x in v.items():
+            try:
+                self.keys.check(k)
+                self.value.check(x)
+            except Invalid as e:
+                raise e.at(k) from None
+
+
+def _digit_keys(d: dict, hi: int) -> bool:
+    width = len(str(hi))
+    return all(k.isascii() and k.isdecimal() and 0 < len(k) <= width for k in d) and \
+        all(int(k) <= hi for k in d)
+
+
+# ---- shared field specs ----------------------------------------------------------------------
+ID = Int(0, MAX_TOKEN_ID)
+COUNT = Int(0, MAX_COUNT)
+PROB = Float(0.0, 1.0)
+FINITE = Float()
+SECONDS = Float(0.0, MAX_SECONDS)
+BYTES = Float(0.0, 1e18)
+NATS = Float(-0.01, 1e3)            # an entropy; rounding can leave a tiny negative
+POSITION = Int(0, MAX_POSITIONS)     # a position in the sequence (prompt + output)
+OUT_POS = Int(0, MAX_OUTPUT + MAX_BLOCK)  # a position in the output
+TOKEN_TEXT = Str(MAX_TOKEN_TEXT)
+TEXT = Str(MAX_TEXT)
+NAME = Str(MAX_NAME)
+IDS = List(ID, MAX_OUTPUT)
+TEXTS = List(TOKEN_TEXT, MAX_OUTPUT)
+
+TOTALS = Obj({}, {"tokens": COUNT, "target_forwards": COUNT, "draft_forwards": COUNT, "compute_s": SECONDS})
+COMMON = {"kind": Enum(("ar", "speculative", "kv", "jacobi", "lookahead", "diffusion")),
+          "index": Int(0, MAX_STEPS), "new_ids": IDS}
+COMMON_OPTIONAL = {"new_text": TEXT, "confidence": Maybe(PROB), "events": List(Str(64), MAX_EVENTS),
+                   "compute_s": Maybe(SECONDS), "totals": TOTALS}
+
+
+def record(kind: str, fields: dict, optional: dict) -> Obj:
+    """A step record of `kind`: the common fields plus the kind's own."""
+    return Obj({**COMMON, **fields}, {**COMMON_OPTIONAL, **optional}, name=f"every '{kind}' step")
+
+
+def _nothing(_):
+    return None
+
+
+@dataclass(frozen=True)
+class Kind:
+    record: Obj                                           # the fields of one step record
+    check: Callable[[dict], None] = _nothing              # what the fields cannot say alone, in one step
+    check_steps: Callable[[list], None] = _nothing        # across the steps of one trace
+
+
+def _need(cond: bool, msg: str, *path):
+    if not cond:
+        raise Invalid(msg, path)
+
+
+def _same_len(step: dict, names: tuple[str, ...], what: str = "") -> None:
+    """Fields present among `names` must have the length of the first one present."""
+    present = [n for n in names if n in step]
+    if len(present) < 2:
+        return
+    n = len(step[present[0]])
+    for name in present[1:]:
+        _need(len(step[name]) == n, f"has {len(step[name])} items but {present[0]} has {n}{what}", name)
+
+
+def _below(rows: list, n: int, path: tuple, what: str) -> None:
+    """Every position in the lists `rows` (or in the list itself) is < n."""
+    flat = rows and isinstance(rows[0], list)
+    top = max((max(r) for r in rows if r), default=-1) if flat else max(rows, default=-1)
+    if top < n:
+        return
+    for i, r in enumerate(rows):
+        for j, p in enumerate(r if flat else [r]):
+            if p >= n:
+                raise Invalid(f"must be < {n} ({what}), got {p}", path + ((i, j) if flat else (i,)))
+
+
+def _grid(steps: list, width: int, what: str) -> None:
+    cells = len(steps) * width
+    _need(cells <= MAX_GRID_CELLS, f"{len(steps)} steps x {width} {what} make {cells} cells; "
+          f"the views draw at most {MAX_GRID_CELLS}", "steps")
+
+
+# ---- ar --------------------------------------------------------------------------------------
+CANDIDATE = Obj({"id": ID, "text": TOKEN_TEXT}, {"p_raw": Maybe(PROB), "p_warped": Maybe(PROB)},
+                name="every candidate")
+AR_FIELDS = {"token_id": ID, "token_text": TOKEN_TEXT}
+AR_OPTIONAL = {"position": POSITION, "prob": Maybe(PROB), "prob_warped": Maybe(PROB), "entropy": Maybe(NATS),
+               "entropy_warped": Maybe(NATS), "candidates": List(CANDIDATE, MAX_CANDIDATES)}
+
+# ---- speculative -----------------------------------------------------------------------------
+NODE = Obj({"id": Int(0, MAX_NODES), "parent": Int(-1, MAX_NODES), "depth": Int(0, MAX_NODES),
+            "status": Enum(NODE_STATUSES)},
+           {"token": ID, "text": TOKEN_TEXT, "q": Maybe(PROB), "p": Maybe(PROB), "u": Maybe(PROB),
+            "ratio": Maybe(PROB), "target_top": ID, "appended": Bool()}, name="every tree node")
+SPECULATIVE = record("speculative", {"accepted_len": Int(0, MAX_NODES), "draft_len": Int(0, MAX_NODES),
+                                     "tree_size": Int(0, MAX_NODES)}, {
+    "nodes": List(NODE, MAX_NODES), "parents": List(Int(-1, MAX_NODES), MAX_NODES),
+    "mask": List(List(Int(0, 1), MAX_NODES), MAX_NODES), "path": List(Int(0, MAX_NODES), MAX_NODES),
+    "origins": List(Str(64), MAX_NODES), "token_texts": List(TOKEN_TEXT, MAX_NODES), "origin": Str(64),
+    "rule": NAME, "stochastic": Bool(), "lossless": Bool(), "draft_s": Maybe(SECONDS), "verify_s": Maybe(SECONDS),
+    "kv_dropped": COUNT, "draft_forwards": COUNT, "target_forwards": COUNT, "prefix_len": POSITION,
+    "k": Int(0, MAX_NODES)})
+
+
+def _speculative(s: dict) -> None:
+    nodes = s.get("nodes", [])
+    for i, n in enumerate(nodes):
+        _need(n["id"] == i, f"must be {i} (nodes are listed by id), got {n['id']}", "nodes", i, "id")
+        parent = n["parent"]
+        _need(parent < i, f"must be an integer < {i} (a parent comes before its children), got {parent}",
+              "nodes", i, "parent")
+        depth = 0 if parent < 0 else nodes[parent]["depth"] + 1
+        _need(n["depth"] == depth, f"must be {depth} (its parent's depth + 1), got {n['depth']}", "nodes", i, "depth")
+    for i, p in enumerate(s.get("parents", [])):
+        _need(p < i, f"must be an integer < {i} (a parent comes before its children), got {p}", "parents", i)
+    mask = s.get("mask")
+    if mask is not None:
+        for i, row in enumerate(mask):
+            _need(len(row) == len(mask), f"has {len(row)} items; the mask is {len(mask)} x {len(mask)}", "mask", i)
+        if nodes:
+            tree = sum(1 for n in nodes if not n.get("appended"))
+            _need(len(mask) == tree, f"is {len(mask)} x {len(mask)} but the tree has {tree} nodes", "mask")
+
+
+# ---- kv --------------------------------------------------------------------------------------
+HEAD_POSITIONS = List(List(POSITION, MAX_POSITIONS), MAX_HEADS)
+LAYER = Obj({"kept": List(List(POSITION, MAX_POSITIONS), MAX_HEADS, min_len=1)}, {
+    "cand_pos": HEAD_POSITIONS, "scores": List(List(Maybe(FINITE), MAX_POSITIONS), MAX_HEADS),
+    "protected": List(List(Int(0, 1), MAX_POSITIONS), MAX_HEADS),
+    "evicted": List(List(Tuple((POSITION, Maybe(FINITE))), MAX_POSITIONS), MAX_HEADS),
+    "attn": List(List(PROB, MAX_POSITIONS), MAX_HEADS), "group": Int(1, MAX_HEADS)}, name="every watched layer")
+QUALITY = Obj({}, {"agreement": Maybe(PROB), "first_divergence": Maybe(Int(0, MAX_STEPS)), "agree": Bool(),
+                   "full_argmax": ID, "full_argmax_text": TOKEN_TEXT, "nll": Maybe(FINITE),
+                   "nll_full": Maybe(FINITE)})
+KV = record("kv", {"seq_len": Int(1, MAX_POSITIONS), "cache_len": Int(0, MAX_POSITIONS), "kv_bytes": BYTES,
+                   "kv_bytes_full": BYTES, "layers": Map(LAYER, MAX_LAYERS, keys=IntKey(MAX_LAYERS - 1))}, {
+    **AR_FIELDS, **AR_OPTIONAL, "policy": NAME, "budget": Int(1, MAX_COUNT), "phase": Str(64),
+    "evicted_count": COUNT, "n_sink": POSITION, "kept_count": List(Int(0, MAX_LAYERS * MAX_HEADS), MAX_POSITIONS),
+    "slots": Int(1, MAX_LAYERS * MAX_HEADS), "kv_bytes_per_layer": List(BYTES, MAX_LAYERS), "quality": QUALITY})
+DETAIL = ("cand_pos", "scores", "protected")
+
+
+def _kv(s: dict) -> None:
+    n = s["seq_len"]
+    if "kept_count" in s:
+        _need(len(s["kept_count"]) == n, f"has {len(s['kept_count'])} items; seq_len is {n}", "kept_count")
+        if "slots" in s and s["kept_count"]:
+            top = max(s["kept_count"])
+            _need(top <= s["slots"], f"counts up to {top}, more than slots ({s['slots']})", "kept_count")
+    if s["layers"]:
+        for name in ("kept_count", "slots"):
+            _need(name in s, "is missing (a step with watched layers needs it)", name)
+    for key, lay in s["layers"].items():
+        _kv_layer(lay, n, ("layers", key))
+
+
+def _kv_layer(lay: dict, n: int, at: tuple) -> None:
+    heads = len(lay["kept"])
+    _below(lay["kept"], n, at + ("kept",), f"seq_len is {n}")
+    detail = [f for f in DETAIL if f in lay]
+    if detail:
+        for f in DETAIL:
+            _need(f in lay, f"is missing ({', '.join(DETAIL)} come together)", *at, f)
+            _need(len(lay[f]) == heads, f"has {len(lay[f])} heads; kept has {heads}", *at, f)
+        for h in range(heads):
+            m = len(lay["cand_pos"][h])
+            for f in ("scores", "protected"):
+                _need(len(lay[f][h]) == m, f"has {len(lay[f][h])} items; cand_pos[{h}] has {m}", *at, f, h)
+        _below(lay["cand_pos"], n, at + ("cand_pos",), f"seq_len is {n}")
+    if "evicted" in lay:
+        _need(len(lay["evicted"]) == heads, f"has {len(lay['evicted'])} heads; kept has {heads}", *at, "evicted")
+        for h, pairs in enumerate(lay["evicted"]):
+            _below([p for p, _ in pairs], n, at + ("evicted", h), f"seq_len is {n}")
+    if "attn" in lay:
+        for f in ("cand_pos", "group"):
+            _need(f in lay, "is missing (attn needs it)", *at, f)
+        g = lay["group"]
+        _need(len(lay["attn"]) == heads * g, f"has {len(lay['attn'])} query heads; {heads} KV heads x group {g} "
+              f"is {heads * g}", *at, "attn")
+        for q, row in enumerate(lay["attn"]):
+            m = len(lay["cand_pos"][q // g])
+            _need(len(row) == m, f"has {len(row)} items; cand_pos[{q // g}] has {m}", *at, "attn", q)
+
+
+def _kv_steps(steps: list) -> None:
+    first = steps[0]["layers"]
+    for i, s in enumerate(steps[1:], 1):
+        lay = s["layers"]
+        _need(set(lay) == set(first), f"watches layers {sorted(lay, key=int)}, step 0 watches {sorted(first, key=int)}",
+              "steps", i, "layers")
+        for key, l0 in first.items():
+            _need(len(lay[key]["kept"]) == len(l0["kept"]),
+                  f"has {len(lay[key]['kept'])} KV heads, step 0 has {len(l0['kept'])}", "steps", i, "layers", key, "kept")
+            if "group" in lay[key] and "group" in l0:
+                _need(lay[key]["group"] == l0["group"], f"is {lay[key]['group']}, step 0's is {l0['group']}",
+                      "steps", i, "layers", key, "group")
+    if first:
+        _grid(steps, max(s["seq_len"] for s in steps), "positions")
+
+
+# ---- jacobi ----------------------------------------------------------------------------------
+JACOBI_TEST = Obj({}, {"pos": Int(0, MAX_BLOCK), "p": Maybe(PROB), "q": Maybe(PROB), "accept_prob": Maybe(PROB),
+                       "u": Maybe(PROB), "accepted": Bool()}, name="every test")
+BLOCK_IDS = List(ID, MAX_BLOCK + 1)
+BLOCK_TEXTS = List(TOKEN_TEXT, MAX_BLOCK + 1)
+JACOBI = record("jacobi", {"block_start": Int(0, MAX_OUTPUT), "accepted": Int(0, MAX_BLOCK),
+                           "committed": Int(0, MAX_BLOCK + 1), "pred_ids": BLOCK_IDS}, {
+    "variant": NAME, "phase": Str(64), "front": OUT_POS, "committed_total": Int(0, MAX_OUTPUT),
+    "block_index": Maybe(Int(0, MAX_STEPS)), "iteration_in_block": Maybe(Int(0, MAX_STEPS)),
+    "pending_len": POSITION, "guess_ids": BLOCK_IDS, "guess_text": BLOCK_TEXTS, "guess_source": List(Str(64), MAX_BLOCK + 1),
+    "pred_text": BLOCK_TEXTS, "changed": List(Bool(), MAX_BLOCK + 1), "fixed": List(Bool(), MAX_BLOCK + 1),
+    "next_start": Int(0, MAX_OUTPUT), "next_guess_ids": BLOCK_IDS, "carried": Int(0, MAX_BLOCK + 1),
+    "forced": List(Tuple((OUT_POS, OUT_POS, OUT_POS)), MAX_BLOCK + 1), "tests": List(JACOBI_TEST, MAX_BLOCK + 1),
+    "resampled": Bool()})
+
+
+def _jacobi(s: dict) -> None:
+    _same_len(s, ("guess_ids", "guess_text"))
+    _same_len(s, ("pred_ids", "pred_text"))
+    for i, (_, first, last) in enumerate(s.get("forced", [])):
+        _need(first <= last <= first + 2 * MAX_BLOCK, f"must be a range [first, last] of at most {2 * MAX_BLOCK} "
+              f"positions, got [{first}, {last}]", "forced", i)
+
+
+def _jacobi_steps(steps: list) -> None:
+    _grid(steps, max(s["block_start"] + len(s["pred_ids"]) for s in steps), "output positions")
+
+
+# ---- lookahead -------------------------------------------------------------------------------
+LEVEL = Obj({"level": Int(0, MAX_LEVELS), "ids": List(ID, MAX_WINDOW), "text": List(TOKEN_TEXT, MAX_WINDOW),
+             "positions": List(Int(-1, MAX_OUTPUT + MAX_WINDOW), MAX_WINDOW)}, name="every window level")
+NGRAM_CANDIDATE = Obj({"ids": List(ID, MAX_NGRAM), "text": List(TOKEN_TEXT, MAX_NGRAM)},
+                      {"accepted_len": Int(0, MAX_NGRAM)}, name="every candidate n-gram")
+NGRAMS = List(List(ID, MAX_NGRAM, min_len=1), MAX_POOL_ITEMS)
+LOOKAHEAD = record("lookahead", {"base": Int(0, MAX_OUTPUT), "window": List(LEVEL, MAX_LEVELS)}, {
+    "phase": Str(64), "fill_level": Int(0, MAX_LEVELS), "accepted_len": Int(0, MAX_NGRAM),
+    "committed": Int(0, MAX_NGRAM + 1), "committed_total": Int(0, MAX_OUTPUT), "pool_size": COUNT,
+    "last_id": ID, "last_text": TOKEN_TEXT, "pending_len": POSITION, "input_tokens": COUNT,
+    "level_out": List(ID, MAX_WINDOW), "level_out_text": List(TOKEN_TEXT, MAX_WINDOW),
+    "next_window": List(List(ID, MAX_WINDOW), MAX_LEVELS), "harvested": NGRAMS, "seeded": NGRAMS,
+    "appended": NGRAMS, "pool_keys": COUNT, "candidates": List(NGRAM_CANDIDATE, MAX_CANDIDATES),
+    "best": Maybe(Int(0, MAX_CANDIDATES)), "accepted_ngram": List(ID, MAX_NGRAM),
+    "accepted_text": List(TOKEN_TEXT, MAX_NGRAM), "bonus_id": ID, "bonus_text": TOKEN_TEXT,
+    "vocab": Map(TOKEN_TEXT, MAX_POOL_ITEMS, keys=IntKey(MAX_TOKEN_ID)), "tests": List(Obj({}), MAX_CANDIDATES)})
+
+
+def _lookahead(s: dict) -> None:
+    window = s["window"]
+    for i, lv in enumerate(window):
+        _same_len(lv, ("ids", "text", "positions"), f" (window[{i}])")
+    if window and "fill_level" in s:
+        _need(s["fill_level"] < len(window), f"must be < {len(window)} (the window's levels), got {s['fill_level']}",
+              "fill_level")
+    for i, c in enumerate(s.get("candidates", [])):
+        _need(len(c["text"]) == len(c["ids"]), f"has {len(c['text'])} items; ids has {len(c['ids'])}",
+              "candidates", i, "text")
+    _same_len(s, ("level_out", "level_out_text"))
+    _same_len(s, ("accepted_ngram", "accepted_text"))
+
+
+# ---- diffusion -------------------------------------------------------------------------------
+DIFFUSION = record("diffusion", {
+    "block_range": Tuple((Int(0, MAX_OUTPUT), Int(0, MAX_OUTPUT))),
+    "state": List(Enum(DIFFUSION_STATES), MAX_OUTPUT), "tokens": IDS, "texts": TEXTS,
+    "conf": List(Maybe(PROB), MAX_OUTPUT), "score": List(Maybe(FINITE), MAX_OUTPUT)}, {
+    "block": Int(0, MAX_OUTPUT), "step_in_block": Int(0, MAX_STEPS), "threshold": Maybe(FINITE),
+    "k": Maybe(Int(0, MAX_OUTPUT)), "new_positions": List(Int(0, MAX_OUTPUT), MAX_OUTPUT), "nfe": COUNT,
+    "forwarded_tokens": COUNT, "remasked": Int(0, MAX_OUTPUT)})
+
+
+def _diffusion(s: dict) -> None:
+    _same_len(s, ("state", "tokens", "texts", "conf", "score"))
+    lo, hi = s["block_range"]
+    n = len(s["state"])
+    _need(lo <= hi <= n, f"must be [lo, hi] with lo <= hi <= {n} (the positions), got [{lo}, {hi}]", "block_range")
+
+
+def _diffusion_steps(steps: list) -> None:
+    n = len(steps[0]["state"])
+    for i, s in enumerate(steps):
+        _need(len(s["state"]) == n, f"has {len(s['state'])} positions, step 0 has {n}", "steps", i, "state")
+    _grid(steps, n, "positions")
+
+
+STEPS: dict[str, Kind] = {
+    "ar": Kind(record("ar", AR_FIELDS, AR_OPTIONAL)),
+    "speculative": Kind(SPECULATIVE, _speculative),
+    "kv": Kind(KV, _kv, _kv_steps),
+    "jacobi": Kind(JACOBI, _jacobi, _jacobi_steps),
+    "lookahead": Kind(LOOKAHEAD, _lookahead),
+    "diffusion": Kind(DIFFUSION, _diffusion, _diffusion_steps),
+}
+assert set(STEPS) == set(COMMON["kind"].values)
+
+# ---- the trace around the steps: only what the views read -------------------------------------
+PARAMS = Obj({}, {"policy": NAME, "variant": Scalar(), "init": Scalar(), "block_size": Scalar(),
+                  "window_size": Scalar(), "level": Scalar(), "guess_set_size": Int(1, 4096)})
+META = Obj({"model": NAME, "method": NAME}, {"prompt": TEXT, "params": PARAMS}, name="a trace's meta")
+FINAL = Obj({}, {"text": TEXT, "token_ids": IDS})
+COUNTERS = Obj({}, {k: Float(0.0, 1e15) for k in
+                    ("target_forwards", "draft_forwards", "generated_tokens", "compute_s", "record_s")})
+TABLE_ROWS = List(Map(Scalar(), 64), 64)
+EXTRA = Obj({}, {
+    "summary": Obj({}, {"model": NAME, "rule": NAME, "forwarded_tokens": COUNT, "lossless": Bool()}),
+    "speedup_vs_ar": Obj({k: Float(0.0, 1e12) for k in ("speedup", "ar_tokens_per_s", "spec_tokens_per_s")}),
+    "vs_ar": Obj({"rows": TABLE_ROWS}, {"identical": Maybe(Bool())})})
+TRACE = Obj({"meta": META, "steps": List(Obj({}), MAX_STEPS)}, {"final": FINAL, "counters": COUNTERS,
+                                                               "extra": EXTRA}, name="every trace")
+
+
+def check_trace(obj: Any) -> None:
+    """Raise Invalid, naming the step and the field, unless `obj` is a trace the views can draw."""
+    TRACE.check(obj)
+    check_steps(obj["steps"])
+
+
+def check_steps(steps: list) -> None:
+    if not steps:
+        return
+    kind = steps[0].get("kind")
+    for i, s in enumerate(steps):
+        try:
+            _need(s.get("kind") == kind or s.get("kind") not in STEPS,
+                  f"is {s.get('kind')!r} but step 0 is {kind!r}: a trace holds steps of one kind", "kind")
+            _need(s.get("index") == i, f"must be {i} (the step's place in the trace), got {_got(s.get('index'))}",
+                  "index")
+            k = STEPS.get(s.get("kind"))
+            if k is None:
+                raise Invalid(f"must be one of {', '.join(sorted(STEPS))}, got {_got(s.get('kind'))}", ("kind",))
+            k.record.check(s)
+            k.check(s)
+        except Invalid as e:
+            raise e.at("steps", i) from None
+    STEPS[kind].check_steps(steps)
