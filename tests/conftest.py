@@ -80,3 +80,11 @@ def wait_done(at, key: str, timeout: float = 180):
     while not r.finished and time.time() < end:
         time.sleep(0.1)
     return r
+
+
+def shown(elements) -> list[str]:
+    """The texts of AppTest message elements (st.error, st.warning, ...) as a person reads them: the app
+    backslash-escapes markdown in messages that quote user input (viz.safe.md_text)."""
+    import html
+    import re
+    return [html.unescape(re.sub(r"\\(.)", r"\1", e.value)) for e in elements]

@@ -4,7 +4,7 @@ import time
 import pytest
 
 from engine.runner import DONE
-from tests.conftest import app_test, wait_done
+from tests.conftest import app_test, shown, wait_done
 
 PAGE = "pages/5_Diffusion.py"
 
@@ -66,7 +66,7 @@ def test_diffusion_page_compares_the_two_embedded_weights(embedded_lm):
     assert not at.exception
     small(at, "threshold")
     at.selectbox(key="dlm_rule_a").set_value("threshold")
-    at.selectbox(key="dlm_weights_b").set_value("embedded-cf")
+    at.selectbox(key="dlm_adapter_b").set_value("embedded-cf")
     at.button(key="dlm_compare_go").click().run()
     a, b = wait_done(at, "runner_diffusion_a"), wait_done(at, "runner_diffusion_b")
     assert a.state == DONE and b.state == DONE, (a.error, b.error)
@@ -74,23 +74,23 @@ def test_diffusion_page_compares_the_two_embedded_weights(embedded_lm):
     assert b.trace.extra["summary"]["model"].startswith("smol-diffusion-cf")
     at.run()
     assert not at.exception
-    assert any("smol-diffusion-cf" in c.value for c in at.caption)
+    assert any("smol-diffusion-cf" in c for c in shown(at.caption))
     # the sidebar choice switches the single-rule view too
-    at.radio(key="dlm_weights").set_value("embedded-cf").run()
+    at.selectbox(key="dlm_adapter").set_value("embedded-cf").run()
     assert not at.exception
-    assert any("smol-diffusion-cf" in m.value for m in at.sidebar.markdown)
-    at.radio(key="dlm_weights").set_value("embedded-cal").run()  # and the calibrated one
+    assert any("smol-diffusion-cf" in m.value for m in at.sidebar.text)
+    at.selectbox(key="dlm_adapter").set_value("embedded-cal").run()  # and the calibrated one
     assert not at.exception
-    assert any("smol-diffusion-cal" in m.value for m in at.sidebar.markdown)
-    at.radio(key="dlm_weights").set_value("embedded-div").run()  # and the calibrated one retrained on sampled text
+    assert any("smol-diffusion-cal" in m.value for m in at.sidebar.text)
+    at.selectbox(key="dlm_adapter").set_value("embedded-div").run()  # and the calibrated one retrained on sampled text
     assert not at.exception
-    assert any("smol-diffusion-div" in m.value for m in at.sidebar.markdown)
-    at.radio(key="dlm_weights").set_value("embedded-par").run()  # and div trained against its own loops
+    assert any("smol-diffusion-div" in m.value for m in at.sidebar.text)
+    at.selectbox(key="dlm_adapter").set_value("embedded-par").run()  # and div trained against its own loops
     assert not at.exception
-    assert any("smol-diffusion-par" in m.value for m in at.sidebar.markdown)
-    at.radio(key="dlm_weights").set_value("embedded-fast").run()  # and par with a heavier confident-error penalty
+    assert any("smol-diffusion-par" in m.value for m in at.sidebar.text)
+    at.selectbox(key="dlm_adapter").set_value("embedded-fast").run()  # and par with a heavier confident-error penalty
     assert not at.exception
-    assert any("smol-diffusion-fast" in m.value for m in at.sidebar.markdown)
+    assert any("smol-diffusion-fast" in m.value for m in at.sidebar.text)
 
 
 def test_measured_2x_setting_button_sets_up_the_benchmark_comparison(embedded_lm):
@@ -99,7 +99,7 @@ def test_measured_2x_setting_button_sets_up_the_benchmark_comparison(embedded_lm
     at = app_test(PAGE).run()
     at.button(key="dlm_preset_fast").click().run()
     assert not at.exception
-    assert at.radio(key="dlm_weights").value == "embedded-fast"
+    assert at.selectbox(key="dlm_adapter").value == "embedded-fast"
     assert at.selectbox(key="dlm_rule").value == "threshold"
     assert at.slider(key="dlm_threshold").value == pytest.approx(0.7)
     assert at.number_input(key="dlm_gen_length").value == 64 and at.number_input(key="dlm_block_length").value == 0

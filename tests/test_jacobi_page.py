@@ -25,8 +25,8 @@ def _generate(at, method: str, n: int = 10):
 def test_jacobi_page_generates_and_steps(embedded_lm):
     at = app_test(PAGE).run()
     assert not at.exception
-    at.selectbox(key="jl_variant").set_value("gauss_seidel")
-    at.number_input(key="jl_block").set_value(4)
+    at.selectbox(key="jl_jacobi_variant").set_value("gauss_seidel")
+    at.number_input(key="jl_jacobi_block_size").set_value(4)
     r = _generate(at, "jacobi")
     assert r.trace.steps[0]["variant"] == "gauss_seidel"
     assert len(at.get("plotly_chart")) >= 2  # trajectory grid, dependency graph, progress

@@ -20,13 +20,14 @@ def start(drafter: str, **extra):
     at.selectbox(key="spec_drafter").set_value(drafter).run()
     at.number_input(key="spec_max_new").set_value(6)
     if drafter == "prompt_lookup":
-        at.number_input(key="spec_pl_k").set_value(4)
+        at.number_input(key="spec_prompt_lookup_num_tokens").set_value(4)
     else:
-        at.number_input(key="spec_k").set_value(2)
+        at.number_input(key="spec_num_assistant_tokens").set_value(2)
     if drafter in ("early_exit", "kangaroo"):
-        at.number_input(key="spec_exit").set_value(4)
+        at.number_input(key="spec_exit_layer").set_value(4)
     if drafter == "draft_model":
-        at.text_input(key="spec_dm").input("self:4")
+        at.selectbox(key="spec_draft_model_preset").set_value("custom...").run()
+        at.text_input(key="spec_draft_model").input("self:4")
     for k, v in extra.items():
         at.selectbox(key=k).set_value(v)
     at.button(key="spec_go").click().run()
@@ -49,25 +50,25 @@ def test_page_generates_with_each_drafter(embedded_lm, drafter):
 
 
 def test_page_tree_and_speedup(embedded_lm):
-    at = start("prompt_lookup", spec_tree="template 2.2.2")
+    at = start("prompt_lookup", spec_tree_preset="2.2.2")
     r = wait_done(at, KEY, 300)
     assert r.state == DONE
     at.run()
     at.button(key="spec_speedup").click().run()
     assert not at.exception
-    sp = r.trace.extra["speedup_vs_ar"]
-    assert sp["same_output"] and sp["speedup"] > 0
+    sp = r.trace.extra["vs_ar"]
+    assert sp["identical"] and sp["same_as_recorded"] and sp["speedup"] > 0
 
 
 def test_page_bad_options_show_errors(embedded_lm):
     at = app_test("pages/2_Speculative.py").run()
-    at.selectbox(key="spec_tree").set_value("custom").run()
-    at.text_input(key="spec_tree_custom").input("2.x")
+    at.selectbox(key="spec_tree_preset").set_value("custom...").run()
+    at.text_input(key="spec_tree").input("2.x")
     at.button(key="spec_go").click().run()
     assert not at.exception
     assert any("tree shape" in e.value for e in at.error)
-    at.text_input(key="spec_tree_custom").input("2.2")
-    at.selectbox(key="spec_rule").set_value("typical")
+    at.text_input(key="spec_tree").input("2.2")
+    at.selectbox(key="spec_verify").set_value("typical").run()
     at.button(key="spec_go").click().run()
     assert any("temperature" in e.value for e in at.error)
     assert KEY not in at.session_state or at.session_state[KEY] is None

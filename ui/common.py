@@ -1,12 +1,46 @@
 """Shared Streamlit pieces: the model (loaded once per process), the sampling sidebar, errors."""
 from __future__ import annotations
 
+import logging
+import secrets
 import threading
+import traceback
+from contextlib import contextmanager
 
 import streamlit as st
 
 from engine import models
+from engine.errors import LabError
 from engine.sampling import SamplingConfig, SamplingError
+from viz.safe import md_text
+
+log = logging.getLogger("decoding_lab")
+if not log.handlers:
+    _h = logging.StreamHandler()
+    _h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    log.addHandler(_h)
+    log.propagate = False
+
+
+def report_internal_error(exc: BaseException, where: str = "page", container=None) -> str:
+    """A bug reached the page: show a short id (never the traceback) and log the traceback under it."""
+    eid = secrets.token_hex(4)
+    log.error("internal error %s in %s\n%s", eid, where, "".join(traceback.format_exception(exc)))
+    (container or st).error(f"Something went wrong in the {where} (error id {eid}). The details are in the "
+                            "server log; the rest of the app keeps working.")
+    return eid
+
+
+@contextmanager
+def guard(where: str = "page", container=None):
+    """Run a page (or a fragment) body: our own errors show their message, anything else a friendly box
+    with an id. Streamlit's rerun / stop signals are BaseExceptions and pass through."""
+    try:
+        yield
+    except LabError as e:
+        (container or st).error(md_text(e, 1000))
+    except Exception as e:  # noqa: BLE001 -- the boundary between the app and a person
+        report_internal_error(e, where, container)
 
 MODEL_KEY = "lab_model_name"
 TRUST_KEY = "lab_trust_remote_code"
@@ -31,10 +65,16 @@ def get_lm(name: str | None = None, trust_remote_code: bool | None = None) -> mo
         with st.spinner(f"Loading {name} (first load of the embedded model dequantises it, ~20 s)..."):
             return _load_model(name, bool(trust))
     except models.ModelLoadError as e:
-        st.error(f"Could not load the model: {e}")
+        st.error("Could not load the model: " + md_text(e, 1000))
     except Exception as e:  # never crash the page
-        st.error(f"Could not load the model '{name}': {type(e).__name__}: {e}")
+        report_internal_error(e, f"loading of the model {name[:100]!r}")
     return None
+
+
+def run_page(main, where: str = "page") -> None:
+    """Run a page's body inside `guard`: no traceback reaches the browser."""
+    with guard(where):
+        main()
 
 
 def page_header(title: str, caption: str) -> models.LM | None:
@@ -43,7 +83,8 @@ def page_header(title: str, caption: str) -> models.LM | None:
     st.caption(caption)
     lm = get_lm()
     if lm is not None:
-        st.sidebar.markdown(f"**Model:** `{lm.name}`  \n**Device:** `{lm.device}` · `{str(lm.dtype).replace('torch.', '')}`")
+        st.sidebar.caption("Model")
+        st.sidebar.text(f"{lm.name}\n{lm.device} · {str(lm.dtype).replace('torch.', '')}")
     return lm
 
 
@@ -63,7 +104,7 @@ def sampling_controls(prefix: str, container=None) -> SamplingConfig | None:
         return SamplingConfig(temperature=float(t), top_k=int(k), top_p=float(p), min_p=float(mp),
                               typical_p=float(ty), seed=int(seed))
     except SamplingError as e:
-        c.error(str(e))
+        c.error(md_text(e, 1000))
         return None
 
 

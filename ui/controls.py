@@ -11,7 +11,10 @@ from typing import Callable
 import streamlit as st
 
 from engine import run as engine_run
+from engine.errors import LabError
 from engine.runner import DONE, ERROR, EVENTS, PAUSED, RUNNING, Breakpoint, Runner
+from ui import common
+from viz.safe import md_text
 
 REFRESH_S = 0.5
 
@@ -40,9 +43,13 @@ def start(key: str, lm, method: str, prompt: str, *, breakpoints=(), start_pause
         old.cancel()
     try:
         trace, steps = engine_run.prepare(lm, method, prompt, **kw)
-    except ValueError as e:  # PromptError, MethodError, SamplingError: clear messages
+    except LabError as e:  # PromptError, MethodError, OptionError, SamplingError: clear messages
         st.session_state.pop(key, None)
-        st.error(str(e))
+        st.error(md_text(e, 1000))
+        return None
+    except Exception as e:  # a bug: an id for the log, never a traceback
+        st.session_state.pop(key, None)
+        common.report_internal_error(e, f"start of the {method} run")
         return None
     runner = Runner(trace, steps, breakpoints=breakpoints, start_paused=start_paused).start()
     st.session_state[key] = runner
@@ -89,8 +96,21 @@ def status_line(r: Runner) -> str:
     where = "no steps yet" if cur is None else f"showing step {cur} (steps 0–{n - 1})"
     s = f"**{r.state}** · {where}"
     if r.break_reason and r.state == PAUSED:
-        s += f" · breakpoint: {r.break_reason}"
+        s += f" · breakpoint: {md_text(r.break_reason, 200)}"   # it quotes the breakpoint's text
     return s
+
+
+def show_error(r) -> None:
+    """The error a run stopped with: our own errors by their message, a bug by an id (traceback in the log)."""
+    exc = getattr(r, "exception", None)
+    if exc is not None and not isinstance(exc, LabError):
+        if not getattr(r, "_reported", None):
+            r._reported = common.report_internal_error(exc, "decoding run")
+        else:
+            st.error(f"The run stopped with an internal error (error id {r._reported}); the details are in the "
+                     "server log.")
+        return
+    st.error(f"The run stopped: {md_text(r.error, 500)}")
 
 
 def live(key: str, render: Callable[[Runner], None]) -> None:
@@ -105,13 +125,14 @@ def live(key: str, render: Callable[[Runner], None]) -> None:
         rr = runner(key)
         if rr is None:
             return
-        st.markdown(status_line(rr))
-        if rr.state == ERROR:
-            st.error(f"The run stopped with an error: {rr.error}")
-        if rr.trace.steps:
-            render(rr)
-        elif rr.state == RUNNING:
-            st.info("Prefilling the prompt...")
+        with common.guard("live view"):
+            st.markdown(status_line(rr))
+            if rr.state == ERROR:
+                show_error(rr)
+            if rr.trace.steps:
+                render(rr)
+            elif rr.state == RUNNING:
+                st.info("Prefilling the prompt...")
         if active and rr.state != RUNNING:
             st.rerun()  # the worker paused or ended: redraw the whole page once, then stop polling
 
