@@ -75,6 +75,8 @@ def _got(v) -> str:
     """A short description of a value for an error message."""
     if isinstance(v, bool) or v is None:
         return repr(v)
+    if isinstance(v, int) and v.bit_length() > 128:
+        return "a very large integer"  # (repr of one over 4300 digits raises)
     if isinstance(v, (int, float)):
         s = repr(v)
         return s if len(s) <= 40 else s[:20] + "…"
@@ -294,7 +296,8 @@ class IntKey(Spec):
     hi: int
 
     def check(self, v):
-        ok = type(v) is str and 0 < len(v) <= 10 and v.isascii() and v.isdecimal() and int(v) <= self.hi
+        ok = type(v) is str and 0 < len(v) <= 10 and v.isascii() and v.isdecimal() and int(v) <= self.hi \
+            and str(int(v)) == v  # the views look keys up as str(number): no "01"
         if not ok:
             raise Invalid(f"must be a key of digits for a number in 0..{self.hi}, got {_got(v)}")
 
@@ -322,9 +325,10 @@ class Map(Spec):
 
 
 def _digit_keys(d: dict, hi: int) -> bool:
+    """All keys are numbers <= hi written as str(number) (a fast test; IntKey.check says what is wrong)."""
     width = len(str(hi))
-    return all(k.isascii() and k.isdecimal() and 0 < len(k) <= width for k in d) and \
-        all(int(k) <= hi for k in d)
+    return all(type(k) is str and k.isascii() and k.isdecimal() and 0 < len(k) <= width and (k[0] != "0" or k == "0")
+               for k in d) and all(int(k) <= hi for k in d)
 
 
 # ---- shared field specs ----------------------------------------------------------------------

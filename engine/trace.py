@@ -150,6 +150,8 @@ def loads(data: str | bytes) -> Trace:
         raise TraceError("The file is nested too deeply to be a trace.") from e
     except json.JSONDecodeError as e:
         raise TraceError(f"The file is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}).") from e
+    except ValueError as e:  # e.g. an integer of more than 4300 digits
+        raise TraceError(f"The file cannot be read as a trace: {str(e)[:200]}") from e
     return from_dict(obj)
 
 
@@ -187,15 +189,14 @@ def from_dict(obj: Any) -> Trace:
     _need(isinstance(ids, list) and all(isinstance(t, int) for t in ids), "'final.token_ids' must be a list of integers.")
     c = obj.get("counters", {})
     _need(isinstance(c, dict), "'counters' must be an object.")
-    counters = Counters()
-    for k in COUNTER_KEYS:
-        if k in c:
-            _need(isinstance(c[k], (int, float)) and not isinstance(c[k], bool), f"Counter '{k}' must be a number.")
-            setattr(counters, k, type(getattr(counters, k))(c[k]))
     extra = obj.get("extra", {})
     _need(isinstance(extra, dict), "'extra' must be an object.")
     try:
-        schema.check_trace(obj)  # every field the views read, per step kind
+        schema.check_trace(obj)  # every field the views read, per step kind (counters finite, too)
     except schema.Invalid as e:
         raise TraceError(f"{e}.") from None
+    counters = Counters()
+    for k in COUNTER_KEYS:
+        if k in c:
+            setattr(counters, k, type(getattr(counters, k))(c[k]))
     return Trace(meta=meta, steps=steps, counters=counters, final_text=text, final_ids=ids, extra=extra)

@@ -7,12 +7,13 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import re
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as hs
 
 from engine import methods, run, schema as S, trace as T
@@ -266,6 +267,7 @@ def _kv_wide_map(d):
     ("kv_h2o", _set(3, "seq_len", 2_000_000), r"^step 3, seq_len: must be an integer in 1\.\.131072, got 2000000"),
     ("kv_h2o", _set(3, "seq_len", 20), r"^step 3, kept_count: has \d+ items; seq_len is 20"),
     ("kv_h2o", _set(0, "layers", {"²": {"kept": [[0]]}}), r"step 0, layers\.²: must be a key of digits"),
+    ("kv_h2o", _set(0, "layers", {"015": {"kept": [[0]]}}), r"step 0, layers\.015: must be a key of digits"),
     ("autoregressive", _relabel("kv"), r"^step 0, seq_len: is missing \(every 'kv' step has it\)"),
     ("jacobi", _relabel("lookahead"), r"^step 0, base: is missing \(every 'lookahead' step has it\)"),
     ("autoregressive", _set(2, "kind", "jacobi"), r"^step 2, kind: is 'jacobi' but step 0 is 'ar'"),
@@ -295,6 +297,17 @@ def test_nan_reaching_the_schema_is_refused():
     d["counters"]["compute_s"] = float("inf")
     with pytest.raises(T.TraceError, match=r"counters\.compute_s: must be a finite number"):
         T.from_dict(d)
+
+
+@pytest.mark.parametrize("literal, msg", [
+    ("1e999", r"counters\.generated_tokens: must be a finite number"),
+    ("1" * 5000, r"cannot be read as a trace: Exceeds the limit"),
+])
+def test_odd_number_literals_are_refused(literal, msg):
+    d = _example("autoregressive")
+    d["counters"]["generated_tokens"] = 12345
+    with pytest.raises(T.TraceError, match=msg):
+        T.loads(json.dumps(d).replace("12345", literal, 1))
 
 
 def test_diffusion_grid_is_bounded():
@@ -478,6 +491,7 @@ def _deep(n: int):
 ODD_VALUES = [None, True, False, "x", "", "²", [], {}, [None], {"kind": "ar"}, -1, 0, 1.5, 2**63, 10**30, -10**30,
               1e308, -1e308, float("nan"), float("inf"), float("-inf"), 2_000_000, 10**9, _deep(300),
               "A" * 1_100_000, [0] * 20_000]
+ODD_KEYS = ["01", "²", "", "-1", "x" * 100, "kind", "index", "0"]
 SIZE_FIELDS = ["seq_len", "cache_len", "slots", "block_start", "next_start", "front", "accepted", "committed",
                "carried", "base", "fill_level", "block", "step_in_block", "budget", "n_sink", "accepted_len",
                "tree_size", "draft_len", "index"]
@@ -497,14 +511,17 @@ def _places(obj, out=None):
 def corrupted(draw, base: dict):
     obj = copy.deepcopy(base)
     steps = obj["steps"]
-    op = draw(hs.sampled_from(["replace", "replace", "delete", "relabel", "size", "swap", "extend", "truncate"]))
-    if op in ("replace", "delete"):
+    op = draw(hs.sampled_from(["replace", "replace", "delete", "rekey", "relabel", "size", "swap", "extend",
+                               "truncate"]))
+    if op in ("replace", "delete", "rekey"):
         places = _places(obj)
         parent, key = places[draw(hs.integers(0, len(places) - 1))]
         if op == "replace":
             parent[key] = copy.deepcopy(draw(hs.sampled_from(ODD_VALUES)))
-        else:
+        elif op == "delete":
             del parent[key]
+        elif isinstance(parent, dict):
+            parent[draw(hs.sampled_from(ODD_KEYS))] = parent.pop(key)
     elif op == "relabel":
         kind = draw(hs.sampled_from(KINDS + ["evil", ""]))
         for s in (steps if draw(hs.booleans()) else steps[-1:]):
@@ -527,8 +544,10 @@ def _check_corruption(obj: dict) -> None:
         tr = T.loads(json.dumps(obj, allow_nan=True))
     except T.TraceError as e:
         assert str(e)
+        event("refused")
     else:
         render_everything(tr)
+        event("still valid: rendered")
     try:  # NaN / inf given as Python floats reach the schema itself
         T.from_dict(copy.deepcopy(obj))
     except T.TraceError:
@@ -547,3 +566,22 @@ def test_corrupted_real_traces_are_refused_or_render(real_traces, data, bare_str
 def test_corrupted_random_traces_are_refused_or_render(data, bare_streamlit):
     base = data.draw(hs.sampled_from(KINDS).flatmap(traces))
     _check_corruption(data.draw(corrupted(base)))
+
+
+NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?")
+
+
+@settings(max_examples=30, **SETTINGS)
+@given(data=hs.data())
+def test_odd_number_literals_are_refused_or_render(real_traces, data, bare_streamlit):
+    """Numbers json.dumps never writes (1e999 is read as inf, 5000 digits cannot be read as an int)."""
+    text = json.dumps(data.draw(hs.sampled_from(real_traces)))
+    spans = [m.span() for m in NUMBER.finditer(text)]
+    a, b = spans[data.draw(hs.integers(0, len(spans) - 1))]
+    text = text[:a] + data.draw(hs.sampled_from(["1e999", "-1e999", "1" * 5000, "1e-999", "-0", "0.0", "1E5"])) + text[b:]
+    try:
+        tr = T.loads(text)
+    except T.TraceError as e:
+        assert str(e)
+    else:
+        render_everything(tr)
