@@ -93,7 +93,8 @@ def test_step_records(embedded_lm):
 def test_kv_cache_keeps_only_accepted_path(tiny_lm):
     """After a round the cache equals the cache of the committed sequence computed from scratch."""
     from transformers import DynamicCache
-    from engine.methods.speculative import keep_path, target_forward
+    from engine.kvcache import keep as keep_path
+    from engine.methods.speculative import target_forward
     from engine.methods.speculative.trees import DraftTree
     lm = tiny_lm
     seq = [5, 17, 42, 9, 11]

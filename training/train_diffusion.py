@@ -142,7 +142,7 @@ def self_decode(model, prompts_enc, mask_id: int, eos: int, block: int = 16, gen
     threshold: Fast-dLLM's rule instead of one token per step: every masked position of the block whose
     confidence is >= threshold is committed, and always the most confident one."""
     from transformers import DynamicCache
-    from engine.diffusion.adapters import _crop_to
+    from engine import kvcache
     emb = model.get_input_embeddings().weight
     B, width = len(prompts_enc), max(map(len, prompts_enc))
     L = width + gen_len
@@ -165,7 +165,7 @@ def self_decode(model, prompts_enc, mask_id: int, eos: int, block: int = 16, gen
             model.model(input_ids=X[active], attention_mask=padded_attention(A[active]),
                         position_ids=pos_all[active], past_key_values=cache, use_cache=True)
             start = lo - 1
-            _crop_to(cache, start)
+            kvcache.crop(cache, start)
             keep = active
         for _ in range(block):  # >= 1 commit per step: at most `block` steps
             x, a = X[active], A[active]
@@ -177,7 +177,7 @@ def self_decode(model, prompts_enc, mask_id: int, eos: int, block: int = 16, gen
                 h = model.model(input_ids=x[:, start:], attention_mask=padded_attention(a, start),
                                 position_ids=pos_all[active, start:],
                                 past_key_values=cache, use_cache=True).last_hidden_state
-                _crop_to(cache, start)
+                kvcache.crop(cache, start)
                 h = h[:, lo - 1 - start:hi - 1 - start]
             else:
                 h = padded_hidden(model, emb[x], a)[:, lo - 1:hi - 1]  # shift: i-1 predicts i

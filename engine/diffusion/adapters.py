@@ -19,6 +19,7 @@ import threading
 
 import torch
 
+from engine import kvcache
 from engine.methods import MethodError
 
 
@@ -85,7 +86,7 @@ class DiffusionAdapter:
         mask = torch.ones(x.shape[0], 1, L, L, dtype=torch.bool, device=x.device) if self.bidirectional else None
         lg = self.model(input_ids=x, attention_mask=mask, use_cache=True, past_key_values=cache).logits.float()
         cache_len = max(0, start - 1) if self.shift else start
-        _crop_to(cache, cache_len)
+        kvcache.crop(cache, cache_len)
         if self.shift:
             lg = torch.cat([lg[:, :1], lg[:, :-1]], dim=1)
         lg[..., self.mask_id] = float("-inf")
@@ -95,17 +96,11 @@ class DiffusionAdapter:
         """Forward x[:, cache_len:] over the cached prefix; out[:, j] predicts x[:, cache_len + j]
         (for a shifted model out[:, 0] is a placeholder: that position is committed)."""
         lg = self._call(x[:, cache_len:], past=cache, start=cache_len).float()
-        _crop_to(cache, cache_len)  # drop the keys/values of the recomputed suffix again
+        kvcache.crop(cache, cache_len)  # drop the keys/values of the recomputed suffix again
         if self.shift:  # out[j] predicts x[cache_len + j + 1]; re-align (first entry unused)
             lg = torch.cat([lg[:, :1], lg[:, :-1]], dim=1)
         lg[..., self.mask_id] = float("-inf")
         return lg
-
-
-def _crop_to(cache, length: int) -> None:
-    extra = cache.get_seq_length() - length
-    if extra > 0:
-        cache.crop(-extra)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ import random
 import torch
 from transformers import DynamicCache
 
+from engine import kvcache
 from engine import sampling as S
 from engine.methods import MAX_NEW_TOKENS, Job, register
 from engine.options import Opt
@@ -47,13 +48,6 @@ MAX_BLOCK = 128
 
 
 # ----------------------------------------------------------------------------------------- helpers
-def crop_to(cache: DynamicCache, length: int) -> None:
-    """Drop every cached entry after the first `length` (DynamicCache.crop takes a negative count)."""
-    cur = cache.get_seq_length()
-    if cur > length:
-        cache.crop(length - cur)
-
-
 def pad_id(lm) -> int:
     t = lm.tokenizer.pad_token_id
     if t is None:
@@ -226,7 +220,7 @@ def _run(job: Job, variant: str, n: int, init: str, hybrid_length: int):
                     m, tok = info["m"], info["token"]
                     redraw = S.sample(p[m + 1:], gen).tolist() if m + 1 <= len(guesses) else []
                     pred = guesses[:m] + [tok] + redraw
-                crop_to(cache, cache_len + len(pending) + m)  # keep the accepted guesses' KV only
+                kvcache.crop(cache, cache_len + len(pending) + m)  # keep the accepted guesses' KV only
             c.target_forwards += 1
             st["blocks"][-1][1] += 1
             cur_block, cur_iter = st["block_index"], st["blocks"][-1][1]

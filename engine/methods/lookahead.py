@@ -30,12 +30,12 @@ import random
 import torch
 from transformers import DynamicCache
 
+from engine import attention, kvcache
 from engine import sampling as S
 from engine.methods import Job, register
+from engine.methods.jacobi import texts
 from engine.options import Opt
-from engine.methods.jacobi import crop_to, texts
 from engine.trace import clean_float
-from engine import attention
 from kernels import dispatch as KD
 
 MAX_W, MAX_N, MAX_G = 64, 16, 64
@@ -118,15 +118,9 @@ def build_inputs(pending: list[int], levels: list[list[int]], cands: list[tuple[
 
 
 def keep_accepted_kv(cache: DynamicCache, cache_len: int, k: int, src_offset: int, a: int) -> None:
-    """Move the accepted candidate's a KV entries next to the prefix, then crop everything after them."""
-    if a:
-        src = torch.arange(cache_len + src_offset, cache_len + src_offset + a)
-        dst = torch.arange(cache_len + k, cache_len + k + a)
-        for layer in cache.layers:
-            src_d, dst_d = src.to(layer.keys.device), dst.to(layer.keys.device)
-            layer.keys[:, :, dst_d] = layer.keys[:, :, src_d]
-            layer.values[:, :, dst_d] = layer.values[:, :, src_d]
-    crop_to(cache, cache_len + k + a)
+    """Keep the prefix and the k window entries, move the accepted candidate's a KV entries next to them,
+    drop everything after."""
+    kvcache.keep(cache, cache_len, list(range(k)) + list(range(src_offset, src_offset + a)))
 
 
 def verify_greedy(cands, root_logits: torch.Tensor, cand_logits: list[torch.Tensor]) -> tuple[int, int, list[int], list[int]]:

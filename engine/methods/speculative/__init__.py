@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache
 
-from engine import attention
+from engine import attention, kvcache
 from engine import sampling as S
 from engine.methods import Job, MethodError, register
 from engine.methods.speculative import verify as V
@@ -125,25 +125,6 @@ def check(o: dict, ctx) -> None:
 
 # ---- one round ------------------------------------------------------------------------------
 
-def keep_path(cache: DynamicCache, start: int, keep: list[int]) -> int:
-    """Keep cache entries [0, start) and start + keep[j], moved to start + j. Returns dropped entries."""
-    dropped = 0
-    src = torch.tensor(keep, dtype=torch.long)
-    for layer in cache.layers:
-        k = getattr(layer, "keys", None)
-        if k is None or not k.numel():
-            continue
-        total = k.shape[2]
-        idx = (src + start).to(k.device)
-        if keep != list(range(len(keep))):
-            layer.keys[:, :, start:start + len(keep)] = k[:, :, idx]
-            layer.values[:, :, start:start + len(keep)] = layer.values[:, :, idx]
-        layer.keys = layer.keys[:, :, :start + len(keep)]
-        layer.values = layer.values[:, :, :start + len(keep)]
-        dropped = total - start - len(keep)
-    return dropped
-
-
 def target_forward(lm, tree, cache, prefix_len, cfg=None) -> V.Rows:
     """ONE target forward over root + drafted nodes with the tree mask.
 
@@ -247,7 +228,7 @@ def generate(job: Job, **o):
                     verdict = V.sampling(tree, rows, gen)
                 else:
                     verdict = V.typical(tree, rows, gen, o["typical_epsilon"], o["typical_alpha"])
-                dropped = keep_path(cache, ctx.prefix_len, verdict.path)
+                dropped = kvcache.keep(cache, ctx.prefix_len, verdict.path)
                 t2 = time.perf_counter()
                 drafter.observe(ctx, tree, rows, verdict)
             accepted = [tree.nodes[i].token for i in verdict.path[1:]]

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
+from engine import kvcache
 from engine import sampling as S
 from engine.errors import MethodError
 from engine.methods.speculative.draft_models import check_draft, layers_of, load_draft, parse_layer_list
@@ -54,13 +55,6 @@ class Drafter:
 def draft_dist(logits: torch.Tensor, cfg) -> torch.Tensor:
     """q: the draft's warped distribution when sampling; its plain softmax when greedy."""
     return logits.float().softmax(-1) if cfg.greedy else S.warp(logits, cfg).softmax(-1)
-
-
-def crop_layers(cache, length: int, layers=None) -> None:
-    for i, layer in enumerate(cache.layers):
-        if (layers is None or i in layers) and getattr(layer, "keys", None) is not None and layer.keys.numel():
-            layer.keys = layer.keys[:, :, :length]
-            layer.values = layer.values[:, :, :length]
 
 
 # ---- model drafters -------------------------------------------------------------------------
@@ -133,9 +127,9 @@ class ModelDrafter(Drafter):
             tree = grow(seq[-1], ctx.shape, expand, ctx.stochastic, ctx.gen, ctx.min_cum, self.min_conf(ctx))
         finally:
             if self.shared:
-                crop_layers(cache, base, self.layer_set)
+                kvcache.crop(cache, base, self.layer_set)
             elif state["len"] > base:
-                crop_layers(cache, base + len(pending))
+                kvcache.crop(cache, base + len(pending))
                 self.seen = base + len(pending)
         return tree
 
