@@ -154,7 +154,7 @@ def parse_shape(spec: str, depth: int, budget: int, topk: int) -> Shape:
         return Shape("dynamic", depth, budget=budget, topk=topk, spec="dynamic")
     if len(s) > MAX_SPEC_CHARS:
         raise ShapeError(f"the tree shape is {len(s)} characters long; at most {MAX_SPEC_CHARS} are allowed")
-    if re.fullmatch(r"\d{1,6}(\.\d{1,6})*", s):
+    if re.fullmatch(r"\d{1,12}(\.\d{1,12})*", s):
         widths = [int(w) for w in s.split(".")]
         if any(w < 1 for w in widths):
             raise ShapeError(f"every width in the template '{spec}' must be >= 1")
@@ -177,7 +177,7 @@ def parse_shape(spec: str, depth: int, budget: int, topk: int) -> Shape:
         try:
             raw = json.loads(s)
             paths = {tuple(int(r) for r in p) for p in raw}
-        except (ValueError, TypeError) as e:
+        except (ValueError, TypeError, RecursionError) as e:
             raise ShapeError(f"cannot read the choices list {spec[:60]!r}: {str(e)[:100]}") from None
         if not paths or any(len(p) == 0 or min(p) < 0 for p in paths):
             raise ShapeError("choices must be a non-empty list of non-empty rank lists, e.g. [[0],[1],[0,0]]")
