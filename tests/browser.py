@@ -65,11 +65,19 @@ def browser():
             b.close()
 
 
+TRACEBACK_SIGNS = ("Traceback (most recent call last)", 'File "/', "site-packages/", "Exception:")
+
+
 def no_exception(page) -> None:
-    """Fail if Streamlit shows an exception box."""
+    """Fail if Streamlit shows an exception box, or any traceback text reaches the page."""
     boxes = page.locator('[data-testid="stException"]')
     if boxes.count():
         raise AssertionError("Streamlit exception on the page: " + boxes.first.inner_text()[:2000])
+    text = page.locator("body").inner_text()
+    for sign in TRACEBACK_SIGNS:
+        if sign in text:
+            i = text.index(sign)
+            raise AssertionError(f"traceback text on the page ({sign!r}): " + text[max(0, i - 300):i + 700])
 
 
 def wait_for_idle(page, timeout_s: float = 120) -> None:

@@ -123,3 +123,30 @@ def test_diffusion_measured_setting_side_by_side_in_browser(session):
     page.mouse.move(5, 5)
     time.sleep(0.5)
     page.screenshot(path=os.path.join(SHOTS, "diffusion_side_by_side.png"), full_page=True)
+
+
+def test_hostile_links_show_messages_not_tracebacks(session):
+    """Odd URL parameters and a page bug path: a message on the page, never a traceback."""
+    url, page = session
+    for query in ("trace=autoregressive&step=%C2%B2", "trace=%3Cimg%20src%3Dx%3E&step=-3",
+                  "trace=autoregressive&step=99999999999999999999", "step=1&step=2&trace=nope"):
+        page.goto(f"{url}/Replay?{query}")
+        page.locator("[data-testid='stMain']").first.wait_for()
+        wait_for_idle(page)
+        no_exception(page)
+        assert page.locator("[data-testid='stAlert'], [data-testid='stAlertContainer']").count() >= 1, query
+        assert page.locator("main img[src='x']").count() == 0
+    page.goto(f"{url}/Speculative")
+    page.get_by_role("button", name="Generate").first.wait_for()
+    wait_for_idle(page)
+    page.get_by_label("tree", exact=True).first.click()
+    page.get_by_role("option", name="custom...").first.click()
+    wait_for_idle(page)
+    box = page.get_by_label("tree (custom)").first
+    box.fill("10000000")
+    box.press("Enter")
+    wait_for_idle(page)
+    page.get_by_role("button", name="Generate").first.click()
+    wait_for_idle(page)
+    no_exception(page)
+    assert "more than 256 nodes" in page.locator("[data-testid='stMain']").first.inner_text()
