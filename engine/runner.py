@@ -216,8 +216,7 @@ class TraceView(Runner):
         self.trace = trace
         self.breakpoints = []
         self.state = DONE
-        self.error = None
-        self.traceback = None
+        self.error = self.exception = self.traceback = None
         self.break_reason = None
         self._cursor = None
         if cursor is not None:

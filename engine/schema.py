@@ -157,6 +157,7 @@ class Float(Spec):
 @dataclass(frozen=True)
 class Bool(Spec):
     leaf = True
+
     def check(self, v):
         if type(v) is not bool:
             raise Invalid(f"must be true or false, got {_got(v)}")
@@ -207,7 +208,8 @@ class Maybe(Spec):
             try:
                 self.inner.check(v)
             except Invalid as e:
-                raise Invalid(f"{e.msg} (or null)", e.path) from None
+                msg = e.msg.replace(", got", " (or null), got", 1) if not e.path else e.msg
+                raise Invalid(msg, e.path) from None
 
     def fits_all(self, values):
         return self.inner.fits_all([v for v in values if v is not None])
@@ -218,11 +220,11 @@ class Scalar(Spec):
     """A table cell: null, true/false, a finite number or a short string."""
 
     def check(self, v):
-        if v is None or type(v) is bool:
-            return
-        if type(v) in (int, float):
-            return Float(-1e300, 1e300).check(v)
-        Str(MAX_NAME).check(v)
+        t = type(v)
+        ok = v is None or t in (bool, int) or (t is float and math.isfinite(v)) or (t is str and len(v) <= MAX_NAME)
+        if not ok:
+            raise Invalid(f"must be null, true/false, a finite number or a string of at most {MAX_NAME} "
+                          f"characters, got {_got(v)}")
 
 
 @dataclass(frozen=True)
@@ -375,14 +377,14 @@ def _need(cond: bool, msg: str, *path):
         raise Invalid(msg, path)
 
 
-def _same_len(step: dict, names: tuple[str, ...], what: str = "") -> None:
+def _same_len(step: dict, names: tuple[str, ...]) -> None:
     """Fields present among `names` must have the length of the first one present."""
     present = [n for n in names if n in step]
     if len(present) < 2:
         return
     n = len(step[present[0]])
     for name in present[1:]:
-        _need(len(step[name]) == n, f"has {len(step[name])} items but {present[0]} has {n}{what}", name)
+        _need(len(step[name]) == n, f"has {len(step[name])} items but {present[0]} has {n}", name)
 
 
 def _below(rows: list, n: int, path: tuple, what: str) -> None:
@@ -513,7 +515,8 @@ def _kv_steps(steps: list) -> None:
               "steps", i, "layers")
         for key, l0 in first.items():
             _need(len(lay[key]["kept"]) == len(l0["kept"]),
-                  f"has {len(lay[key]['kept'])} KV heads, step 0 has {len(l0['kept'])}", "steps", i, "layers", key, "kept")
+                  f"has {len(lay[key]['kept'])} KV heads, step 0 has {len(l0['kept'])}",
+                  "steps", i, "layers", key, "kept")
             if "group" in lay[key] and "group" in l0:
                 _need(lay[key]["group"] == l0["group"], f"is {lay[key]['group']}, step 0's is {l0['group']}",
                       "steps", i, "layers", key, "group")
@@ -530,7 +533,8 @@ JACOBI = record("jacobi", {"block_start": Int(0, MAX_OUTPUT), "accepted": Int(0,
                            "committed": Int(0, MAX_BLOCK + 1), "pred_ids": BLOCK_IDS}, {
     "variant": NAME, "phase": Str(64), "front": OUT_POS, "committed_total": Int(0, MAX_OUTPUT),
     "block_index": Maybe(Int(0, MAX_STEPS)), "iteration_in_block": Maybe(Int(0, MAX_STEPS)),
-    "pending_len": POSITION, "guess_ids": BLOCK_IDS, "guess_text": BLOCK_TEXTS, "guess_source": List(Str(64), MAX_BLOCK + 1),
+    "pending_len": POSITION, "guess_ids": BLOCK_IDS, "guess_text": BLOCK_TEXTS,
+    "guess_source": List(Str(64), MAX_BLOCK + 1),
     "pred_text": BLOCK_TEXTS, "changed": List(Bool(), MAX_BLOCK + 1), "fixed": List(Bool(), MAX_BLOCK + 1),
     "next_start": Int(0, MAX_OUTPUT), "next_guess_ids": BLOCK_IDS, "carried": Int(0, MAX_BLOCK + 1),
     "forced": List(Tuple((OUT_POS, OUT_POS, OUT_POS)), MAX_BLOCK + 1), "tests": List(JACOBI_TEST, MAX_BLOCK + 1),
@@ -570,7 +574,10 @@ LOOKAHEAD = record("lookahead", {"base": Int(0, MAX_OUTPUT), "window": List(LEVE
 def _lookahead(s: dict) -> None:
     window = s["window"]
     for i, lv in enumerate(window):
-        _same_len(lv, ("ids", "text", "positions"), f" (window[{i}])")
+        try:
+            _same_len(lv, ("ids", "text", "positions"))
+        except Invalid as e:
+            raise e.at("window", i) from None
     if window and "fill_level" in s:
         _need(s["fill_level"] < len(window), f"must be < {len(window)} (the window's levels), got {s['fill_level']}",
               "fill_level")

@@ -1,5 +1,6 @@
 """Replay: every shipped example trace loads and renders with no model loaded; odd links and hostile
 traces give clear messages and literal text, never a traceback or markup."""
+import itertools
 import json
 import re
 from pathlib import Path
@@ -106,15 +107,14 @@ HOSTILE = ["<b>", "[link](http://x)", "![i](http://example.invalid/i.png)", "<im
 KEEP = {"kind", "status", "state", "phase", "variant"}  # values the views branch on
 
 
-def hostile(obj, key=None, n=[0]):
-    """The trace with every string replaced by markup (keys and the enum-like fields kept)."""
+def hostile(obj, key=None, turn=itertools.count()):
+    """The trace with every string replaced by markup, in turn (keys and the enum-like fields kept)."""
     if isinstance(obj, dict):
         return {k: hostile(v, k) for k, v in obj.items()}
     if isinstance(obj, list):
         return [hostile(v, key) for v in obj]
     if isinstance(obj, str) and key not in KEEP:
-        n[0] += 1
-        return HOSTILE[n[0] % len(HOSTILE)]
+        return HOSTILE[next(turn) % len(HOSTILE)]
     return obj
 
 

@@ -162,7 +162,7 @@ def render_ui(tr: T.Trace, cursors) -> None:
 
 def cursors_of(tr: T.Trace) -> list[int]:
     n = len(tr.steps)
-    return sorted({0, n // 2, n - 1}) if n else []
+    return sorted({0, n - 1}) if n else []
 
 
 def render_everything(tr: T.Trace) -> None:
@@ -334,8 +334,9 @@ def strings(max_len: int):
 
 def from_spec(spec):
     """A strategy for values that fit one field's spec (cross-field rules are `repair`ed afterwards)."""
-    if isinstance(spec, S.Int):
-        return hs.one_of(hs.integers(spec.lo, min(spec.hi, spec.lo + 20)), hs.just(spec.hi))
+    if isinstance(spec, S.Int):  # mostly small; the bound itself now and then
+        small = hs.integers(spec.lo, min(spec.hi, spec.lo + 20))
+        return hs.one_of(small, small, small, hs.just(spec.hi))
     if isinstance(spec, S.Float):
         return hs.floats(spec.lo, spec.hi, allow_nan=False, allow_infinity=False)
     if isinstance(spec, S.Bool):
@@ -466,7 +467,7 @@ def traces(draw, kind: str, max_steps: int = 4):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@settings(max_examples=20, **SETTINGS)
+@settings(max_examples=18, **SETTINGS)
 @given(data=hs.data())
 def test_random_valid_traces_render(kind, data, bare_streamlit):
     obj = data.draw(traces(kind))
@@ -554,7 +555,7 @@ def _check_corruption(obj: dict) -> None:
         pass
 
 
-@settings(max_examples=80, **SETTINGS)
+@settings(max_examples=60, **SETTINGS)
 @given(data=hs.data())
 def test_corrupted_real_traces_are_refused_or_render(real_traces, data, bare_streamlit):
     base = data.draw(hs.sampled_from(real_traces))
@@ -578,7 +579,8 @@ def test_odd_number_literals_are_refused_or_render(real_traces, data, bare_strea
     text = json.dumps(data.draw(hs.sampled_from(real_traces)))
     spans = [m.span() for m in NUMBER.finditer(text)]
     a, b = spans[data.draw(hs.integers(0, len(spans) - 1))]
-    text = text[:a] + data.draw(hs.sampled_from(["1e999", "-1e999", "1" * 5000, "1e-999", "-0", "0.0", "1E5"])) + text[b:]
+    odd = data.draw(hs.sampled_from(["1e999", "-1e999", "1" * 5000, "1e-999", "-0", "0.0", "1E5"]))
+    text = text[:a] + odd + text[b:]
     try:
         tr = T.loads(text)
     except T.TraceError as e:

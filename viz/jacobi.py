@@ -202,8 +202,8 @@ def dependency_graph(steps: list[dict], upto: int | None = None, first_row: int 
             text=[tok(g.nodes[n]["token"], 5) for n in nodes], textposition="top center", textfont=dict(size=9),
             marker=dict(size=[13 if n in set(chain) else 9 for n in nodes], color=STATE_COLOUR[state],
                         line=dict(color="#000", width=[2 if n in set(chain) else 0 for n in nodes])),
-            hovertext=[f"iteration {n[0]}, position {n[1]}: {plot_text(repr(g.nodes[n]['token']))}<br>{STATE_LABEL[state]}"
-                       f"<br>forced {g.out_degree(n)} recomputations" for n in nodes],
+            hovertext=[f"iteration {n[0]}, position {n[1]}: {plot_text(repr(g.nodes[n]['token']))}"
+                       f"<br>{STATE_LABEL[state]}<br>forced {g.out_degree(n)} recomputations" for n in nodes],
             hoverinfo="text", name=STATE_LABEL[state])
     n_rows = len({n[0] for n in g.nodes})
     fig.update_layout(height=max(260, 110 + 30 * n_rows), margin=dict(l=10, r=10, t=70, b=10),

@@ -279,6 +279,7 @@ def tokens_html(steps: list[dict], cursor: int | None = None) -> str:
         style = ""
         if q is not None and not q.get("agree", True):
             style = f"border-bottom:2px solid {legend.KV_EVICTED};"
-            t = f'<span title="full cache would say {html_text(q.get("full_argmax_text", ""))}" style="{style}">{t}</span>'
+            tip = html_text(f"full cache would say {q.get('full_argmax_text', '')}")
+            t = f'<span title="{tip}" style="{style}">{t}</span>'
         out.append(t)
     return '<div style="font-family:monospace;line-height:1.6">' + "".join(out) + "</div>"
