@@ -18,6 +18,8 @@ import weakref
 from dataclasses import dataclass
 from typing import Iterator
 
+from engine.errors import LabError
+
 IDLE, RUNNING, PAUSED, DONE, CANCELLED, ERROR = "idle", "running", "paused", "done", "cancelled", "error"
 EVENTS = {"draft_rejected": "a draft token is rejected", "kv_evicted": "a KV entry is evicted",
           "remasked": "a position is remasked", "changed": "a Jacobi guess changes"}
@@ -59,6 +61,8 @@ class Runner:
         self.breakpoints = list(breakpoints)
         self.state = PAUSED if start_paused else IDLE
         self.error: str | None = None
+        self.exception: BaseException | None = None   # what the run stopped with (ERROR)
+        self.traceback: str | None = None
         self.break_reason: str | None = None
         self._cursor: int | None = None  # None: follow the newest step
         self._pending_steps = 0
@@ -93,7 +97,8 @@ class Runner:
                 self._set_state(DONE)
                 return
             except Exception as e:  # the UI shows it; the server keeps running
-                self.error = f"{type(e).__name__}: {e}"
+                self.error = str(e) if isinstance(e, LabError) else f"{type(e).__name__}: {e}"
+                self.exception = e
                 self.traceback = traceback.format_exc()
                 self._set_state(ERROR)
                 return

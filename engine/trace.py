@@ -23,8 +23,7 @@ KINDS = set(schema.STEPS)  # ar, speculative, kv, jacobi, lookahead, diffusion: 
 COUNTER_KEYS = ("target_forwards", "draft_forwards", "generated_tokens", "compute_s", "record_s")
 
 
-class TraceError(ValueError):
-    """A trace file is malformed or not a trace; the message says what is wrong."""
+from engine.errors import TraceError  # noqa: E402,F401  (re-exported: a trace file that is not a trace)
 
 
 def library_versions() -> dict[str, str]:
@@ -100,11 +99,21 @@ class Trace:
         return json.dumps(self.to_dict(), allow_nan=False, default=_jsonable)
 
     def save(self, path) -> None:
+        """Write the trace atomically: a temporary file beside `path`, renamed over it; on any failure the
+        temporary file is removed (never a half-written trace, never a stray .tmp)."""
         import os
-        tmp = f"{path}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(self.to_json())
-        os.replace(tmp, path)  # never leave a half-written trace behind
+        text = self.to_json()
+        tmp = f"{path}.tmp{os.getpid()}"
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass
+            raise
 
 
 def _jsonable(o):

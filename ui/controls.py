@@ -139,6 +139,20 @@ def live(key: str, render: Callable[[Runner], None]) -> None:
     _view()
 
 
+def vs_ar_table(r) -> None:
+    """engine.measure.vs_autoregressive's result, when the page measured it: both runs, and for a lossless
+    greedy run whether the output was identical."""
+    cmp = r.trace.extra.get("vs_ar") if isinstance(r.trace.extra, dict) else None
+    if not isinstance(cmp, dict) or not isinstance(cmp.get("rows"), list):
+        return
+    import pandas as pd
+    st.markdown("**Against autoregressive on the same prompt** (both re-run without recording, same model, "
+                "compute time only)")
+    st.dataframe(pd.DataFrame(cmp["rows"]), hide_index=True, width="stretch")
+    if cmp.get("identical") is not None:
+        st.caption("greedy output identical to autoregressive: " + ("yes" if cmp["identical"] else "**no**"))
+
+
 def download_button(key: str) -> None:
     r = runner(key)
     if r is None or r.state == RUNNING or not r.trace.steps:

@@ -10,16 +10,6 @@ from viz.safe import md_text
 TEST_COLUMNS = ("pos", "p", "q", "accept_prob", "u", "accepted")
 
 
-def _vs_ar(r) -> None:
-    cmp = r.trace.extra.get("vs_ar")
-    if not cmp:
-        return
-    st.markdown("**Against autoregressive on the same prompt** (same model, same machine, compute time only)")
-    st.dataframe(pd.DataFrame(cmp["rows"]), hide_index=True, width="stretch")
-    if cmp.get("identical") is not None:
-        st.caption("greedy output identical to autoregressive: " + ("yes" if cmp["identical"] else "**no**"))
-
-
 def render(r, prefix: str = "jl") -> None:
     """`r` is a Runner or a replay view: anything with .trace and .cursor."""
     steps = r.trace.steps
@@ -69,7 +59,7 @@ def _render_jacobi(r, steps, cur, step, prefix):
             tests = [{k: t.get(k) for k in TEST_COLUMNS} for t in step["tests"]]
             st.dataframe(pd.DataFrame(tests, columns=list(TEST_COLUMNS)), hide_index=True, width="stretch")
     st.plotly_chart(vz.progress_figure(steps, cur), key=f"{prefix}_prog_{cur}", width="stretch")
-    _vs_ar(r)
+    controls.vs_ar_table(r)
 
 
 def _render_lookahead(r, steps, cur, step, prefix):
@@ -110,7 +100,7 @@ def _render_lookahead(r, steps, cur, step, prefix):
         tok = _token_text(r)
         st.dataframe(vz.pool_table(steps, cur, g, tok, only_key=key_id), hide_index=True, width="stretch", height=260)
     st.plotly_chart(vz.progress_figure(steps, cur), key=f"{prefix}_prog_{cur}", width="stretch")
-    _vs_ar(r)
+    controls.vs_ar_table(r)
 
 
 def _token_text(r):

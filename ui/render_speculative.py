@@ -17,8 +17,8 @@ def render(r, prefix: str = "spec") -> None:
     extra = {"tau (tokens / round)": f"{s['tau']:.2f}",
              "acceptance": "-" if s["acceptance"] is None else f"{s['acceptance']:.0%}",
              "draft forwards": s["draft_forwards"]}
-    sp = r.trace.extra.get("speedup_vs_ar")
-    if sp:
+    sp = r.trace.extra.get("vs_ar")
+    if sp and sp.get("speedup"):
         extra["speedup vs AR"] = f"{sp['speedup']:.2f}x"
     controls.metrics_row(r, extra)
     summ = r.trace.extra.get("summary", {})
@@ -40,6 +40,4 @@ def render(r, prefix: str = "spec") -> None:
     rates = vz.acceptance_by_depth(steps[: cur + 1])
     if rates:
         d.plotly_chart(vz.depth_figure(rates), key=f"{prefix}_depth_{cur}", width="stretch")
-    if sp:
-        st.caption(f"Measured on this prompt: autoregressive {sp['ar_tokens_per_s']:.1f} tok/s vs speculative "
-                   f"{sp['spec_tokens_per_s']:.1f} tok/s (compute time only) → {sp['speedup']:.2f}x.")
+    controls.vs_ar_table(r)
