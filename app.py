@@ -42,11 +42,12 @@ def model_picker():
 
     lm = common.get_lm()
     if lm is not None:
-        cfg = lm.model.config
-        n_params = sum(p.numel() for p in lm.model.parameters())
-        st.success(f"Loaded **{md_text(lm.name, 200)}** on **{lm.device}** ({str(lm.dtype).replace('torch.', '')}): "
-                   f"{n_params / 1e6:.0f}M parameters, {cfg.num_hidden_layers} layers, vocabulary {cfg.vocab_size}, "
-                   f"KV cache {lm.kv_bytes_per_token() / 1024:.1f} KiB per token.")
+        i = lm.info
+        kv = f"KV cache {i['kv_bytes_per_token'] / 1024:.1f} KiB per token" if i.get("kv_bytes_per_token") else ""
+        ctx = f", context {i['context_length']:,} tokens" if i.get("context_length") else ""
+        st.success(f"Loaded **{md_text(lm.name, 200)}** on **{lm.device}** ({lm.dtype}): "
+                   f"{i['params'] / 1e6:.0f}M parameters, {i.get('layers')} layers, vocabulary {i.get('vocab')}{ctx}. "
+                   f"{kv}")
         if lm.name != models.EMBEDDED and st.button("Back to the embedded model", key="home_reset"):
             st.session_state[common.MODEL_KEY] = models.EMBEDDED
             st.rerun()

@@ -29,10 +29,10 @@ def speedup(method_trace, ar_trace) -> float | None:
     return (m.generated_tokens / m.compute_s) / (a.generated_tokens / a.compute_s)
 
 
-def vs_autoregressive(lm, trace) -> dict:
-    """Re-run `trace`'s method and AR unrecorded on the same prompt; speed, forwards, identical output."""
+def vs_autoregressive(lm, meta: dict, final_ids: list[int]) -> dict:
+    """Re-run a trace's method (its `meta`: method, prompt, params, chat) and AR, both unrecorded, on the
+    same prompt; speed, forwards, identical output. `final_ids`: what the recorded run produced."""
     from engine import run
-    meta = trace.meta
     params = dict(meta["params"])
     sampling = SamplingConfig(**params.pop("sampling"))
     max_new = int(params.pop("max_new_tokens"))
@@ -50,22 +50,15 @@ def vs_autoregressive(lm, trace) -> dict:
         "rows": rows,
         "speedup": round(sp, 3) if sp else None,
         "identical": (quality.first_divergence(again.final_ids, ar.final_ids) is None) if lossless else None,
-        "same_as_recorded": again.final_ids == trace.final_ids,
+        "same_as_recorded": again.final_ids == list(final_ids),
         "measured": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
 
 
-def judged(judge, trace) -> float | None:
-    """The run's judged perplexity (engine.quality), computed once per finished trace and kept in its extra."""
-    if "judged_perplexity" not in trace.extra and trace.final_ids:
-        ppl = quality.judged_perplexity(judge, trace.meta["prompt_ids"], trace.final_ids)
-        trace.extra["judged_perplexity"] = round(ppl, 4) if ppl is not None else None
-    return trace.extra.get("judged_perplexity")
-
-
-def comparison_row(trace, reference=None, judge=None, finished: bool = True) -> dict:
+def comparison_row(trace, reference=None, finished: bool = True) -> dict:
     """One run's line in a side-by-side table: totals, tau, speedup against the autoregressive reference
-    (both compute-only, as recorded), whether a lossless run equals greedy, judged perplexity."""
+    (both compute-only, as recorded), whether a lossless run equals greedy, and the judged perplexity
+    once it is in trace.extra["judged_perplexity"] (quality.judged_perplexity, computed by the caller)."""
     c = trace.counters
     tps = c.generated_tokens / c.compute_s if c.compute_s > 0 else None
     ident = None
@@ -80,6 +73,6 @@ def comparison_row(trace, reference=None, judge=None, finished: bool = True) -> 
         "speedup vs AR": round(sp, 2) if sp else None,
         "identical to greedy": ("n/a (lossy)" if not trace.meta.get("lossless") else
                                 ("yes" if ident else "NO" if ident is False else "…")),
-        "judged perplexity": (round(judged(judge, trace), 2) if finished and judge is not None
-                              and judged(judge, trace) is not None else None),
+        "judged perplexity": (round(trace.extra["judged_perplexity"], 2)
+                              if finished and trace.extra.get("judged_perplexity") is not None else None),
     }

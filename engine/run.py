@@ -58,6 +58,15 @@ def prepare(lm, method: str, prompt: str, max_new_tokens: int = 64, sampling: Sa
     def steps() -> Iterator[dict]:
         # The model lock is held for one step at a time (never across a yield), so a paused
         # session does not block another session that shares the model.
+        try:
+            yield from _locked_steps()
+        finally:
+            gen.close()   # here, in the thread that ran it (see Runner._close_steps)
+        with job.counters.recording():
+            trace.final_text = lm.decode(job.output_ids)
+            trace.meta["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+
+    def _locked_steps() -> Iterator[dict]:
         while True:
             with lm.lock:
                 try:
@@ -67,15 +76,13 @@ def prepare(lm, method: str, prompt: str, max_new_tokens: int = 64, sampling: Sa
             c = job.counters
             # running totals, so that any view can chart tokens against forwards and compute time
             rec["totals"] = {"tokens": len(job.output_ids), "target_forwards": c.target_forwards,
-                             "draft_forwards": c.draft_forwards, "compute_s": round(c.compute_s, 6)}
+                             "draft_forwards": c.draft_forwards, "compute_s": round(c.compute_s, 6),
+                             "wall": round(time.time(), 3)}   # when the step was computed (live-view latency)
             if rec.get("lossless") is False:  # e.g. speculative with Medusa's typical acceptance
                 trace.meta["lossless"] = False
             trace.steps.append(rec)
             trace.final_ids = list(job.output_ids)
             yield rec
-        with job.counters.recording():
-            trace.final_text = lm.decode(job.output_ids)
-            trace.meta["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
 
     return trace, steps()
 

@@ -71,6 +71,7 @@ class Runner:
         self._busy = False
         self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._work, daemon=True, name="decoding-worker")
+        self.listener = None   # called with the runner after the worker changes its state (engine.remote)
 
     # ---- worker -------------------------------------------------------------------------
     def start(self):
@@ -87,7 +88,7 @@ class Runner:
                     self._cond.wait()
                 if self._cancel:
                     self.state = CANCELLED
-                    return
+                    break
                 if self._pending_steps > 0:
                     self._pending_steps -= 1
                 self._busy = True
@@ -95,13 +96,13 @@ class Runner:
                 rec = next(self._it)
             except StopIteration:
                 self._set_state(DONE)
-                return
+                break
             except Exception as e:  # the UI shows it; the server keeps running
                 self.error = str(e) if isinstance(e, LabError) else f"{type(e).__name__}: {e}"
                 self.exception = e
                 self.traceback = traceback.format_exc()
                 self._set_state(ERROR)
-                return
+                break
             with self._cond:
                 self._busy = False
                 for bp in self.breakpoints:
@@ -113,6 +114,24 @@ class Runner:
                         break
                 if self._paused and not self._cancel:
                     self.state = PAUSED
+            self._notify()
+        self._close_steps()
+        self._notify()
+
+    def _close_steps(self):
+        """Close the step generator in this (its own) thread. A method suspended inside
+        `with torch.inference_mode():` and finalised later by the garbage collector in another thread
+        would restore that thread's grad mode in the middle of whatever it is running."""
+        close = getattr(self._it, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception:  # noqa: BLE001 -- a method failing to clean up must not kill the worker
+                pass
+
+    def _notify(self):
+        if self.listener is not None:
+            self.listener(self)
 
     def _set_state(self, s):
         with self._cond:

@@ -349,7 +349,8 @@ NAME = Str(MAX_NAME)
 IDS = List(ID, MAX_OUTPUT)
 TEXTS = List(TOKEN_TEXT, MAX_OUTPUT)
 
-TOTALS = Obj({}, {"tokens": COUNT, "target_forwards": COUNT, "draft_forwards": COUNT, "compute_s": SECONDS})
+TOTALS = Obj({}, {"tokens": COUNT, "target_forwards": COUNT, "draft_forwards": COUNT, "compute_s": SECONDS,
+                  "wall": Float(0.0, 1e11)})
 COMMON = {"kind": Enum(("ar", "speculative", "kv", "jacobi", "lookahead", "diffusion")),
           "index": Int(0, MAX_STEPS), "new_ids": IDS}
 COMMON_OPTIONAL = {"new_text": TEXT, "confidence": Maybe(PROB), "events": List(Str(64), MAX_EVENTS),

@@ -1,7 +1,6 @@
 """Speculative decoding: the draft tree of each round, the target's decisions, acceptance over time."""
 import streamlit as st
 
-from engine import measure
 from ui import common, controls, render_speculative
 from ui.options import max_new_tokens_widget, option_widgets
 
@@ -46,8 +45,7 @@ def main():
         if c3.button("Measure speedup vs autoregressive", key=f"{P}_speedup",
                      help="decode the same prompt with speculative decoding and with autoregressive decoding, "
                           "neither recording, and compare compute-only tokens/s and the outputs"):
-            with st.spinner("Running both on the same prompt..."):
-                r.trace.extra["vs_ar"] = measure.vs_autoregressive(lm, r.trace)
+            controls.measure_vs_ar(lm, r)
             st.rerun()
     controls.live(KEY, lambda rr: render_speculative.render(rr, P))
     controls.download_button(KEY)

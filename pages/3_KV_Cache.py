@@ -4,8 +4,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from engine import methods
-from engine.errors import MethodError
+from engine import methods, remote
+from engine.errors import LabError, MethodError
 from engine.methods.kv.policies import POLICIES
 from ui import common, controls, render_kv
 from ui.options import max_new_tokens_widget, option_widgets
@@ -49,25 +49,15 @@ def quality_on_prompt(lm, prompt, opts, ready):
                                default=["random", "streaming_llm", "h2o", "tova"], key="kv_q_pols")
         fr_text = st.text_input("budgets as fractions of the prompt", "0.25,0.5", key="kv_q_fracs", max_chars=200)
         if st.button("Measure quality", key="kv_q_go", disabled=not ready or not qpols):
-            from engine.methods.kv.quality import quality_curve
-            o = methods.get("kv").values(opts)
             try:
                 try:
                     fracs = [float(x) for x in fr_text.split(",") if x.strip()]
                 except ValueError:
                     raise MethodError("Budgets must be fractions strictly between 0 and 1, e.g. 0.25,0.5.") from None
-                if not fracs or len(fracs) > 8 or not all(0 < f < 1 for f in fracs):
-                    raise MethodError("Budgets must be 1 to 8 fractions strictly between 0 and 1, e.g. 0.25,0.5.")
-                ids = lm.encode(prompt)[0].tolist()
-                if len(ids) < 24:
-                    raise MethodError(f"The prompt is only {len(ids)} tokens: give a longer text (at least 24 tokens).")
                 with st.spinner("Teacher forcing every policy..."):
-                    st.session_state["kv_q_rows"] = quality_curve(
-                        lm, ids, qpols, fractions=fracs, n_sink=o["n_sink"],
-                        window=max(1, int(len(ids) * min(fracs)) // 2),
-                        window_size=max(1, min(o["window_size"], int(len(ids) * min(fracs)) // 4)),
-                        kernel_size=o["kernel_size"], hit_threshold=o["hit_threshold"], positions=o["positions"])
-            except ValueError as e:
+                    st.session_state["kv_q_rows"] = remote.decoder().task(
+                        lm, "kv_quality", prompt=prompt, policies=list(qpols), fractions=fracs, options=opts)
+            except LabError as e:
                 st.error(md_text(e, 1000))
         rows = st.session_state.get("kv_q_rows")
         if rows:

@@ -2,7 +2,6 @@
 window and n-gram pool, and tokens per forward against autoregressive."""
 import streamlit as st
 
-from engine import measure
 from ui import common, controls, render_jacobi
 from ui.options import max_new_tokens_widget, option_widgets
 
@@ -40,8 +39,7 @@ def main():
     if c3.button("Compare with autoregressive", key="jl_vs_ar", disabled=not ready or r is None or not r.finished,
                  help="decode the same prompt with this method and autoregressively, neither recording, and put "
                       "both side by side (compute time only)"):
-        with st.spinner("Decoding both on the same prompt..."):
-            r.trace.extra["vs_ar"] = measure.vs_autoregressive(lm, r.trace)
+        controls.measure_vs_ar(lm, r)
     controls.step_controls(KEY)
     controls.live(KEY, lambda rr: render_jacobi.render(rr, "jl"))
     controls.download_button(KEY)

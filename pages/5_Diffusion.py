@@ -1,10 +1,10 @@
 """Diffusion language models: iterative unmasking, remasking rules, and two rules side by side."""
 import streamlit as st
 
-from engine import methods, models
-from engine.diffusion import adapters, smol
+from engine import methods, models, remote
+from engine.diffusion import smol
 from engine.diffusion import rules as R
-from engine.errors import MethodError
+from engine.errors import LabError
 from ui import common, controls, render_diffusion
 from ui.options import max_new_tokens_widget, option_widgets
 from viz.safe import md_text
@@ -104,11 +104,11 @@ def main():
     if lm is not None:
         try:  # the diffusion model behind the loaded one (first use merges the shipped delta, a few seconds)
             with st.spinner("Preparing the diffusion model..."):
-                dlm = adapters.for_lm(lm, opts.get("adapter", "auto"))
+                dlm = remote.decoder().task(lm, "diffusion_model", adapter=opts.get("adapter", "auto"))
             st.sidebar.caption("Diffusion model")
-            st.sidebar.text(f"{dlm.name}\nmask id {dlm.mask_id}, "
-                            f"{'logits shifted by one (Dream-style)' if dlm.shift else 'no shift (LLaDA-style)'}")
-        except MethodError as e:
+            st.sidebar.text(f"{dlm['name']}\nmask id {dlm['mask_id']}, "
+                            f"{'logits shifted by one (Dream-style)' if dlm['shift'] else 'no shift (LLaDA-style)'}")
+        except LabError as e:
             st.error(md_text(e, 1000))
             ready = False
     single, compare = st.tabs(["One rule, step by step", "Two rules side by side"])

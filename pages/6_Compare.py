@@ -2,7 +2,7 @@
 import pandas as pd
 import streamlit as st
 
-from engine import measure, presets
+from engine import measure, presets, remote
 from engine.sampling import SamplingConfig
 from ui import common, controls
 from ui.options import max_new_tokens_widget
@@ -52,19 +52,23 @@ def view(lm, runs, names):
         with common.guard("comparison view"):
             ref = reference()
             cols = st.columns(len(runs))
-            ref_texts = [lm.token_text(t) for t in ref.trace.final_ids] if ref else []
+            ref_texts = list(getattr(ref, "token_texts", [])) if ref else []
             for col, (k, r) in zip(cols, runs.items()):
                 with col:
                     st.markdown(f"**{names.get(k, k)}** · {r.state}")
                     if r.error:
                         controls.show_error(r)
-                    texts = [lm.token_text(t) for t in r.trace.final_ids]
-                    if ref and ref.finished and r.finished:
+                    texts = list(getattr(r, "token_texts", []))
+                    if ref and ref.finished and r.finished and texts and ref_texts:
                         st.markdown(vc.diff_html(ref_texts, texts), unsafe_allow_html=True)
                     else:
-                        st.text(r.trace.final_text or "".join(texts))
+                        st.text(r.trace.final_text or getattr(r, "live_text", ""))
+            for r in runs.values():   # judged once per finished run, in the decoder process
+                if r.state == controls.DONE and "judged_perplexity" not in r.trace.extra and r.trace.final_ids:
+                    r.trace.extra["judged_perplexity"] = remote.decoder().task(
+                        lm, "judged", prompt_ids=r.trace.meta["prompt_ids"], output_ids=list(r.trace.final_ids))
             rows = [{"configuration": names.get(k, k), "state": r.state,
-                     **measure.comparison_row(r.trace, ref.trace if ref else None, lm, finished=r.finished)}
+                     **measure.comparison_row(r.trace, ref.trace if ref else None, finished=r.finished)}
                     for k, r in runs.items()]
             st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
             series = {names.get(k, k): r.trace.steps for k, r in runs.items()}

@@ -397,15 +397,20 @@ def test_home_page_unknown_model_is_a_message(embedded_lm, monkeypatch):
     assert not at.exception and at.success
 
 
-def test_a_bug_shows_an_id_not_a_traceback(embedded_lm, monkeypatch, caplog):
-    """An unexpected exception inside a page: a short error id on the page, the traceback in the log."""
-    from engine import run as engine_run
+@pytest.mark.parametrize("where", ["ui", "decoder"])
+def test_a_bug_shows_an_id_not_a_traceback(embedded_lm, monkeypatch, caplog, where):
+    """An unexpected exception, in the page or in the decoder process: a short error id on the page, the
+    traceback (the decoder's too) in the server log."""
+    from engine import remote
 
     def broken(*a, **k):
-        raise KeyError("internal detail")
-    monkeypatch.setattr(engine_run, "prepare", broken)
+        if where == "ui":
+            raise KeyError("internal detail")
+        raise remote.RemoteError("KeyError: internal detail", "Traceback (most recent call last):\n  remote frame")
+    monkeypatch.setattr(remote.Decoder, "start", broken)
     at = app_test("pages/1_Autoregressive.py").run()
-    at.button(key="ar_go").click().run()
+    with caplog.at_level("ERROR", logger="decoding_lab"):
+        at.button(key="ar_go").click().run()
     assert not at.exception
     msgs = shown(at.error)
     assert any("error id" in m for m in msgs), msgs

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 
 import streamlit as st
 
-from engine import models
+from engine import models, remote
 from engine.errors import LabError
 from engine.sampling import SamplingConfig, SamplingError
 from viz.safe import md_text
@@ -25,7 +25,9 @@ if not log.handlers:
 def report_internal_error(exc: BaseException, where: str = "page", container=None) -> str:
     """A bug reached the page: show a short id (never the traceback) and log the traceback under it."""
     eid = secrets.token_hex(4)
-    log.error("internal error %s in %s\n%s", eid, where, "".join(traceback.format_exception(exc)))
+    remote_tb = getattr(exc, "remote_traceback", "")
+    log.error("internal error %s in %s\n%s%s", eid, where, "".join(traceback.format_exception(exc)),
+              f"in the decoder process:\n{remote_tb}" if remote_tb else "")
     (container or st).error(f"Something went wrong in the {where} (error id {eid}). The details are in the "
                             "server log; the rest of the app keeps working.")
     return eid
@@ -47,17 +49,28 @@ TRUST_KEY = "lab_trust_remote_code"
 _load_lock = threading.Lock()
 
 
-@st.cache_resource(show_spinner=False, max_entries=3)
-def _load_model(name: str, trust_remote_code: bool) -> models.LM:
-    with _load_lock:  # two sessions asking for the same model at once load it once
-        return models.load(name, trust_remote_code=trust_remote_code)
+_handles: dict[tuple, remote.ModelHandle] = {}
+
+
+def _load_model(name: str, trust_remote_code: bool) -> remote.ModelHandle:
+    """The model, loaded once in the decoder process (engine.remote) and shared by every session; the UI
+    process holds only a handle (two sessions asking at once load it once: the decoder serialises loads)."""
+    dec = remote.decoder()
+    key = (name, trust_remote_code, dec.generation)
+    with _load_lock:
+        handle = _handles.get(key)
+    if handle is None:
+        handle = dec.load(name, trust_remote_code)
+        with _load_lock:
+            _handles[key] = handle
+    return handle
 
 
 def model_name() -> str:
     return st.session_state.get(MODEL_KEY, models.EMBEDDED)
 
 
-def get_lm(name: str | None = None, trust_remote_code: bool | None = None) -> models.LM | None:
+def get_lm(name: str | None = None, trust_remote_code: bool | None = None) -> remote.ModelHandle | None:
     """The current model, loaded once per process; shows a clear error and returns None on failure."""
     name = name or model_name()
     trust = st.session_state.get(TRUST_KEY, False) if trust_remote_code is None else trust_remote_code
@@ -66,6 +79,8 @@ def get_lm(name: str | None = None, trust_remote_code: bool | None = None) -> mo
             return _load_model(name, bool(trust))
     except models.ModelLoadError as e:
         st.error("Could not load the model: " + md_text(e, 1000))
+    except remote.DecoderError as e:
+        st.error("The decoder process is not available: " + md_text(e, 1000))
     except Exception as e:  # never crash the page
         report_internal_error(e, f"loading of the model {name[:100]!r}")
     return None
@@ -77,14 +92,14 @@ def run_page(main, where: str = "page") -> None:
         main()
 
 
-def page_header(title: str, caption: str) -> models.LM | None:
+def page_header(title: str, caption: str) -> remote.ModelHandle | None:
     st.set_page_config(page_title=f"{title} · decoding lab", layout="wide")
     st.title(title)
     st.caption(caption)
     lm = get_lm()
     if lm is not None:
         st.sidebar.caption("Model")
-        st.sidebar.text(f"{lm.name}\n{lm.device} · {str(lm.dtype).replace('torch.', '')}")
+        st.sidebar.text(f"{lm.name}\n{lm.device} · {lm.dtype}")
     return lm
 
 

@@ -10,7 +10,7 @@ from typing import Callable
 
 import streamlit as st
 
-from engine import run as engine_run
+from engine import remote
 from engine.errors import LabError
 from engine.runner import DONE, ERROR, EVENTS, PAUSED, RUNNING, Breakpoint, Runner
 from ui import common
@@ -37,13 +37,13 @@ def breakpoint_controls(prefix: str, events: tuple[str, ...] = (), container=Non
 
 
 def start(key: str, lm, method: str, prompt: str, *, breakpoints=(), start_paused=False, **kw) -> Runner | None:
-    """Validate and start a run; a bad input shows an error and returns None."""
+    """Validate and start a run in the decoder process; a bad input shows an error and returns None."""
     old = st.session_state.get(key)
     if isinstance(old, Runner):
         old.cancel()
     try:
-        trace, steps = engine_run.prepare(lm, method, prompt, **kw)
-    except LabError as e:  # PromptError, MethodError, OptionError, SamplingError: clear messages
+        r = remote.decoder().start(lm, method, prompt, breakpoints=breakpoints, start_paused=start_paused, **kw)
+    except LabError as e:  # PromptError, MethodError, OptionError, SamplingError, DecoderError: clear messages
         st.session_state.pop(key, None)
         st.error(md_text(e, 1000))
         return None
@@ -51,9 +51,8 @@ def start(key: str, lm, method: str, prompt: str, *, breakpoints=(), start_pause
         st.session_state.pop(key, None)
         common.report_internal_error(e, f"start of the {method} run")
         return None
-    runner = Runner(trace, steps, breakpoints=breakpoints, start_paused=start_paused).start()
-    st.session_state[key] = runner
-    return runner
+    st.session_state[key] = r
+    return r
 
 
 def runner(key: str) -> Runner | None:
@@ -137,6 +136,16 @@ def live(key: str, render: Callable[[Runner], None]) -> None:
             st.rerun()  # the worker paused or ended: redraw the whole page once, then stop polling
 
     _view()
+
+
+def measure_vs_ar(lm, r) -> None:
+    """engine.measure.vs_autoregressive for a finished run, done in the decoder process; kept in its extra."""
+    with st.spinner("Decoding the prompt with this method and autoregressively, neither recording..."):
+        try:
+            r.trace.extra["vs_ar"] = remote.decoder().task(lm, "vs_autoregressive", meta=r.trace.meta,
+                                                            final_ids=list(r.trace.final_ids))
+        except LabError as e:
+            st.error(md_text(e, 1000))
 
 
 def vs_ar_table(r) -> None:

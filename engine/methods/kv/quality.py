@@ -110,3 +110,22 @@ def quality_curve(lm, ids, policies: list[str], fractions=(0.1, 0.25, 0.5), **kw
             rows.append({"policy": name, "fraction": f, "budget": budget, **res[name],
                          "ppl_full": res["full"]["ppl"], "n_eval": res["n_eval"]})
     return rows
+
+
+def prompt_quality_curve(lm, prompt: str, policies: list[str], fractions: list[float], options: dict) -> list[dict]:
+    """The KV page's "measure on this prompt": quality_curve on the prompt's tokens, with the knobs of the
+    page's kv options (engine.methods kv specs); the window sizes scale with the smallest budget."""
+    from engine import methods
+    from engine.methods.kv.policies import POLICIES
+    if not policies or len(policies) > len(POLICIES) or any(p not in POLICIES or p == "full" for p in policies):
+        raise MethodError("Choose one or more eviction policies (not 'full', the reference).")
+    if not fractions or len(fractions) > 8 or not all(isinstance(f, float) and 0 < f < 1 for f in fractions):
+        raise MethodError("Budgets must be 1 to 8 fractions strictly between 0 and 1, e.g. 0.25,0.5.")
+    o = methods.get("kv").values(options)
+    ids = lm.encode(prompt)[0].tolist()
+    if len(ids) < 24:
+        raise MethodError(f"The prompt is only {len(ids)} tokens: give a longer text (at least 24 tokens).")
+    smallest = int(len(ids) * min(fractions))
+    return quality_curve(lm, ids, list(policies), fractions=list(fractions), n_sink=o["n_sink"],
+                         window=max(1, smallest // 2), window_size=max(1, min(o["window_size"], smallest // 4)),
+                         kernel_size=o["kernel_size"], hit_threshold=o["hit_threshold"], positions=o["positions"])

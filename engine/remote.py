@@ -1,0 +1,581 @@
+"""The decoder process: models and decoding runs live in a process of their own; step records stream back.
+
+Why a process. A decoding thread in the UI process shares the GIL with Streamlit's rendering. A forward
+of the 135M model is hundreds of small torch ops, and while a render thread runs Python the decoder
+waits for the GIL at every op: measured on this 2-core machine, greedy AR decoding ran at 15.4 tokens/s
+alone, 12.4 beside a thread busy 30% of the time and 0.1 beside a thread busy all the time. In its own
+process the decoder never waits for the UI (only for CPU cores).
+
+UI side (this module imports no streamlit):
+    dec = decoder()                                   # one per UI process, started on first use
+    lm = dec.load(name, trust_remote_code)            # ModelHandle: name, device, dtype, info
+    r = dec.start(lm, method, prompt, breakpoints=..., start_paused=..., max_new_tokens=..., ...)
+        # -> RemoteRunner (the Runner interface over a mirrored Trace); LabError at once if refused
+    dec.task(lm, "vs_autoregressive", meta=..., final_ids=...)   # model work a page asks for
+Decoder side: `python -m engine.remote FD` serves one UI process over a socket pair, holds the models
+(loaded once, shared by every session) and runs each run in an engine.runner.Runner.
+
+Messages (pickled tuples):
+    UI -> decoder   (call_id, op, kwargs)
+    decoder -> UI   ("reply", call_id, ok, value)      value: a result, or an encoded exception
+                    ("step", run_id, payload)          a step record, counters, summary, output tail
+                    ("state", run_id, snapshot)        state, breakpoint reason, error
+                    ("end", run_id, final)             final text, token texts, finished time
+If the decoder process dies, every pending call fails with DecoderError, every run ends in "error"
+with that message, and the next call starts a new process.
+"""
+from __future__ import annotations
+
+import atexit
+import itertools
+import os
+import subprocess
+import sys
+import threading
+import time
+import traceback
+import weakref
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, Pipe
+
+from engine import errors
+from engine.errors import LabError
+from engine.runner import CANCELLED, DONE, ERROR, PAUSED, RUNNING, Runner
+from engine.trace import Counters, Trace
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CALL_TIMEOUT_S = 600.0     # a model load on a slow disk, a long teacher-forcing task
+START_TIMEOUT_S = 120.0
+
+
+class DecoderError(LabError, RuntimeError):
+    """The decoder process stopped or could not be reached."""
+
+
+class RemoteError(Exception):
+    """An unexpected exception in the decoder process (a bug); `remote_traceback` has its traceback."""
+
+    def __init__(self, message: str, remote_traceback: str = ""):
+        super().__init__(message)
+        self.remote_traceback = remote_traceback
+
+
+def encode_exception(e: BaseException) -> tuple:
+    return (type(e).__name__, str(e), traceback.format_exc() if not isinstance(e, LabError) else "")
+
+
+def decode_exception(enc: tuple) -> BaseException:
+    name, message, tb = enc
+    cls = getattr(errors, name, None)
+    if isinstance(cls, type) and issubclass(cls, LabError):
+        return cls(message)
+    if name == "DecoderError":
+        return DecoderError(message)
+    return RemoteError(f"{name}: {message}", tb)
+
+
+# =========================================================================================== UI side
+@dataclass
+class ModelHandle:
+    """A model loaded in the decoder process, as the UI sees it (no weights here)."""
+    name: str
+    trust_remote_code: bool
+    device: str
+    dtype: str
+    info: dict = field(default_factory=dict)
+    generation: int = 0      # the decoder process it was loaded in
+
+    @property
+    def key(self) -> tuple:
+        return (self.name, self.trust_remote_code)
+
+
+class RemoteRunner(Runner):
+    """engine.runner.Runner's interface over a run in the decoder process. The trace is a mirror filled
+    by the decoder's messages; the cursor (which step is shown) is local; pause / resume / step / cancel
+    / breakpoints are sent to the decoder's Runner, and the state shown is updated at once."""
+
+    def __init__(self, dec: "Decoder", run_id: int, meta: dict, breakpoints=(), start_paused: bool = False):
+        self._dec, self.run_id = dec, run_id
+        self.trace = Trace(meta=meta, counters=Counters())
+        self.breakpoints = list(breakpoints)
+        self.state = PAUSED if start_paused else RUNNING
+        self.error = self.exception = self.traceback = None
+        self.break_reason = None
+        self.live_text = ""              # the output so far, decoded by the decoder
+        self.token_texts: list[str] = []  # per output token, sent when the run ends
+        self.listener = None
+        self._cursor = None
+        self._changed = threading.Condition()
+        self._ended = False
+
+    # -- messages from the decoder (the UI's reader thread) -----------------------------------------
+    def _on_step(self, p: dict) -> None:
+        with self._changed:
+            self.trace.steps.append(p["rec"])
+            c = self.trace.counters
+            for k, v in p["counters"].items():
+                if hasattr(c, k):
+                    setattr(c, k, v)
+            self.trace.extra.update(p["extra"])
+            self.trace.final_ids.extend(p["tail_ids"])
+            self.live_text += p["tail_text"]
+            self._changed.notify_all()
+
+    def _on_state(self, s: dict) -> None:
+        with self._changed:
+            if not (self.state == CANCELLED and s["state"] != ERROR):
+                self.state = s["state"]
+            self.break_reason = s.get("break_reason")
+            if s.get("error") is not None:
+                self.error = s["error"]
+                self.exception = decode_exception(s["exception"])
+                self.traceback = s["exception"][2] or None
+            if self.state in (DONE, CANCELLED, ERROR):
+                self._ended = True
+            self._changed.notify_all()
+
+    def _on_end(self, f: dict) -> None:
+        with self._changed:
+            self.trace.final_text = f["final_text"]
+            self.trace.final_ids = list(f["final_ids"])
+            self.token_texts = list(f["token_texts"])
+            self.trace.meta.update(f["meta"])
+            self._changed.notify_all()
+
+    def _on_lost(self, message: str) -> None:
+        with self._changed:
+            if not self.finished:
+                self.state, self.error = ERROR, message
+                self.exception = DecoderError(message)
+            self._ended = True
+            self._changed.notify_all()
+
+    # -- controls --------------------------------------------------------------------------------------
+    def _control(self, action: str, **kw):
+        return self._dec.call("control", run_id=self.run_id, action=action, **kw)
+
+    def start(self):
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return not self.finished
+
+    def pause(self):
+        if not self.finished:
+            self.state = PAUSED
+            self._control("pause")
+
+    def resume(self):
+        self._cursor = None
+        self.break_reason = None
+        if not self.finished:
+            self.state = RUNNING
+            self._control("resume")
+
+    def step_forward(self):
+        """Show the next recorded step; at the newest one, compute exactly one more step."""
+        n = len(self.trace.steps)
+        cur = self.cursor
+        if cur is not None and cur < n - 1:
+            self._cursor = cur + 1
+            return
+        self._cursor = None
+        if not self.finished:
+            self.state = PAUSED
+            self._control("step")
+
+    def step_back(self):
+        self.pause()
+        cur = self.cursor
+        if cur is not None:
+            self._cursor = max(0, cur - 1)
+
+    def jump(self, i: int):
+        self.pause()
+        n = len(self.trace.steps)
+        if n:
+            self._cursor = max(0, min(int(i), n - 1))
+
+    def cancel(self):
+        if not self.finished:
+            self.state = CANCELLED
+        try:
+            self._control("cancel")
+        except DecoderError:
+            pass
+
+    def set_breakpoints(self, breakpoints) -> None:
+        """Breakpoints changed while the run is live take effect from the next step."""
+        self.breakpoints = list(breakpoints)
+        if not self.finished:
+            self._control("breakpoints", breakpoints=self.breakpoints)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the run ends (tests, scripts). True if it ended."""
+        end = None if timeout is None else time.monotonic() + timeout
+        with self._changed:
+            while not self._ended:
+                left = None if end is None else end - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._changed.wait(left)
+        return True
+
+    def wait_idle(self, timeout: float = 30.0) -> None:
+        """Block until the decoder's runner has no pending single steps and is paused or ended. Every
+        step record it sent before is applied here by then (one ordered channel)."""
+        if self.finished:
+            return
+        try:
+            self._dec.call("control", run_id=self.run_id, action="wait_idle", timeout=timeout,
+                           call_timeout=timeout + 30)
+        except DecoderError:
+            pass
+
+
+class Decoder:
+    """The UI process's connection to its decoder process."""
+
+    _generations = itertools.count(1)
+
+    def __init__(self):
+        self.generation = next(self._generations)
+        ours, theirs = Pipe(duplex=True)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        self.proc = subprocess.Popen([sys.executable, "-m", "engine.remote", str(theirs.fileno())],
+                                     pass_fds=[theirs.fileno()], cwd=ROOT, env=env)
+        theirs.close()
+        self.conn: Connection = ours
+        self._send_lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._pending: dict[int, list] = {}     # call id -> [event, ok, value]
+        self._runs: "weakref.WeakValueDictionary[int, RemoteRunner]" = weakref.WeakValueDictionary()
+        self._lock = threading.Lock()
+        self.dead: str | None = None
+        self._reader = threading.Thread(target=self._read, daemon=True, name="decoder-reader")
+        self._reader.start()
+
+    # -- the channel -----------------------------------------------------------------------------
+    def call(self, op: str, call_timeout: float = CALL_TIMEOUT_S, **kw):
+        if self.dead:
+            raise DecoderError(self.dead)
+        cid = next(self._ids)
+        slot = [threading.Event(), False, None]
+        with self._lock:
+            self._pending[cid] = slot
+        try:
+            with self._send_lock:
+                self.conn.send((cid, op, kw))
+        except (OSError, EOFError, BrokenPipeError) as e:
+            self._lost(f"the decoder process cannot be reached ({type(e).__name__})")
+        if not slot[0].wait(call_timeout):
+            with self._lock:
+                self._pending.pop(cid, None)
+            raise DecoderError(f"the decoder process did not answer '{op}' within {call_timeout:.0f} s")
+        if not slot[1]:
+            raise slot[2] if isinstance(slot[2], BaseException) else decode_exception(slot[2])
+        return slot[2]
+
+    def _read(self):
+        while True:
+            try:
+                msg = self.conn.recv()
+            except (EOFError, OSError):
+                code = self.proc.poll()
+                self._lost("the decoder process stopped" + (f" (exit code {code})" if code is not None else ""))
+                return
+            kind = msg[0]
+            if kind == "reply":
+                _, cid, ok, value = msg
+                with self._lock:
+                    slot = self._pending.pop(cid, None)
+                if slot is not None:
+                    slot[1], slot[2] = ok, value
+                    slot[0].set()
+                continue
+            run = self._runs.get(msg[1])
+            if run is None:
+                continue
+            if kind == "step":
+                run._on_step(msg[2])
+            elif kind == "state":
+                run._on_state(msg[2])
+            elif kind == "end":
+                run._on_end(msg[2])
+
+    def _lost(self, message: str):
+        if self.dead:
+            return
+        self.dead = message + "; the next run starts a new one."
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        for slot in pending.values():
+            slot[1], slot[2] = False, DecoderError(self.dead)
+            slot[0].set()
+        for run in list(self._runs.values()):
+            run._on_lost(self.dead)
+
+    def close(self):
+        self.dead = self.dead or "the decoder process was closed"
+        try:
+            self.conn.close()
+        except OSError:
+            pass
+        try:
+            self.proc.terminate()
+            self.proc.wait(5)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+
+    # -- what pages use --------------------------------------------------------------------------------
+    def load(self, name: str, trust_remote_code: bool = False) -> ModelHandle:
+        info = self.call("load", name=name, trust_remote_code=trust_remote_code)
+        return ModelHandle(info["name"], trust_remote_code, info["device"], info["dtype"], info, self.generation)
+
+    def start(self, lm: ModelHandle, method: str, prompt: str, breakpoints=(), start_paused: bool = False,
+              **prepare_kw) -> RemoteRunner:
+        """Validate (engine.run.prepare, in the decoder) and start a run; LabError at once if refused."""
+        run_id = next(self._ids)
+        meta = self.call("start", model=lm.key, run_id=run_id, method=method, prompt=prompt,
+                         breakpoints=list(breakpoints), start_paused=bool(start_paused), prepare_kw=prepare_kw,
+                         call_timeout=START_TIMEOUT_S)
+        r = RemoteRunner(self, run_id, meta, breakpoints, start_paused)
+        self._runs[run_id] = r
+        weakref.finalize(r, self._forget, run_id)
+        self.call("control", run_id=run_id, action="go")   # the decoder holds its messages until now
+        return r
+
+    def _forget(self, run_id: int):
+        if not self.dead:
+            try:
+                with self._send_lock:
+                    self.conn.send((0, "forget", {"run_id": run_id}))
+            except (OSError, EOFError, BrokenPipeError):
+                pass
+
+    def task(self, lm: ModelHandle, name: str, **kw):
+        """Model work a page asks for, done in the decoder process (see TASKS below)."""
+        return self.call("task", model=lm.key, name=name, kwargs=kw)
+
+
+_DECODER: Decoder | None = None
+_DECODER_LOCK = threading.Lock()
+
+
+def decoder() -> Decoder:
+    """This process's decoder (started on first use; a new one if the last one died)."""
+    global _DECODER
+    with _DECODER_LOCK:
+        if _DECODER is None or _DECODER.dead:
+            if _DECODER is not None:
+                _DECODER.close()
+            _DECODER = Decoder()
+        return _DECODER
+
+
+@atexit.register
+def _close_decoder():
+    if _DECODER is not None:
+        _DECODER.close()
+
+
+# ====================================================================================== decoder side
+def _model_info(lm) -> dict:
+    cfg = lm.model.config
+    return {"name": lm.name, "device": str(lm.device), "dtype": str(lm.dtype).replace("torch.", ""),
+            "params": int(sum(p.numel() for p in lm.model.parameters())),
+            "layers": getattr(cfg, "num_hidden_layers", None), "vocab": getattr(cfg, "vocab_size", None),
+            "kv_bytes_per_token": _safe(lm.kv_bytes_per_token), "context_length": lm.context_length,
+            "is_instruct": lm.is_instruct, "model_type": str(getattr(cfg, "model_type", ""))}
+
+
+def _safe(fn):
+    try:
+        return fn()
+    except Exception:  # noqa: BLE001 -- an odd config: the figure is left out
+        return None
+
+
+class _Run:
+    def __init__(self, runner: Runner, trace: Trace):
+        self.runner, self.trace = runner, trace
+        self.sent_ids = 0
+        self.go = threading.Event()
+
+
+class Server:
+    """The decoder process: models, runs, tasks; one thread reads calls, slow ones go to a pool."""
+
+    FAST = {"control", "forget", "ping"}
+
+    def __init__(self, conn: Connection):
+        from concurrent.futures import ThreadPoolExecutor
+        self.conn = conn
+        self.send_lock = threading.Lock()
+        self.models: dict[tuple, object] = {}
+        self.models_lock = threading.Lock()
+        self.runs: dict[int, _Run] = {}
+        self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="decoder-call")
+
+    def send(self, msg) -> None:
+        with self.send_lock:
+            self.conn.send(msg)
+
+    def serve(self) -> None:
+        while True:
+            try:
+                cid, op, kw = self.conn.recv()
+            except (EOFError, OSError):
+                break
+            if op in self.FAST and kw.get("action") != "wait_idle":
+                self._answer(cid, op, kw)
+            else:
+                self.pool.submit(self._answer, cid, op, kw)
+        for run in list(self.runs.values()):
+            run.runner.cancel()
+
+    def _answer(self, cid: int, op: str, kw: dict) -> None:
+        try:
+            value = getattr(self, "op_" + op)(**kw)
+            ok = True
+        except BaseException as e:  # noqa: BLE001 -- every failure goes back to the caller
+            value, ok = encode_exception(e), False
+        if cid:
+            try:
+                self.send(("reply", cid, ok, value))
+            except (OSError, EOFError, BrokenPipeError):
+                pass
+
+    # -- models ---------------------------------------------------------------------------------
+    def model(self, key: tuple):
+        from engine import models
+        with self.models_lock:
+            if key not in self.models:
+                name, trust = key
+                self.models[key] = models.load(name, trust_remote_code=trust)
+            return self.models[key]
+
+    def op_ping(self):
+        return "pong"
+
+    def op_load(self, name: str, trust_remote_code: bool = False) -> dict:
+        return _model_info(self.model((name, bool(trust_remote_code))))
+
+    # -- runs -----------------------------------------------------------------------------------
+    def op_start(self, model, run_id, method, prompt, breakpoints, start_paused, prepare_kw) -> dict:
+        from engine import run as engine_run
+        lm = self.model(tuple(model))
+        trace, steps = engine_run.prepare(lm, method, prompt, **prepare_kw)
+        entry = _Run(None, trace)
+        runner = Runner(trace, self._streamed(run_id, entry, lm, steps), breakpoints=breakpoints,
+                        start_paused=start_paused)
+        runner.listener = lambda r: self._state(run_id, r)
+        entry.runner = runner
+        self.runs[run_id] = entry
+        runner.start()
+        return dict(trace.meta)
+
+    def _streamed(self, run_id: int, entry: _Run, lm, steps):
+        entry.go.wait(60)     # the UI has registered the run (its messages have somewhere to go)
+        trace = entry.trace
+        for rec in steps:
+            tail = trace.final_ids[entry.sent_ids:]
+            entry.sent_ids = len(trace.final_ids)
+            payload = {"rec": rec, "counters": trace.counters.as_dict(), "tail_ids": tail,
+                       "tail_text": lm.decode(tail) if tail else "",
+                       "extra": {k: v for k, v in trace.extra.items() if k == "summary"}}
+            self.send(("step", run_id, payload))
+            yield rec
+        self.send(("end", run_id, {"final_text": trace.final_text, "final_ids": list(trace.final_ids),
+                                   "token_texts": [lm.token_text(t) for t in trace.final_ids],
+                                   "meta": {k: trace.meta[k] for k in ("finished", "lossless") if k in trace.meta}}))
+
+    def _state(self, run_id: int, r: Runner) -> None:
+        snap = {"state": r.state, "break_reason": r.break_reason, "error": r.error,
+                "exception": encode_exception(r.exception) if r.exception is not None else None}
+        if r.exception is not None and r.traceback:
+            snap["exception"] = (snap["exception"][0], snap["exception"][1], r.traceback)
+        try:
+            self.send(("state", run_id, snap))
+        except (OSError, EOFError, BrokenPipeError):
+            pass
+        if r.finished:
+            self.runs.pop(run_id, None)   # the UI holds the mirror; nothing here needs it any more
+
+    def op_control(self, run_id: int, action: str, **kw):
+        entry = self.runs.get(run_id)
+        if entry is None:
+            return None                   # ended (and forgotten) already
+        r = entry.runner
+        if action == "go":
+            entry.go.set()
+        elif action == "pause":
+            r.pause()
+        elif action == "resume":
+            r.resume()
+        elif action == "step":
+            r.step_forward()
+        elif action == "cancel":
+            r.cancel()
+            entry.go.set()
+        elif action == "breakpoints":
+            r.breakpoints = list(kw["breakpoints"])
+        elif action == "wait_idle":
+            r.wait_idle(timeout=float(kw.get("timeout", 30)))
+        else:
+            raise ValueError(f"unknown control {action!r}")
+        if action != "wait_idle":
+            self._state(run_id, r)
+        return None
+
+    def op_forget(self, run_id: int):
+        entry = self.runs.pop(run_id, None)
+        if entry is not None:
+            entry.runner.cancel()
+            entry.go.set()
+
+    # -- tasks: model work pages ask for ------------------------------------------------------------
+    def op_task(self, model, name: str, kwargs: dict):
+        if name not in TASKS:
+            raise ValueError(f"unknown task {name!r}")
+        return TASKS[name](self.model(tuple(model)), **kwargs)
+
+
+def _task_vs_autoregressive(lm, meta: dict, final_ids: list[int]) -> dict:
+    from engine import measure
+    return measure.vs_autoregressive(lm, meta, final_ids)
+
+
+def _task_judged(lm, prompt_ids: list[int], output_ids: list[int]):
+    from engine import quality
+    return quality.judged_perplexity(lm, prompt_ids, output_ids)
+
+
+def _task_kv_quality(lm, prompt: str, policies: list[str], fractions: list[float], options: dict) -> list[dict]:
+    from engine.methods.kv.quality import prompt_quality_curve
+    return prompt_quality_curve(lm, prompt, policies, fractions, options)
+
+
+def _task_diffusion_model(lm, adapter: str = "auto") -> dict:
+    from engine.diffusion import adapters
+    ad = adapters.for_lm(lm, adapter)
+    return {"name": ad.name, "mask_id": ad.mask_id, "shift": ad.shift}
+
+
+TASKS = {"vs_autoregressive": _task_vs_autoregressive, "judged": _task_judged, "kv_quality": _task_kv_quality,
+         "diffusion_model": _task_diffusion_model}
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    conn = Connection(int(argv[0]))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    Server(conn).serve()
+    os._exit(0)   # daemon worker threads may still be inside torch: do not wait for them
+
+
+if __name__ == "__main__":
+    sys.exit(main())
