@@ -40,7 +40,7 @@ def session():
 
 
 def set_max_tokens(page, n):
-    box = page.get_by_label(re.compile("max new tokens", re.I))
+    box = page.get_by_role("spinbutton", name=re.compile("max new tokens", re.I))
     if n is not None and box.count():
         box.first.fill(str(n))
         box.first.press("Enter")
