@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-new-tokens", type=_typed(int, f"an integer in 1..{methods.MAX_NEW_TOKENS}", 1,
                                                    methods.MAX_NEW_TOKENS), default=64)
     g.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
+    g.add_argument("--ignore-eos", action="store_true", help="keep decoding after an end-of-text token")
     g.add_argument("--greedy", action="store_true", help="greedy decoding (the default)")
     g.add_argument("--temperature", type=_typed(float, "a number >= 0 (0 = greedy)", 0.0), default=0.0)
     g.add_argument("--top-k", type=_typed(int, "an integer >= 0 (0 = off)", 0), default=0)
@@ -132,7 +133,7 @@ def cmd_generate(a) -> int:
                          typical_p=a.typical_p, seed=a.seed)
     lm = models.load(a.model, device=a.device, dtype=a.dtype, trust_remote_code=a.trust_remote_code)
     trace = run.run(lm, a.method, a.prompt, max_new_tokens=a.max_new_tokens, sampling=cfg, options=opts,
-                    chat=False if a.no_chat else None)
+                    chat=False if a.no_chat else None, ignore_eos=a.ignore_eos)
     c = trace.counters.as_dict()
     c.update(trace.extra.get("summary", {}))
     if a.json:

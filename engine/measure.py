@@ -36,12 +36,14 @@ def vs_autoregressive(lm, meta: dict, final_ids: list[int]) -> dict:
     params = dict(meta["params"])
     sampling = SamplingConfig(**params.pop("sampling"))
     max_new = int(params.pop("max_new_tokens"))
+    ignore_eos = bool(params.pop("ignore_eos", False))
     spec = methods.get(meta["method"])
     options = {k: v for k, v in params.items() if k in spec.options}
     chat = meta.get("chat")
-    ar = run.run(lm, "ar", meta["prompt"], max_new_tokens=max_new, sampling=sampling, record=False, chat=chat)
+    ar = run.run(lm, "ar", meta["prompt"], max_new_tokens=max_new, sampling=sampling, record=False, chat=chat,
+                 ignore_eos=ignore_eos)
     again = run.run(lm, meta["method"], meta["prompt"], max_new_tokens=max_new, sampling=sampling, options=options,
-                    record=False, chat=chat)
+                    record=False, chat=chat, ignore_eos=ignore_eos)
     lossless = bool(meta.get("lossless")) and sampling.greedy
     sp = speedup(again, ar)
     rows = [_row(meta["method"], again), _row("autoregressive", ar)]

@@ -105,6 +105,7 @@ class RemoteRunner(Runner):
         self.live_text = ""              # the output so far, decoded by the decoder
         self.token_texts: list[str] = []  # per output token, sent when the run ends
         self.listener = None
+        self.started_at = time.time()
         self._cursor = None
         self._changed = threading.Condition()
         self._ended = False

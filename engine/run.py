@@ -13,10 +13,13 @@ from engine.sampling import SamplingConfig
 from engine.trace import Trace
 
 MAX_NEW = Opt(64, "tokens to generate at most", min=1, max=MAX_NEW_TOKENS, label="max new tokens")
+IGNORE_EOS = Opt(False, "keep decoding after an end-of-text token: exactly max_new_tokens (benchmarks of long runs)",
+                 label="ignore end-of-text")
 
 
 def prepare(lm, method: str, prompt: str, max_new_tokens: int = 64, sampling: SamplingConfig | None = None,
-            options: dict | None = None, record: bool = True, chat: bool | None = None) -> tuple[Trace, Iterator[dict]]:
+            options: dict | None = None, record: bool = True, chat: bool | None = None,
+            ignore_eos: bool = False) -> tuple[Trace, Iterator[dict]]:
     """Validate everything up front; return the (empty) trace and an iterator that fills it.
 
     Raises MethodError / OptionError / PromptError / SamplingError before any model work when an input
@@ -29,6 +32,7 @@ def prepare(lm, method: str, prompt: str, max_new_tokens: int = 64, sampling: Sa
     if not isinstance(sampling, SamplingConfig):
         raise SamplingError(f"sampling must be a SamplingConfig, got {type(sampling).__name__}.")
     max_new_tokens = MAX_NEW.coerce("max_new_tokens", max_new_tokens)
+    ignore_eos = IGNORE_EOS.coerce("ignore_eos", ignore_eos)
     if options is not None and not isinstance(options, dict):
         raise MethodError(f"options must be a dict of option name -> value, got {type(options).__name__}.")
     opts = spec.values(options)
@@ -38,8 +42,10 @@ def prepare(lm, method: str, prompt: str, max_new_tokens: int = 64, sampling: Sa
     if spec.check is not None:
         spec.check(opts, ctx)
     job = Job(lm=lm, prompt=prompt, input_ids=input_ids, max_new_tokens=max_new_tokens, sampling=sampling,
-              record=record)
+              record=record, ignore_eos=ignore_eos)
     params = {"max_new_tokens": max_new_tokens, "sampling": sampling.as_dict(), **opts}
+    if ignore_eos:
+        params["ignore_eos"] = True
     trace = Trace.new(lm.name, method, _jsonable_params(params), prompt, sampling.seed)
     trace.meta["prompt_ids"] = input_ids[0].tolist()
     trace.meta["family"] = spec.family

@@ -15,6 +15,9 @@ def main():
     with st.sidebar:
         st.header("Settings")
         max_new = max_new_tokens_widget("ar", 64)
+        ignore_eos = st.checkbox("ignore end-of-text", False, key="ar_ignore_eos",
+                                 help="keep decoding after the end-of-text token: exactly max new tokens "
+                                      "(to watch long runs; the text after it is not an answer)")
         opts = option_widgets("ar", "ar")
     cfg = common.sampling_controls("ar")
     bps = controls.breakpoint_controls("ar")
@@ -26,7 +29,7 @@ def main():
                              help="prefill, then wait: use Step to decode one token at a time")
     if (go_clicked or step_clicked) and lm is not None and cfg is not None:
         controls.start(KEY, lm, "ar", prompt, breakpoints=bps, start_paused=step_clicked,
-                       max_new_tokens=max_new, sampling=cfg, options=opts)
+                       max_new_tokens=max_new, sampling=cfg, options=opts, ignore_eos=ignore_eos)
     controls.step_controls(KEY)
     controls.live(KEY, render_ar.render)
     controls.download_button(KEY)

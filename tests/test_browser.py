@@ -150,3 +150,56 @@ def test_hostile_links_show_messages_not_tracebacks(session):
     wait_for_idle(page)
     no_exception(page)
     assert "more than 256 nodes" in page.locator("[data-testid='stMain']").first.inner_text()
+
+
+def test_progress_bar_while_live(session):
+    """While a run is live: a progress bar with steps / tokens done, compute tokens/s and the time left."""
+    url, page = session
+    page.goto(f"{url}/Autoregressive")
+    page.get_by_role("button", name="Generate").first.wait_for()
+    wait_for_idle(page)
+    set_max_tokens(page, 96)
+    page.get_by_role("button", name="Generate").first.click()
+    bar = page.locator("[data-testid='stProgress']").first
+    bar.wait_for(timeout=120_000)
+    end = time.time() + 120
+    text = ""
+    while time.time() < end:
+        text = page.locator("[data-testid='stMain']").first.inner_text()
+        if "tokens/s (compute)" in text and " left" in text and re.search(r"live view: redrawn in \d+ ms", text):
+            break
+        time.sleep(0.3)
+    assert re.search(r"\d+ / 96 tokens", text) and "tokens/s (compute)" in text and " left" in text, text[:800]
+    assert re.search(r"live view: redrawn in \d+ ms", text), text[-800:]
+    no_exception(page)
+    page.mouse.move(5, 5)
+    page.screenshot(path=os.path.join(SHOTS, "live_progress.png"), full_page=False)
+    wait_finished(page)
+    no_exception(page)
+
+
+def test_a_lesson_in_browser(session):
+    """A teacher's walk through the speculative lesson, presenter view on, no model needed."""
+    url, page = session
+    page.goto(f"{url}/Lessons?lesson=speculative")
+    page.get_by_role("button", name="Next ▶").first.wait_for()
+    wait_for_idle(page)
+    page.get_by_text("presenter view (large text)").first.click()
+    wait_for_idle(page)
+    n = 5
+    for k in range(1, n + 1):
+        main = page.locator("[data-testid='stMain']").first.inner_text()
+        assert f"part {k} of {n}" in main, main[:500]
+        no_exception(page)
+        if k == 3:   # the rejected draft and its resample
+            page.locator(".js-plotly-plot").first.wait_for()
+            page.mouse.move(5, 5)
+            time.sleep(0.5)
+            page.screenshot(path=os.path.join(SHOTS, "lesson.png"), full_page=True)
+        if k < n:
+            page.get_by_role("button", name="Next ▶").first.click()
+            wait_for_idle(page)
+    end = time.time() + 10
+    while "part=5" not in page.url and time.time() < end:   # the address bar follows the page (shareable)
+        time.sleep(0.2)
+    assert "part=5" in page.url and "lesson=speculative" in page.url

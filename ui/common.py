@@ -97,6 +97,8 @@ def page_header(title: str, caption: str) -> remote.ModelHandle | None:
     st.title(title)
     st.caption(caption)
     lm = get_lm()
+    from ui import controls
+    controls.render_every_n_widget()
     if lm is not None:
         st.sidebar.caption("Model")
         st.sidebar.text(f"{lm.name}\n{lm.device} · {lm.dtype}")

@@ -1,11 +1,15 @@
 """The shared step-through component: start a run, live re-render, pause / step / jump / cancel.
 
-Decoding runs in a worker thread (engine.runner.Runner) per browser session and page, so widget
-interactions (which rerun the script) never kill it; a fragment re-renders on a short timer while
-the worker runs, and stops polling once it is paused or finished.
+Decoding runs in the decoder process (engine.remote), one run per browser session and page, so widget
+interactions (which rerun the script) never kill it and rendering never slows it. A fragment re-renders
+on a timer while the run is live and stops polling once it is paused or finished. The timer adapts to
+the measured render time (a refresh costs at most ~1/RENDER_SHARE of the time between refreshes), and
+"render every N steps" (sidebar) lets a slow machine redraw less often.
 """
 from __future__ import annotations
 
+import math
+import time
 from typing import Callable
 
 import streamlit as st
@@ -16,7 +20,10 @@ from engine.runner import DONE, ERROR, EVENTS, PAUSED, RUNNING, Breakpoint, Runn
 from ui import common
 from viz.safe import md_text
 
-REFRESH_S = 0.5
+REFRESH_S = 0.5          # fastest refresh while a run is live
+MAX_REFRESH_S = 5.0      # slowest
+RENDER_SHARE = 10        # the refresh interval is at least this many times the measured render time
+EVERY_N_KEY = "lab_render_every_n"
 
 
 def breakpoint_controls(prefix: str, events: tuple[str, ...] = (), container=None) -> list[Breakpoint]:
@@ -112,30 +119,107 @@ def show_error(r) -> None:
     st.error(f"The run stopped: {md_text(r.error, 500)}")
 
 
+class _Shown:
+    """A run seen at another cursor (render every N steps): the renderers read .trace and .cursor."""
+
+    def __init__(self, r, cursor: int):
+        self._r, self.cursor = r, cursor
+
+    def __getattr__(self, name):
+        return getattr(self._r, name)
+
+
+def render_every_n() -> int:
+    return max(1, int(st.session_state.get(EVERY_N_KEY, 1) or 1))
+
+
+def render_every_n_widget() -> None:
+    st.sidebar.number_input("live view: render every N steps", 1, 1000, step=1, key=EVERY_N_KEY,
+                            help="While a run is live, redraw the figures only every N steps (the status line "
+                                 "and progress still update). For demos on slow machines: the refresh "
+                                 "interval also adapts by itself to how long a redraw takes.",
+                            **({} if EVERY_N_KEY in st.session_state else {"value": 1}))
+
+
+def planned_steps(meta: dict) -> int | None:
+    """Steps a run is expected to take when that is known up front (diffusion: its step budget)."""
+    params = meta.get("params", {}) if isinstance(meta, dict) else {}
+    if meta.get("family") == "diffusion" or meta.get("method") == "diffusion":
+        return int(params.get("steps") or params.get("gen_length") or params.get("max_new_tokens") or 0) or None
+    return None
+
+
+def progress(r) -> None:
+    """Steps and tokens done of the expected, compute tokens/s and the time left, while a run is live."""
+    t = r.trace
+    n = len(t.steps)
+    max_new = int(t.meta.get("params", {}).get("max_new_tokens") or 0)
+    tokens = t.counters.generated_tokens
+    frac = tokens / max_new if max_new else 0.0
+    planned = planned_steps(t.meta)
+    if planned:
+        frac = max(frac, n / planned)
+    frac = min(1.0, frac)
+    parts = [f"step {n}" + (f" of about {planned}" if planned else ""), f"{tokens} / {max_new} tokens"]
+    if t.counters.compute_s > 0 and tokens:
+        parts.append(f"{tokens / t.counters.compute_s:.1f} tokens/s (compute)")
+    started = getattr(r, "started_at", None)
+    if started and 0 < frac < 1 and r.state == RUNNING:
+        left = (time.time() - started) * (1 - frac) / frac
+        parts.append(f"about {left:.0f} s left" if left < 120 else f"about {left / 60:.0f} min left")
+    prompt_len = len(t.meta.get("prompt_ids") or [])
+    if prompt_len:
+        parts.append(f"prompt {prompt_len} tokens")
+    st.progress(frac, text=" · ".join(parts))
+
+
 def live(key: str, render: Callable[[Runner], None]) -> None:
-    """Render the runner's trace at its cursor; re-render on a timer while the worker runs."""
+    """Render the runner's trace at its cursor; re-render on an adaptive timer while the run is live."""
     r = runner(key)
     if r is None:
         return
     active = r.state == RUNNING
+    timing = st.session_state.setdefault(f"{key}__timing", {"render_s": 0.0, "interval": REFRESH_S})
+    interval = timing["interval"] if active else None
 
-    @st.fragment(run_every=REFRESH_S if active else None)
+    @st.fragment(run_every=interval)
     def _view():
         rr = runner(key)
         if rr is None:
             return
+        t0 = time.perf_counter()
         with common.guard("live view"):
             st.markdown(status_line(rr))
+            if not rr.finished:
+                progress(rr)
             if rr.state == ERROR:
                 show_error(rr)
             if rr.trace.steps:
-                render(rr)
+                render(_shown(rr))
             elif rr.state == RUNNING:
                 st.info("Prefilling the prompt...")
+        dt = time.perf_counter() - t0
+        timing["render_s"] = dt if not timing["render_s"] else 0.7 * timing["render_s"] + 0.3 * dt
+        if active:
+            st.caption(f"live view: redrawn in {dt * 1000:.0f} ms, every {interval:.1f} s"
+                       + (f", every {render_every_n()} steps" if render_every_n() > 1 else ""))
         if active and rr.state != RUNNING:
-            st.rerun()  # the worker paused or ended: redraw the whole page once, then stop polling
+            st.rerun()  # the run paused or ended: redraw the whole page once, then stop polling
+        if active:
+            want = min(MAX_REFRESH_S, max(REFRESH_S, RENDER_SHARE * timing["render_s"]))
+            if abs(math.log(want / interval)) > math.log(2):   # a full rerun re-registers the timer
+                timing["interval"] = round(want, 2)
+                st.rerun()
 
     _view()
+
+
+def _shown(r):
+    """The run at the step to draw: its cursor, or while following a live run, the newest multiple of N."""
+    n_every = render_every_n()
+    if n_every > 1 and r.state == RUNNING and r.following and r.trace.steps:
+        return _Shown(r, (len(r.trace.steps) - 1) // n_every * n_every)
+    return r
 
 
 def measure_vs_ar(lm, r) -> None:

@@ -37,20 +37,28 @@ class Job:
     record: bool = True          # False: build no step details (benchmarks of raw speed)
     output_ids: list[int] = field(default_factory=list)
     extra: dict = field(default_factory=dict)  # becomes trace.extra (e.g. extra["summary"])
+    ignore_eos: bool = False     # decode exactly max_new_tokens (benchmarks of long runs)
+
+    @property
+    def eos_ids(self) -> set[int]:
+        """The tokens that end the output (none with ignore_eos)."""
+        return set() if self.ignore_eos else self.lm.eos_ids
 
     def finished(self, new_tokens: list[int]) -> bool:
         """True once max_new_tokens are out or an EOS was produced among `new_tokens`."""
-        return len(self.output_ids) >= self.max_new_tokens or any(t in self.lm.eos_ids for t in new_tokens)
+        eos = self.eos_ids
+        return len(self.output_ids) >= self.max_new_tokens or any(t in eos for t in new_tokens)
 
     def commit(self, tokens: list[int]) -> list[int]:
         """Append tokens, truncated at the first EOS and at max_new_tokens; return what was kept."""
         kept = []
+        eos = self.eos_ids
         for t in tokens:
             if len(self.output_ids) >= self.max_new_tokens:
                 break
             self.output_ids.append(int(t))
             kept.append(int(t))
-            if t in self.lm.eos_ids:
+            if t in eos:
                 break
         self.counters.generated_tokens += len(kept)
         return kept

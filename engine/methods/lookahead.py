@@ -213,7 +213,7 @@ def _run(job: Job, W: int, N: int, G: int, pool_from_prompt: bool):
     lm, cfg, c = job.lm, job.sampling, job.counters
     gen = cfg.generator(lm.device) if not cfg.greedy else None
     rng = random.Random(0 if cfg.seed is None else int(cfg.seed))
-    eos = lm.eos_ids
+    eos = job.eos_ids
     out = job.output_ids
     context = job.input_ids[0].tolist()
     pending = list(context)

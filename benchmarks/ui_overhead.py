@@ -1,0 +1,226 @@
+"""What watching a run live costs the run: the same prompt and settings decoded through the engine API with
+nobody watching, and watched live in a real browser (a `streamlit run` server + headless chromium, as the
+browser tests drive it), in one run of this script.
+
+Per row it prints the compute tokens/s of both (compute time only, as the pages show it) and their ratio,
+how long after the first step was computed the page showed it, and the live view's render time per refresh
+early (step ~10) and late in the run. The watched run's numbers come from its own trace, downloaded from the
+page when it ends (per-step wall times and compute totals), and the render times from the page's
+"live view: redrawn in ... ms" line.
+
+    .venv/bin/python benchmarks/ui_overhead.py                 # every row
+    .venv/bin/python benchmarks/ui_overhead.py --only ar,kv    # some rows
+    .venv/bin/python benchmarks/ui_overhead.py --long 1000     # + an AR run of 1,000 steps (render time at 10 vs 1000)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from tests.browser import browser, streamlit_server, wait_for_idle  # noqa: E402
+
+SPEC_PROMPT = ("Summarise the following text, reusing its wording.\n\nThe river rises in the hills north of the town "
+               "and flows south through farmland before reaching the sea. In spring the river floods the low fields, "
+               "and farmers plant rice in the flooded fields. In summer the river is low and the fields are dry.")
+KV_PROMPT = ("Read this passage and continue it in the same style.\n\nWhen in the Course of human events, it becomes "
+             "necessary for one people to dissolve the political bands which have connected them with another.")
+STORY = "Write a long story about a lighthouse keeper and a storm."
+CODE = "Write a Python class Point with methods add, sub, mul and div, each returning a new Point."
+
+# name -> (page path, method, prompt, max new tokens, engine options, browser setup)
+ROWS = {
+    "ar": ("Autoregressive", "ar", STORY, 128, {}, []),
+    "speculative": ("Speculative", "speculative", SPEC_PROMPT, 128, {"drafter": "prompt_lookup"}, []),
+    "kv": ("KV_Cache", "kv", KV_PROMPT, 64, {"policy": "h2o", "budget": 48, "watch_layers": "all"},
+           [("select", "watch_layers", "all")]),
+    "lookahead": ("Jacobi_Lookahead", "lookahead", CODE, 128, {}, [("radio", "Lookahead")]),
+    "diffusion": ("Diffusion", "diffusion", STORY, 128, {"gen_length": 128}, []),
+}
+RENDER_RE = re.compile(r"live view: redrawn in (\d+) ms")
+STEP_RE = re.compile(r"showing step (\d+)")
+DONE_RE = re.compile(r"\b(done|error|cancelled) · ")
+RUNNING_RE = re.compile(r"\b(running|paused) · ")
+
+
+def unwatched(method: str, prompt: str, max_new: int, options: dict, ignore_eos: bool = False) -> dict:
+    from engine import models, run
+    lm = models.load(models.EMBEDDED, device="cpu")
+    tr = run.run(lm, method, prompt, max_new_tokens=max_new, options=options, ignore_eos=ignore_eos)
+    c = tr.counters
+    return {"tokens": c.generated_tokens, "compute_s": c.compute_s, "steps": len(tr.steps),
+            "tps": c.generated_tokens / c.compute_s if c.compute_s else None}
+
+
+def unwatched_pair(prompt: str, configs: list[dict]) -> list[dict]:
+    """Two diffusion runs at the same time in one process (as two sessions share the decoder)."""
+    out = [None] * len(configs)
+
+    def one(i, o):
+        out[i] = unwatched("diffusion", prompt, o["gen_length"], o)
+    threads = [threading.Thread(target=one, args=(i, o)) for i, o in enumerate(configs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
+
+
+def set_spin(page, label: str, value: int) -> None:
+    box = page.get_by_role("spinbutton", name=re.compile(label, re.I)).first
+    box.fill(str(value))
+    box.press("Enter")
+    wait_for_idle(page)
+
+
+def apply_setup(page, setup) -> None:
+    for step in setup:
+        if step[0] == "select":
+            page.get_by_label(step[1], exact=True).first.click()
+            page.get_by_role("option", name=step[2], exact=True).first.click()
+        elif step[0] == "radio":
+            page.get_by_text(step[1], exact=True).first.click()
+        elif step[0] == "check":
+            page.get_by_text(step[1], exact=True).first.click()
+        wait_for_idle(page)
+
+
+def main_text(page) -> str:
+    return page.locator("[data-testid='stMain']").first.inner_text()
+
+
+def watch(page, timeout_s: float, n_runs: int = 1) -> dict:
+    """Poll the page while the run(s) are live: when step 0 first shows, render times early and late."""
+    first_seen, renders, end = None, [], time.time() + timeout_s
+    while time.time() < end:
+        try:
+            body = main_text(page)
+        except Exception:  # noqa: BLE001 -- the page is between two renders
+            time.sleep(0.05)
+            continue
+        steps = [int(x) for x in STEP_RE.findall(body)]
+        if steps and first_seen is None:
+            first_seen = time.time()
+        for ms in RENDER_RE.findall(body):
+            renders.append((max(steps) if steps else -1, int(ms)))
+        if len(DONE_RE.findall(body)) >= n_runs and not RUNNING_RE.search(body):
+            break
+        time.sleep(0.05 if first_seen is None else 1.0)   # fine until the first step shows, then light
+    return {"first_seen": first_seen, "renders": renders}
+
+
+def downloaded_traces(page, n: int) -> list[dict]:
+    out = []
+    buttons = page.get_by_role("button", name="Download trace JSON")
+    for i in range(n):
+        with page.expect_download() as d:
+            buttons.nth(i).click()
+        with open(d.value.path(), encoding="utf-8") as f:
+            out.append(json.load(f))
+    return out
+
+
+def render_at(renders, step: int) -> int | None:
+    """The render time of the first refresh showing a step >= `step`."""
+    for s, ms in renders:
+        if s >= step:
+            return ms
+    return None
+
+
+def watched(url, b, path: str, prompt: str, max_new: int, setup, timeout_s: float, ignore_eos: bool = False,
+            pair: bool = False) -> dict:
+    page = b.new_page(viewport={"width": 1500, "height": 1100})
+    page.set_default_timeout(180_000)
+    page.goto(f"{url}/{path}")
+    go = "Run both on the prompt" if pair else "Generate"
+    page.get_by_role("button", name=go).first.wait_for()
+    wait_for_idle(page)
+    if pair:
+        page.get_by_role("button", name="Use the measured ~2x setting").first.click()
+        wait_for_idle(page)
+        page.get_by_role("tab", name="Two rules side by side").first.click()
+    else:
+        set_spin(page, "max new tokens" if path != "Diffusion" else "gen_length", max_new)
+    apply_setup(page, setup)
+    if ignore_eos:
+        page.get_by_text("ignore end-of-text", exact=True).first.click()
+        wait_for_idle(page)
+    box = page.get_by_role("textbox", name="Prompt", exact=True).first
+    box.fill(prompt)
+    box.press("Control+Enter")
+    wait_for_idle(page)
+    page.get_by_role("button", name=go).first.click()
+    seen = watch(page, timeout_s, n_runs=2 if pair else 1)
+    wait_for_idle(page)
+    traces = downloaded_traces(page, 2 if pair else 1)
+    page.close()
+    rows = []
+    for tr in traces:
+        c = tr["counters"]
+        first_wall = tr["steps"][0]["totals"]["wall"] if tr["steps"] else None
+        rows.append({"tokens": c["generated_tokens"], "compute_s": c["compute_s"], "steps": len(tr["steps"]),
+                     "tps": c["generated_tokens"] / c["compute_s"] if c["compute_s"] else None,
+                     "first_latency_s": (seen["first_seen"] - first_wall) if seen["first_seen"] and first_wall else None})
+    early = render_at(seen["renders"], 10)
+    late_step = max((s for s, _ in seen["renders"]), default=-1)
+    late = next((ms for s, ms in reversed(seen["renders"]) if s == late_step), None)
+    return {"runs": rows, "render_early_ms": early, "render_late_ms": late, "late_step": late_step}
+
+
+def fmt(x, d=2):
+    return "-" if x is None else f"{x:.{d}f}"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--only", default="", help="comma-separated rows: " + ", ".join([*ROWS, "pair"]))
+    ap.add_argument("--long", type=int, default=0, help="also an AR run of this many steps (ignore end-of-text)")
+    ap.add_argument("--timeout", type=float, default=900)
+    a = ap.parse_args(argv)
+    only = {x.strip() for x in a.only.split(",") if x.strip()}
+    todo = [r for r in [*ROWS, "pair"] if not only or r in only]
+    results = []
+    with streamlit_server() as url, browser() as b:
+        home = b.new_page()
+        home.goto(url)
+        home.get_by_text("Loaded", exact=False).first.wait_for(timeout=300_000)   # the decoder has the model
+        home.close()
+        for name in todo:
+            if name == "pair":
+                base = {"rule": "low_confidence", "gen_length": 64, "block_length": 0, "adapter": "embedded-fast"}
+                ref = unwatched_pair(STORY, [base, dict(base, rule="threshold", threshold=0.7)])
+                got = watched(url, b, "Diffusion", STORY, 64, [], a.timeout, pair=True)
+                results.append(("diffusion, two 64-position runs side by side", ref, got))
+                continue
+            path, method, prompt, max_new, opts, setup = ROWS[name]
+            ref = [unwatched(method, prompt, max_new, opts)]
+            got = watched(url, b, path, prompt, max_new, setup, a.timeout)
+            results.append((f"{name} ({max_new} {'positions' if method == 'diffusion' else 'tokens'})", ref, got))
+        if a.long:
+            ref = [unwatched("ar", STORY, a.long, {}, ignore_eos=True)]
+            got = watched(url, b, "Autoregressive", STORY, a.long, [], a.timeout, ignore_eos=True)
+            results.append((f"ar, {a.long} steps (ignore end-of-text)", ref, got))
+    print(f"\n## UI overhead ({time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPU cores, chromium headless)\n")
+    print("| row | unwatched tokens/s | watched tokens/s | ratio | first step shown after | render per refresh, "
+          "step ~10 | render, last step shown |")
+    print("|---|---|---|---|---|---|---|")
+    for label, ref, got in results:
+        for i, (r, w) in enumerate(zip(ref, got["runs"])):
+            ratio = w["tps"] / r["tps"] if r["tps"] and w["tps"] else None
+            side = f" [{'left' if i == 0 else 'right'}]" if len(ref) > 1 else ""
+            print(f"| {label}{side} | {fmt(r['tps'], 1)} | {fmt(w['tps'], 1)} | {fmt(ratio)}x | "
+                  f"{fmt(w['first_latency_s'])} s | {got['render_early_ms'] if got['render_early_ms'] is not None else '-'} ms | "
+                  f"{got['render_late_ms'] if got['render_late_ms'] is not None else '-'} ms (step {got['late_step']}) |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
