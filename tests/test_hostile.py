@@ -416,3 +416,98 @@ def test_a_bug_shows_an_id_not_a_traceback(embedded_lm, monkeypatch, caplog, whe
     assert any("error id" in m for m in msgs), msgs
     assert not any("internal detail" in m or "KeyError" in m for m in msgs)
     _no_traceback(at)
+
+
+# ---- trace files and links (more in tests/test_schema.py and tests/test_replay.py) ---------------------------
+def _good_trace() -> dict:
+    from pathlib import Path
+    from tests.conftest import ROOT
+    return json.loads((Path(ROOT) / "examples" / "traces" / "autoregressive.json").read_text())
+
+
+def _bad_traces():
+    good = _good_trace()
+    yield "not json", b"{not json"
+    yield "binary", b"\x00\xff\xfe" * 100
+    yield "a list", b"[1, 2, 3]"
+    yield "NaN", json.dumps(good).replace('"prob": ', '"prob": NaN, "x": ', 1).encode()
+    yield "deep nesting", ("[" * 100000 + "]" * 100000).encode()
+    yield "huge number", json.dumps(good).replace('"index": 0', '"index": 1' + "0" * 5000, 1).encode()
+    t = _good_trace()
+    t["steps"][0]["kind"] = "kv"
+    yield "relabelled kind", json.dumps(t).encode()
+    t = _good_trace()
+    t["steps"][0]["seq_len"] = 2_000_000
+    t["steps"][0]["kind"] = "kv"
+    yield "absurd size", json.dumps(t).encode()
+    t = _good_trace()
+    t["steps"][1]["candidates"] = "oops"
+    yield "wrong type", json.dumps(t).encode()
+    t = _good_trace()
+    del t["steps"][2]["index"]
+    yield "missing field", json.dumps(t).encode()
+    t = _good_trace()
+    t["schema_version"] = 99
+    yield "future schema", json.dumps(t).encode()
+    yield "too big", b" " * (51 * 1024 * 1024)
+
+
+@pytest.mark.parametrize("name,data", list(_bad_traces()), ids=[n for n, _ in _bad_traces()])
+def test_hostile_trace_files_are_refused_with_a_reason(name, data):
+    from engine import trace as T
+    t = time.perf_counter()
+    with pytest.raises(T.TraceError) as e:
+        T.loads(data)
+    assert str(e.value) and len(str(e.value)) < 600 and time.perf_counter() - t < 10
+
+
+REPLAY_LINKS = [{"trace": "autoregressive", "step": "²"}, {"trace": "autoregressive", "step": "-1"},
+                {"trace": "autoregressive", "step": "9" * 40}, {"trace": "../../etc/passwd"},
+                {"trace": "<img src=x onerror=alert(1)>", "step": "1"}, {"trace": "x" * 5000}]
+
+
+@pytest.mark.parametrize("params", REPLAY_LINKS, ids=[f"link{i}" for i in range(len(REPLAY_LINKS))])
+def test_odd_replay_links_give_a_message(params):
+    at = app_test("pages/7_Replay.py")
+    for k, v in params.items():
+        at.query_params[k] = v
+    at.run()
+    assert not at.exception
+    assert at.warning or at.info
+    assert not any("<img" in w.value for w in list(at.warning) + list(at.info) + list(at.markdown))
+    _no_traceback(at)
+
+
+# every place that hands HTML to Streamlit, and what makes it safe; a new one must be added here knowingly
+ALLOWED_HTML = {
+    "ui/render_kv.py": ("vz.tokens_html", "legend.legend_html"),
+    "ui/render_jacobi.py": ("vz.token_stream_html", "legend.legend_html"),
+    "ui/render_diffusion.py": ("vz.text_html", "legend.legend_html"),
+    "ui/render_speculative.py": ("legend.legend_html", "vz.stream_html"),
+    "ui/render_ar.py": ("legend.legend_html", "vz.token_stream_html"),
+    "pages/8_Lessons.py": ("fig", "PRESENTER_CSS"),
+    "pages/6_Compare.py": ("vc.diff_html",),
+}
+
+
+def test_unsafe_html_only_from_escaping_builders():
+    """`grep unsafe_allow_html ui viz pages`: every use passes the output of a builder that escapes every
+    trace string (viz.safe), or static text; the builders' escaping is tested in tests/test_replay.py."""
+    import re
+    from pathlib import Path
+    from tests.conftest import ROOT
+    root = Path(ROOT)
+    found = {}
+    for path in [*root.glob("ui/*.py"), *root.glob("viz/*.py"), *root.glob("pages/*.py"), root / "app.py"]:
+        if path.name == "safe.py":
+            continue
+        text = path.read_text()
+        for m in re.finditer(r"unsafe_allow_html\s*=\s*True", text):
+            call = text.rfind("st.markdown(", 0, m.start())
+            assert call >= 0, f"{path}: unsafe_allow_html outside st.markdown"
+            source = re.match(r"[\w.]+", text[call + len("st.markdown("):]).group(0)
+            found.setdefault(str(path.relative_to(root)), set()).add(source)
+    for file, sources in found.items():
+        assert file in ALLOWED_HTML, f"{file} hands HTML to Streamlit: add it to ALLOWED_HTML once it escapes"
+        assert sources <= set(ALLOWED_HTML[file]), (file, sources)
+    assert found, "the audit found nothing: the pattern is broken"
