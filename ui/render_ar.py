@@ -1,7 +1,7 @@
 """The Autoregressive view's figures for one step of a trace (live page and replay share it)."""
 import streamlit as st
 
-from ui import controls
+from ui import controls, renderers
 from viz import ar as vz
 from viz import legend
 
@@ -11,13 +11,15 @@ def render(r, prefix: str = "ar") -> None:
     steps = r.trace.steps
     cur = r.cursor
     step = steps[cur]
-    ppl = vz.perplexity(steps[: cur + 1])
+    ppl = vz.perplexity_at(r.trace, cur)
     controls.metrics_row(r, {"perplexity": f"{ppl:.2f}" if ppl else "-"})
     colour_by = st.radio("colour tokens by", ["prob", "entropy"], horizontal=True, key=f"{prefix}_colour")
     st.markdown(legend.legend_html({"p ≈ 0 / high entropy": legend.prob_colour(0.0), "p ≈ 0.5": legend.prob_colour(0.5),
                                     "p ≈ 1 / low entropy": legend.prob_colour(1.0), "current step": "#000000"}),
                 unsafe_allow_html=True)
-    st.markdown(vz.token_stream_html(steps, cur, colour_by), unsafe_allow_html=True)
+    st.markdown(vz.token_stream_html(steps, cur, colour_by, max_entropy=vz.max_entropy_at(r.trace)),
+                unsafe_allow_html=True)
+    renderers.full_text(steps, cur, lambda s: 1)
     a, b = st.columns([1, 1])
     if step.get("candidates"):
         a.plotly_chart(vz.candidates_figure(step), key=f"{prefix}_cands_{cur}", width="stretch")

@@ -12,7 +12,7 @@ def render(r, prefix: str = "diffusion", compact: bool = False) -> None:
     steps = r.trace.steps
     cur = r.cursor if r.cursor is not None else len(steps) - 1
     step = steps[cur]
-    s = vz.summary(steps, cur)
+    s = vz.summary_at(r.trace, cur)
     summ = r.trace.extra.get("summary", {}) if isinstance(r.trace.extra, dict) else {}
     extra = {"steps": s["steps"], "NFE": s["NFE"], "tokens/step": s["tokens/step"]}
     if summ.get("forwarded_tokens"):

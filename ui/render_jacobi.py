@@ -2,9 +2,10 @@
 import pandas as pd
 import streamlit as st
 
-from ui import controls
+from ui import controls, renderers
 from viz import jacobi as vz
 from viz import legend
+from viz import window as W
 from viz.safe import md_text
 
 TEST_COLUMNS = ("pos", "p", "q", "accept_prob", "u", "accepted")
@@ -22,7 +23,7 @@ def render(r, prefix: str = "jl") -> None:
 
 
 def _render_jacobi(r, steps, cur, step, prefix):
-    s = vz.jacobi_stats(steps[: cur + 1])
+    s = vz.jacobi_stats_at(r.trace, cur)
     extra = {"compression (tokens / forward)": f"{s['compression_ratio']:.2f}"}
     if "iterations_per_block" in s:
         extra["iterations / block"] = f"{s['iterations_per_block']:.2f}"
@@ -34,7 +35,8 @@ def _render_jacobi(r, steps, cur, step, prefix):
                f"{step.get('committed', 0)} token(s) committed"
                + (" · autoregressive tail (hybrid)" if step.get("phase") == "ar" else ""))
     st.markdown(vz.token_stream_html(steps, cur), unsafe_allow_html=True)
-    n_rows = st.slider("iterations shown", 4, 80, 24, key=f"{prefix}_rows")
+    renderers.full_text(steps, cur, vz.stream_tokens)
+    n_rows = st.slider("iterations shown", 4, W.MAX_ROWS, 24, key=f"{prefix}_rows")
     first = max(0, cur - int(n_rows) + 1)
     st.markdown(legend.legend_html(vz.legend_items()), unsafe_allow_html=True)
     grid, dag, detail = st.tabs(["Trajectory grid", "Dependency graph", "This iteration"])
@@ -63,7 +65,7 @@ def _render_jacobi(r, steps, cur, step, prefix):
 
 
 def _render_lookahead(r, steps, cur, step, prefix):
-    s = vz.lookahead_stats(steps[: cur + 1])
+    s = vz.lookahead_stats_at(r.trace, cur)
     controls.metrics_row(r, {"compression (tokens / forward)": f"{s['compression_ratio']:.2f}",
                              "n-gram pool": "-" if s["pool_size"] is None else s["pool_size"],
                              "accepted from pool / step": f"{s['mean_accepted_len']:.2f}"})
@@ -74,6 +76,7 @@ def _render_lookahead(r, steps, cur, step, prefix):
                f"accepted from the pool, {step.get('committed', 0)} committed · {step.get('input_tokens', '?')} "
                "tokens in this forward")
     st.markdown(vz.token_stream_html(steps, cur), unsafe_allow_html=True)
+    renderers.full_text(steps, cur, vz.stream_tokens)
     st.markdown(legend.legend_html({"window token equals the final output": legend.JACOBI_FIXED,
                                     "window token (guess)": legend.JACOBI_GUESS,
                                     "prediction of the newest level": "#F4D35E",
@@ -97,31 +100,9 @@ def _render_lookahead(r, steps, cur, step, prefix):
         nxt = steps[cur + 1] if cur + 1 < len(steps) else None
         key_id = (nxt or {}).get("last_id") if only else None
         st.markdown(f"**N-gram pool after this step** ({step.get('pool_size', 0)} n-grams)")
-        tok = _token_text(r)
-        st.dataframe(vz.pool_table(steps, cur, g, tok, only_key=key_id), hide_index=True, width="stretch", height=260)
+        pool = vz.pool_at(r.trace, cur, g)
+        st.dataframe(vz.pool_table(steps, cur, g, vz.token_text_at(r.trace), only_key=key_id, pool=pool),
+                     hide_index=True, width="stretch", height=260)
     st.plotly_chart(vz.progress_figure(steps, cur), key=f"{prefix}_prog_{cur}", width="stretch")
     controls.vs_ar_table(r)
 
-
-def _token_text(r):
-    """Token id -> text from the texts recorded in the trace (works in replay with no tokenizer)."""
-    cache = getattr(r, "_jl_tokmap", None)
-    n = len(r.trace.steps)
-    if cache is None or cache[0] != n:
-        m = {}
-        for s in r.trace.steps:
-            m.update({int(k): v for k, v in s.get("vocab", {}).items()})
-            for lv in s.get("window", []):
-                m.update(zip(lv["ids"], lv["text"]))
-            for c in s.get("candidates", []):
-                m.update(zip(c["ids"], c["text"]))
-            m.update(zip(s.get("level_out", []), s.get("level_out_text", [])))
-            if "last_id" in s:
-                m[s["last_id"]] = s.get("last_text", "")
-        cache = (n, m)
-        try:
-            r._jl_tokmap = cache
-        except AttributeError:
-            pass
-    m = cache[1]
-    return lambda t: m.get(t, f"#{t}")

@@ -1,7 +1,7 @@
 """The KV-cache view of one step of a trace (the live page and the replay page share it)."""
 import streamlit as st
 
-from ui import controls
+from ui import controls, renderers
 from viz import kv as vz
 from viz import legend
 from viz.safe import md_text
@@ -31,6 +31,7 @@ def render(r, prefix: str = "kv", compact: bool = False) -> None:
                 + (f" · evicted {step.get('evicted_count', 0)} entries this step" if step.get("evicted_count") else ""))
     controls.metrics_row(r, kv_metrics(all_steps, cur))
     st.markdown(vz.tokens_html(all_steps, cur), unsafe_allow_html=True)
+    renderers.full_text(all_steps, cur, lambda s: 1)
     if step.get("quality"):
         st.caption("Underlined red: the full cache's greedy choice differs at that token (hover for it).")
     layers = vz.watched_layers(all_steps)
@@ -51,17 +52,17 @@ def render(r, prefix: str = "kv", compact: bool = False) -> None:
     group = vz.query_group(all_steps, layer if layer != "all" else layers[0])
     qhead = c3.selectbox("query head (attention)", list(range(nh * group)), key=f"{prefix}_qhead",
                          index=(0 if head == "all" else int(head) * group))
-    st.plotly_chart(vz.eviction_map_figure(all_steps[: cur + 1], layer, head, cursor=cur),
+    st.plotly_chart(vz.eviction_map_figure(all_steps, layer, head, cursor=cur),
                     key=f"{prefix}_map_{cur}_{layer}_{head}", width="stretch")
     att_layer = layer if layer != "all" else layers[0]
     if compact:
-        st.plotly_chart(vz.attention_heatmap_figure(steps, att_layer, qhead, cursor=cur),
+        st.plotly_chart(vz.attention_heatmap_figure(all_steps, att_layer, qhead, cursor=cur),
                         key=f"{prefix}_att_{cur}", width="stretch")
         st.plotly_chart(vz.score_bars_figure(step, att_layer, 0 if head == "all" else int(head)),
                         key=f"{prefix}_bars_{cur}", width="stretch")
     else:
         a, b = st.columns(2)
-        a.plotly_chart(vz.attention_heatmap_figure(steps, att_layer, qhead, cursor=cur),
+        a.plotly_chart(vz.attention_heatmap_figure(all_steps, att_layer, qhead, cursor=cur),
                        key=f"{prefix}_att_{cur}", width="stretch")
         b.plotly_chart(vz.score_bars_figure(step, att_layer, 0 if head == "all" else int(head)),
                        key=f"{prefix}_bars_{cur}", width="stretch")

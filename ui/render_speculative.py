@@ -2,7 +2,7 @@
 import pandas as pd
 import streamlit as st
 
-from ui import controls
+from ui import controls, renderers
 from viz import legend
 from viz import speculative as vz
 from viz.safe import md_text
@@ -13,7 +13,7 @@ def render(r, prefix: str = "spec") -> None:
     steps = r.trace.steps
     cur = r.cursor if r.cursor is not None else len(steps) - 1
     step = steps[cur]
-    s = vz.summary_from_steps(steps, cur)
+    s = vz.summary_at(r.trace, cur)
     extra = {"tau (tokens / round)": f"{s['tau']:.2f}",
              "acceptance": "-" if s["acceptance"] is None else f"{s['acceptance']:.0%}",
              "draft forwards": s["draft_forwards"]}
@@ -29,6 +29,7 @@ def render(r, prefix: str = "spec") -> None:
                f"{1000 * (step.get('verify_s') or 0):.0f} ms, KV entries dropped {step.get('kv_dropped', 0)}")
     st.markdown(legend.legend_html(vz.stream_legend()), unsafe_allow_html=True)
     st.markdown(vz.stream_html(steps, cur), unsafe_allow_html=True)
+    renderers.full_text(steps, cur, vz.stream_tokens)
     if step.get("nodes"):
         a, b = st.columns([3, 2])
         a.plotly_chart(vz.tree_figure(step), key=f"{prefix}_tree_{cur}", width="stretch")
@@ -37,7 +38,7 @@ def render(r, prefix: str = "spec") -> None:
             st.dataframe(pd.DataFrame(vz.round_table(step)), hide_index=True, width="stretch")
     c, d = st.columns([3, 2])
     c.plotly_chart(vz.acceptance_figure(steps, cur), key=f"{prefix}_acc_{cur}", width="stretch")
-    rates = vz.acceptance_by_depth(steps[: cur + 1])
+    rates = vz.acceptance_by_depth_at(r.trace, cur)
     if rates:
         d.plotly_chart(vz.depth_figure(rates), key=f"{prefix}_depth_{cur}", width="stretch")
     controls.vs_ar_table(r)

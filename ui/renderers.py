@@ -6,6 +6,8 @@ import json
 
 import streamlit as st
 
+from viz import window as W
+
 # step kind -> module under ui/ whose render(r, prefix) draws one step of a trace
 MODULES = {"ar": "ui.render_ar", "speculative": "ui.render_speculative", "kv": "ui.render_kv",
            "jacobi": "ui.render_jacobi", "lookahead": "ui.render_jacobi", "diffusion": "ui.render_diffusion"}
@@ -32,3 +34,12 @@ def render(r, prefix: str) -> None:
         st.info("This trace has no steps to show.")
         return
     renderer(r.trace.steps[r.cursor]["kind"])(r, prefix)
+
+
+def full_text(steps: list[dict], cur: int, tokens_of) -> None:
+    """The whole text up to the cursor, in an expander, when the token stream above shows only its last
+    tokens (`tokens_of(step)`: how many tokens the stream draws for a step). Plain text: cheap to send."""
+    if W.stream_start(steps, cur, tokens_of) == 0:
+        return
+    with st.expander("Full text up to this step"):
+        st.text("".join(s.get("new_text", "") for s in steps[: cur + 1]))

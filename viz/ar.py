@@ -6,6 +6,7 @@ import math
 import plotly.graph_objects as go
 
 from viz import legend
+from viz import window as W
 from viz.safe import html_text, plot_text
 
 
@@ -13,15 +14,20 @@ def _show(text: str) -> str:
     return html_text(text, newline="↵<br>")
 
 
-def token_stream_html(steps: list[dict], upto: int, colour_by: str = "prob") -> str:
-    """Tokens of steps[0..upto] as coloured spans; hover shows probability and entropy."""
-    max_h = max([s.get("entropy") or 0 for s in steps] + [1e-9])
-    spans = []
-    for i, s in enumerate(steps[: upto + 1]):
+def token_stream_html(steps: list[dict], upto: int, colour_by: str = "prob", max_entropy: float | None = None) -> str:
+    """The last tokens up to steps[upto] (at most window.MAX_TOKENS, after a marker for the earlier ones) as
+    coloured spans; hover shows probability and entropy. Entropy shading is relative to `max_entropy`
+    (the largest over all steps; computed here when not given)."""
+    if max_entropy is None:
+        max_entropy = max([s.get("entropy") or 0 for s in steps] + [1e-9])
+    first = W.stream_start(steps, upto, lambda s: 1)
+    spans = [W.earlier_marker(first)]
+    for i in range(first, upto + 1):
+        s = steps[i]
         p = s.get("prob")
         h = s.get("entropy")
         if colour_by == "entropy" and h is not None:
-            colour = legend.prob_colour(1 - min(1.0, h / max(max_h, 1.0)))
+            colour = legend.prob_colour(1 - min(1.0, h / max(max_entropy, 1.0)))
         else:
             colour = legend.prob_colour(p if p is not None else 1.0)
         border = "2px solid #000" if i == upto else "1px solid transparent"
@@ -51,12 +57,16 @@ def candidates_figure(step: dict) -> go.Figure:
 
 
 def prob_entropy_figure(steps: list[dict], cursor: int) -> go.Figure:
+    """p(chosen) and entropy over all steps (at most window.MAX_POINTS points per line, peaks kept)."""
     x = [s["index"] for s in steps]
+    px, py = W.line_points(x, [s.get("prob") for s in steps], keep=cursor)
+    hx, hy = W.line_points(x, [s.get("entropy") for s in steps], keep=cursor)
     fig = go.Figure()
-    fig.add_scatter(x=x, y=[s.get("prob") for s in steps], name="p(chosen)", mode="lines+markers")
-    fig.add_scatter(x=x, y=[s.get("entropy") for s in steps], name="entropy (nats)", mode="lines", yaxis="y2")
+    fig.add_scatter(x=px, y=py, name="p(chosen)", mode="lines+markers" if len(px) == len(x) else "lines")
+    fig.add_scatter(x=hx, y=hy, name="entropy (nats)", mode="lines", yaxis="y2")
     fig.add_vline(x=cursor, line_dash="dot", line_color="#000")
-    fig.update_layout(height=260, margin=dict(l=10, r=10, t=30, b=10), title="Confidence over the generation",
+    fig.update_layout(height=260, margin=dict(l=10, r=10, t=30, b=10),
+                      title="Confidence over the generation" + W.downsampled_note(len(x), len(px)),
                       xaxis_title="step", yaxis=dict(title="p", range=[0, 1.05]),
                       yaxis2=dict(title="entropy", overlaying="y", side="right", showgrid=False),
                       legend=dict(orientation="h", y=-0.25))
@@ -68,3 +78,28 @@ def perplexity(steps: list[dict]) -> float | None:
     if not ps:
         return None
     return math.exp(-sum(math.log(max(p, 1e-12)) for p in ps) / len(ps))
+
+
+def _make_running():
+    """Running log-probability sum, count and largest entropy, one snapshot per step."""
+    total = {"log_p": 0.0, "n": 0, "max_entropy": 1e-9}
+
+    def add(s):
+        p = s.get("prob")
+        if p:
+            total["log_p"] += math.log(max(p, 1e-12))
+            total["n"] += 1
+        total["max_entropy"] = max(total["max_entropy"], s.get("entropy") or 0)
+        return dict(total)
+    return add
+
+
+def perplexity_at(trace, cur: int) -> float | None:
+    """perplexity(trace.steps[: cur + 1]) from running totals kept on the trace (each step summed once)."""
+    t = W.running_at(trace, "ar", _make_running, cur)
+    return math.exp(-t["log_p"] / t["n"]) if t["n"] else None
+
+
+def max_entropy_at(trace) -> float:
+    """The largest entropy over all of the trace's steps, as token_stream_html computes it."""
+    return W.running_at(trace, "ar", _make_running, len(trace.steps) - 1)["max_entropy"]

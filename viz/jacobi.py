@@ -1,15 +1,19 @@
 """Jacobi / lookahead view: trajectory grid, dependency graph, lookahead window and n-gram pool, stats.
 
 Pure functions of step records (engine/methods/jacobi.py and lookahead.py): no torch, no streamlit, so a
-saved trace replays without a model. Colours come from viz.legend.
+saved trace replays without a model. Colours come from viz.legend. The grids show at most
+window.MAX_ROWS iterations ending at the cursor; the `*_at(trace, ...)` helpers keep running totals and
+the n-gram pool's replay on the trace, so a live page does not redo them over every step on each refresh.
 """
 from __future__ import annotations
 
 import networkx as nx
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
 from viz import legend
+from viz import window as W
 from viz.safe import html_text, plot_text
 
 # grid cell states, in colour-scale order
@@ -67,41 +71,70 @@ def cells(step: dict) -> list[dict]:
     return out
 
 
+CONTEXT_COLUMNS = 16  # committed-earlier positions a windowed grid shows left of its oldest block
+
+
+def _committed_before(steps: list[dict], first_row: int, lo: int) -> dict[int, str]:
+    """Text of the output positions >= lo committed before steps[first_row]. Steps commit left to right, so
+    the walk back stops at the first step whose block starts at or before lo."""
+    out: dict[int, str] = {}
+    for s in reversed(steps[max(0, first_row - W.MAX_COLUMNS): first_row]):
+        for c in cells(s):
+            if c["state"] in ("fixed", "committed") and c["pos"] >= lo:
+                out.setdefault(c["pos"], c["text"])
+        if s.get("block_start", 0) <= lo:
+            break
+    return out
+
+
+def _grid_columns(row_cells: list[list[dict]]) -> tuple[int, int]:
+    """The output positions [lo, hi] a grid shows: its rows' cells with a little committed context on the
+    left, at most window.MAX_COLUMNS (the right end, where the cursor's block is)."""
+    hi = max((c["pos"] for cs in row_cells for c in cs), default=0)
+    lo = max(0, min((c["pos"] for cs in row_cells for c in cs), default=0) - CONTEXT_COLUMNS)
+    return max(lo, hi - W.MAX_COLUMNS + 1), hi
+
+
 def trajectory_grid(steps: list[dict], upto: int | None = None, final_ids: list[int] | None = None,
-                    first_row: int = 0) -> go.Figure:
+                    first_row: int = 0, max_rows: int = W.MAX_ROWS) -> go.Figure:
     """Iteration x output position; each cell the token after that iteration's update, coloured by state.
+    Shows at most max_rows iterations ending at `upto`, and the positions they touch.
 
     The black staircase is the convergence front (everything left of it is committed). A small dot marks a
     cell that already equals the final output although the decoder cannot know it yet: the gap between
     DDGviz's "equals final output" and what the fixed-point test can prove.
     """
     upto = len(steps) - 1 if upto is None else upto
+    first_row = W.first_row(upto, max_rows, first_row)
     rows = steps[first_row: upto + 1]
     if not rows:
         return go.Figure()
-    max_pos = max((c["pos"] for s in rows for c in cells(s)), default=0)
-    committed_before = {}
+    row_cells = [cells(s) for s in rows]
+    lo, hi = _grid_columns(row_cells)
+    width = hi - lo + 1
+    labelled = W.hover_per_cell(len(rows) * width)
     final = final_ids or []
+    out_so_far = _committed_before(steps, first_row, lo)
     z, text, hover = [], [], []
-    out_so_far: dict[int, str] = {}
-    for s in steps[:first_row]:
-        for c in cells(s):
-            if c["state"] in ("fixed", "committed"):
-                out_so_far[c["pos"]] = c["text"]
     dots_x, dots_y = [], []
     front_x, front_y = [], []
-    for r, s in enumerate(rows):
-        zr, tr, hr = [None] * (max_pos + 1), [""] * (max_pos + 1), [""] * (max_pos + 1)
+    for r, (s, cs) in enumerate(zip(rows, row_cells)):
+        zr, tr, hr = [None] * width, [""] * width, [""] * width
         for pos, t in out_so_far.items():
-            if pos <= max_pos:
-                zr[pos], tr[pos] = STATES.index("earlier"), tok(t)
-                hr[pos] = plot_text(f"position {pos}: {t!r} (committed earlier)")
-        for c in cells(s):
-            zr[c["pos"]] = STATES.index(c["state"])
-            tr[c["pos"]] = tok(c["text"])
-            g = "" if c["guess_id"] is None else f"<br>input guess {plot_text(repr(c['guess_text']))}"
-            hr[c["pos"]] = (f"iteration {s['index']}, position {c['pos']}<br>token {plot_text(repr(c['text']))}{g}"
-                            f"<br>{STATE_LABEL[c['state']]}")
+            if lo <= pos <= hi:
+                zr[pos - lo] = STATES.index("earlier")
+                if labelled:
+                    tr[pos - lo], hr[pos - lo] = tok(t), plot_text(f"position {pos}: {t!r} (committed earlier)")
+        for c in cs:
+            if c["pos"] < lo:
+                continue
+            i = c["pos"] - lo
+            zr[i] = STATES.index(c["state"])
+            if labelled:
+                tr[i] = tok(c["text"])
+                g = "" if c["guess_id"] is None else f"<br>input guess {plot_text(repr(c['guess_text']))}"
+                hr[i] = (f"iteration {s['index']}, position {c['pos']}<br>token {plot_text(repr(c['text']))}{g}"
+                         f"<br>{STATE_LABEL[c['state']]}")
             if c["state"] in ("changed", "unchanged") and c["pos"] < len(final) and final[c["pos"]] == c["id"]:
                 dots_x.append(c["pos"] + 0.38)
                 dots_y.append(r - 0.3)
@@ -117,30 +150,38 @@ def trajectory_grid(steps: list[dict], upto: int | None = None, final_ids: list[
     scale = []
     for i, k in enumerate(STATES):
         scale += [[i / n, STATE_COLOUR[k]], [(i + 1) / n, STATE_COLOUR[k]]]
-    fig = go.Figure(go.Heatmap(z=z, text=text, texttemplate="%{text}", hovertext=hover, hoverinfo="text",
-                               colorscale=scale, zmin=-0.5, zmax=n - 0.5, showscale=False, xgap=1, ygap=1,
-                               textfont=dict(size=10)))
+    if labelled:
+        cell_text = dict(text=np.array(text, dtype=str), texttemplate="%{text}",
+                         hovertext=np.array(hover, dtype=str), hoverinfo="text", textfont=dict(size=10))
+    else:  # too many cells for a label each: the state, named in the legend above the figure
+        codes = ", ".join(f"{i} {STATE_LABEL[k]}" for i, k in enumerate(STATES))
+        cell_text = dict(hovertemplate=f"position %{{x}}<br>state %{{z}} ({codes})<extra></extra>")
+    fig = go.Figure(go.Heatmap(z=np.array(z, dtype=float), x=list(range(lo, hi + 1)), colorscale=scale,
+                               zmin=-0.5, zmax=n - 0.5, showscale=False, xgap=1, ygap=1, **cell_text))
     fig.add_scatter(x=front_x, y=front_y, mode="lines", line=dict(color="#000", width=2.5),
                     name="convergence front", hoverinfo="skip")
     if dots_x:
         fig.add_scatter(x=dots_x, y=dots_y, mode="markers", marker=dict(size=5, color="#000", symbol="circle"),
                         name="already equals the final output (not yet provable)", hoverinfo="skip")
     labels = [f"it {s['index']}" for s in rows]
+    note = W.steps_note(first_row, upto, len(steps), "iterations") + (f" · positions {lo}–{hi}" if lo > 0 else "")
     fig.update_layout(height=max(220, 60 + 24 * len(rows)), margin=dict(l=10, r=10, t=70, b=10),
-                      title="Jacobi trajectory: iteration × output position",
-                      xaxis=dict(title="output position", range=[-0.5, max_pos + 0.5], dtick=max(1, (max_pos + 1) // 20)),
+                      title="Jacobi trajectory: iteration × output position" + note,
+                      xaxis=dict(title="output position", range=[lo - 0.5, hi + 0.5], dtick=max(1, width // 20)),
                       yaxis=dict(tickmode="array", tickvals=list(range(len(rows))), ticktext=labels,
                                  autorange="reversed"),
                       legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0), plot_bgcolor="#FFFFFF")
     return fig
 
 
-def dependency_dag(steps: list[dict], upto: int | None = None, first_row: int = 0) -> nx.DiGraph:
+def dependency_dag(steps: list[dict], upto: int | None = None, first_row: int = 0,
+                   max_rows: int = W.MAX_ROWS) -> nx.DiGraph:
     """Node (iteration, position) with its token; edge (t, j) -> (t+1, i) when position i's prediction at
-    t+1 was computed from the token at j that changed at t (the step record's `forced` ranges)."""
+    t+1 was computed from the token at j that changed at t (the step record's `forced` ranges). At most
+    max_rows iterations, ending at `upto`."""
     upto = len(steps) - 1 if upto is None else upto
     g = nx.DiGraph()
-    rows = steps[first_row: upto + 1]
+    rows = steps[W.first_row(upto, max_rows, first_row): upto + 1]
     for s in rows:
         for c in cells(s):
             g.add_node((s["index"], c["pos"]), token=c["text"], state=c["state"], id=c["id"])
@@ -171,10 +212,14 @@ def critical_chain(steps: list[dict], g: nx.DiGraph) -> list[tuple[int, int]]:
 
 
 def dependency_graph(steps: list[dict], upto: int | None = None, first_row: int = 0,
-                     max_edges: int = 4000) -> go.Figure:
-    """The dependency DAG drawn on the (position, iteration) grid, the critical chain highlighted."""
-    g = dependency_dag(steps, upto, first_row)
-    chain = critical_chain(steps[first_row: (len(steps) if upto is None else upto + 1)], g)
+                     max_edges: int = 4000, max_rows: int = W.MAX_ROWS) -> go.Figure:
+    """The dependency DAG drawn on the (position, iteration) grid, the critical chain highlighted; at most
+    max_rows iterations ending at `upto`."""
+    upto = len(steps) - 1 if upto is None else upto
+    first_row = W.first_row(upto, max_rows, first_row)
+    g = dependency_dag(steps, upto, first_row, max_rows)
+    chain = critical_chain(steps[first_row: upto + 1], g)
+    on_chain = set(chain)
     chain_edges = set(zip(chain, chain[1:]))
     fig = go.Figure()
     ex, ey = [], []
@@ -200,14 +245,15 @@ def dependency_graph(steps: list[dict], upto: int | None = None, first_row: int 
         fig.add_scatter(
             x=[n[1] for n in nodes], y=[n[0] for n in nodes], mode="markers+text",
             text=[tok(g.nodes[n]["token"], 5) for n in nodes], textposition="top center", textfont=dict(size=9),
-            marker=dict(size=[13 if n in set(chain) else 9 for n in nodes], color=STATE_COLOUR[state],
-                        line=dict(color="#000", width=[2 if n in set(chain) else 0 for n in nodes])),
+            marker=dict(size=[13 if n in on_chain else 9 for n in nodes], color=STATE_COLOUR[state],
+                        line=dict(color="#000", width=[2 if n in on_chain else 0 for n in nodes])),
             hovertext=[f"iteration {n[0]}, position {n[1]}: {plot_text(repr(g.nodes[n]['token']))}"
                        f"<br>{STATE_LABEL[state]}<br>forced {g.out_degree(n)} recomputations" for n in nodes],
             hoverinfo="text", name=STATE_LABEL[state])
     n_rows = len({n[0] for n in g.nodes})
     fig.update_layout(height=max(260, 110 + 30 * n_rows), margin=dict(l=10, r=10, t=70, b=10),
-                      title=f"Dependency graph: {g.number_of_nodes()} nodes, {g.number_of_edges()} edges",
+                      title=f"Dependency graph: {g.number_of_nodes()} nodes, {g.number_of_edges()} edges"
+                            + W.steps_note(first_row, upto, len(steps), "iterations"),
                       xaxis=dict(title="output position"), yaxis=dict(title="iteration", autorange="reversed", dtick=1),
                       legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0), plot_bgcolor="#FFFFFF")
     return fig
@@ -227,8 +273,33 @@ def jacobi_stats(steps: list[dict]) -> dict:
     return out
 
 
+def _make_jacobi_running():
+    blocks: set = set()
+    total = {"tokens": 0, "block_iterations": 0, "blocks": 0}
+
+    def add(s):
+        total["tokens"] += s.get("committed", len(s.get("new_ids", [])))
+        if s.get("block_index") is not None and s.get("phase", "jacobi") == "jacobi":
+            blocks.add(s["block_index"])
+            total["block_iterations"] += 1
+            total["blocks"] = len(blocks)
+        return dict(total)
+    return add
+
+
+def jacobi_stats_at(trace, cur: int) -> dict:
+    """jacobi_stats(trace.steps[: cur + 1]) from running totals kept on the trace."""
+    t = W.running_at(trace, "jacobi", _make_jacobi_running, cur)
+    forwards = cur + 1
+    out = {"forwards": forwards, "tokens": t["tokens"], "compression_ratio": t["tokens"] / forwards}
+    if t["blocks"]:
+        out["iterations_per_block"] = t["block_iterations"] / t["blocks"]
+    return out
+
+
 def progress_figure(steps: list[dict], upto: int | None = None) -> go.Figure:
-    """Cumulative tokens against forward passes, next to autoregressive's one token per forward."""
+    """Cumulative tokens against forward passes, next to autoregressive's one token per forward (at most
+    window.MAX_POINTS points and bars)."""
     upto = len(steps) - 1 if upto is None else upto
     xs, ys, per = [0], [0], []
     total = 0
@@ -238,13 +309,17 @@ def progress_figure(steps: list[dict], upto: int | None = None) -> go.Figure:
         xs.append(i + 1)
         ys.append(total)
         per.append(k)
+    bx, by, k = W.bar_buckets(xs[1:], per)
+    lx, ly = W.line_points(xs, ys)
     fig = go.Figure()
-    fig.add_bar(x=xs[1:], y=per, name="tokens committed by this forward", marker_color=legend.JACOBI_COMMITTED,
-                opacity=0.45, yaxis="y2")
-    fig.add_scatter(x=xs, y=ys, mode="lines+markers", name="tokens so far", line=dict(color=legend.JACOBI_FIXED))
-    fig.add_scatter(x=xs, y=xs, mode="lines", name="autoregressive (1 per forward)",
+    fig.add_bar(x=bx, y=by, name="tokens committed by this forward" if k == 1 else f"tokens per forward ({k}-forward mean)",
+                marker_color=legend.JACOBI_COMMITTED, opacity=0.45, yaxis="y2", width=k if k > 1 else None)
+    fig.add_scatter(x=lx, y=ly, mode="lines+markers" if len(lx) == len(xs) else "lines", name="tokens so far",
+                    line=dict(color=legend.JACOBI_FIXED))
+    fig.add_scatter(x=[0, xs[-1]], y=[0, xs[-1]], mode="lines", name="autoregressive (1 per forward)",
                     line=dict(color="#888", dash="dash"))
-    fig.update_layout(height=280, margin=dict(l=10, r=10, t=40, b=10), title="Tokens vs forward passes",
+    fig.update_layout(height=280, margin=dict(l=10, r=10, t=40, b=10),
+                      title="Tokens vs forward passes" + W.downsampled_note(len(xs), len(lx), "forwards"),
                       xaxis_title="forward pass", yaxis=dict(title="tokens"),
                       yaxis2=dict(overlaying="y", side="right", title="per forward", showgrid=False, rangemode="tozero"),
                       legend=dict(orientation="h", y=-0.2))
@@ -265,7 +340,7 @@ def lookahead_window_figure(step: dict, final_ids: list[int] | None = None) -> g
     for lv in window:
         cells_ = []
         for p, t, i in zip(lv["positions"], lv["text"], lv["ids"]):
-            right = p < len(final) and final[p] == i and p >= 0
+            right = 0 <= p < len(final) and final[p] == i
             cells_.append((p, t, legend.JACOBI_FIXED if right else legend.JACOBI_GUESS,
                            f"level {lv['level']}, position {p}: {plot_text(repr(t))}"
                            + (" (equals the final output)" if right else "")))
@@ -337,32 +412,70 @@ def lookahead_window_figure(step: dict, final_ids: list[int] | None = None) -> g
     return fig
 
 
+def _pool_add(pool: dict[int, list[tuple]], gram: list[int], guess_set_size: int) -> None:
+    key, tail = int(gram[0]), tuple(gram[1:])
+    lst = pool.setdefault(key, [])
+    if tail in lst:
+        lst.remove(tail)
+    elif len(lst) >= guess_set_size:
+        lst.pop(0)
+    lst.append(tail)
+
+
+def _pool_step(pool: dict[int, list[tuple]], step: dict, guess_set_size: int) -> None:
+    for key in ("seeded", "harvested", "appended"):
+        for gram in step.get(key, []):
+            _pool_add(pool, gram, guess_set_size)
+
+
 def replay_pool(steps: list[dict], upto: int, guess_set_size: int) -> dict[int, list[tuple]]:
     """Rebuild the n-gram pool as it was after step `upto` from the records (same LRU as the engine)."""
     pool: dict[int, list[tuple]] = {}
-    guess_set_size = max(1, guess_set_size)
-
-    def add(gram):
-        key, tail = int(gram[0]), tuple(gram[1:])
-        lst = pool.setdefault(key, [])
-        if tail in lst:
-            lst.remove(tail)
-        elif len(lst) >= guess_set_size:
-            lst.pop(0)
-        lst.append(tail)
-
     for s in steps[: upto + 1]:
-        for key in ("seeded", "harvested", "appended"):
-            for gram in s.get(key, []):
-                add(gram)
+        _pool_step(pool, s, max(1, guess_set_size))
     return pool
 
 
+class PoolReplay(W.StepCache):
+    """replay_pool at any step, replayed from the nearest checkpoint (a copy of the pool every EVERY
+    steps, made as the replay first passes there) rather than from the first step."""
+    EVERY = 64
+
+    def __init__(self, guess_set_size: int):
+        self.guess_set_size = max(1, guess_set_size)
+        super().__init__()
+
+    def reset(self) -> None:
+        self._checkpoints: list[dict] = [{}]  # [i]: the pool after i * EVERY steps
+
+    def at(self, steps: list[dict], upto: int) -> dict[int, list[tuple]]:
+        with self._lock:
+            self._sync(steps, (len(self._checkpoints) - 1) * self.EVERY)
+            base = min((upto + 1) // self.EVERY, len(self._checkpoints) - 1)
+            pool = _copy_pool(self._checkpoints[base])
+            for i in range(base * self.EVERY, upto + 1):
+                _pool_step(pool, steps[i], self.guess_set_size)
+                if (i + 1) == len(self._checkpoints) * self.EVERY:
+                    self._checkpoints.append(_copy_pool(pool))
+            return pool
+
+
+def _copy_pool(pool: dict[int, list[tuple]]) -> dict[int, list[tuple]]:
+    return {k: list(v) for k, v in pool.items()}
+
+
+def pool_at(trace, upto: int, guess_set_size: int) -> dict[int, list[tuple]]:
+    """replay_pool(trace.steps, upto, guess_set_size), from checkpoints kept on the trace."""
+    return W.cached(trace, ("pool", guess_set_size), lambda: PoolReplay(guess_set_size)).at(trace.steps, upto)
+
+
 def pool_table(steps: list[dict], upto: int, guess_set_size: int, token_text, only_key: int | None = None,
-               limit: int = 200) -> pd.DataFrame:
+               limit: int = 200, pool: dict | None = None) -> pd.DataFrame:
     """The pool after step `upto` as a table (most recently used last within a key). `token_text(id)` maps
-    ids to text (the page passes the tokenizer's; a replay without a model can pass str)."""
-    pool = replay_pool(steps, upto, guess_set_size)
+    ids to text (the page passes the tokenizer's; a replay without a model can pass str). `pool` is that
+    pool when the caller has it (pool_at); else it is replayed here."""
+    if pool is None:
+        pool = replay_pool(steps, upto, guess_set_size)
     nxt = steps[upto + 1] if upto + 1 < len(steps) else None
     verified = {tuple(c["ids"]) for c in (nxt or {}).get("candidates", [])} if nxt else set()
     rows = []
@@ -375,6 +488,41 @@ def pool_table(steps: list[dict], upto: int, guess_set_size: int, token_text, on
             if len(rows) >= limit:
                 return pd.DataFrame(rows)
     return pd.DataFrame(rows)
+
+
+def _record_texts(m: dict[int, str], s: dict) -> None:
+    """The token texts a lookahead step records, by id."""
+    m.update({int(k): v for k, v in s.get("vocab", {}).items()})
+    for lv in s.get("window", []):
+        m.update(zip(lv["ids"], lv["text"]))
+    for c in s.get("candidates", []):
+        m.update(zip(c["ids"], c["text"]))
+    m.update(zip(s.get("level_out", []), s.get("level_out_text", [])))
+    if "last_id" in s:
+        m[s["last_id"]] = s.get("last_text", "")
+
+
+class TokenTexts(W.StepCache):
+    """Token id -> text from the texts recorded in the steps (a replay has no tokenizer), extended with
+    the new steps only."""
+
+    def reset(self) -> None:
+        self._texts: dict[int, str] = {}
+        self._seen = 0
+
+    def lookup(self, steps: list[dict]):
+        with self._lock:
+            self._sync(steps, self._seen)
+            for s in steps[self._seen:]:
+                _record_texts(self._texts, s)
+            self._seen = len(steps)
+        texts = self._texts
+        return lambda t: texts.get(t, f"#{t}")
+
+
+def token_text_at(trace):
+    """id -> text from every step of the trace so far (kept on the trace between refreshes)."""
+    return W.cached(trace, "token texts", TokenTexts).lookup(trace.steps)
 
 
 def candidates_table(step: dict) -> pd.DataFrame:
@@ -394,11 +542,32 @@ def lookahead_stats(steps: list[dict]) -> dict:
             "pool_size": steps[-1].get("pool_size") if steps else 0}
 
 
+LOOKAHEAD_SUMS = W.sums(tokens=lambda s: s.get("committed", 0), with_candidates=lambda s: 1 if s.get("candidates") else 0,
+                        accepted=lambda s: s.get("accepted_len", 0))
+
+
+def lookahead_stats_at(trace, cur: int) -> dict:
+    """lookahead_stats(trace.steps[: cur + 1]) from running sums kept on the trace."""
+    t = W.running_at(trace, "lookahead", LOOKAHEAD_SUMS, cur)
+    forwards = cur + 1
+    return {"forwards": forwards, "tokens": t["tokens"], "compression_ratio": t["tokens"] / forwards,
+            "steps_with_candidates": t["with_candidates"], "mean_accepted_len": t["accepted"] / forwards,
+            "pool_size": trace.steps[cur].get("pool_size")}
+
+
+def stream_tokens(s: dict) -> int:
+    """Tokens token_stream_html draws for a step (those it committed)."""
+    return s.get("committed", len(s.get("new_ids", [])))
+
+
 def token_stream_html(steps: list[dict], upto: int) -> str:
-    """The committed output, each iteration's span underlined; multi-token iterations stand out."""
-    spans = []
-    for i, s in enumerate(steps[: upto + 1]):
-        n = s.get("committed", len(s.get("new_ids", [])))
+    """The committed output (its last window.MAX_TOKENS tokens), each iteration's span underlined;
+    multi-token iterations stand out."""
+    first = W.stream_start(steps, upto, stream_tokens)
+    spans = [W.earlier_marker(sum(map(stream_tokens, steps[:first])))]
+    for i in range(first, upto + 1):
+        s = steps[i]
+        n = stream_tokens(s)
         colour = legend.JACOBI_COMMITTED if n > 1 else "#BBBBBB"
         border = "2px solid #000" if i == upto else "1px solid transparent"
         txt = html_text(s.get("new_text", ""), newline="↵<br>")

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from viz import legend
+from viz import window as W
 from viz.safe import html_text, plot_text
 
 # eviction-map categories
@@ -33,80 +35,111 @@ def n_kv_heads(steps: list[dict], layer: int) -> int:
     return len(lay["kept"]) if lay else 0
 
 
-def _kept_set(step: dict, layer: int, head) -> tuple[set[int], float | None]:
-    lay = step["layers"][str(layer)]
-    if head == "all":
-        return set(), None
-    return set(lay["kept"][int(head)]), None
+def _kept_fraction(step: dict, layer, head) -> list[float]:
+    """Per position of the step's sequence: the fraction of slots keeping it (every layer and head for
+    layer 'all', the layer's heads for head 'all', 0 / 1 for one head)."""
+    n = step["seq_len"]
+    if layer == "all":
+        slots = step.get("slots") or 1
+        return [c / slots for c in step.get("kept_count", [])]
+    kept = step["layers"][str(layer)]["kept"]
+    heads = kept if head == "all" else [kept[int(head)]]
+    count = [0] * n
+    for h in heads:
+        for p in h:
+            count[p] += 1
+    return [c / len(heads) for c in count]
 
 
-def eviction_matrix(steps: list[dict], layer, head) -> tuple[list[list[float]], int]:
+def _category_row(step: dict, layer, head, width: int) -> list[int]:
+    """One head's category of every position: absent, evicted, kept, sink (kept) or newest (kept)."""
+    n = step["seq_len"]
+    row = [EVICTED] * n + [ABSENT] * (width - n)
+    for p in step["layers"][str(layer)]["kept"][int(head)]:
+        row[p] = KEPT
+    for p in range(min(step.get("n_sink", 0), n)):
+        if row[p] == KEPT:
+            row[p] = SINK
+    if row[n - 1] != EVICTED:
+        row[n - 1] = NEWEST
+    return row
+
+
+def _binned(values: list[float], width: int, k: int) -> list[float]:
+    """Means of `values` over bins of k positions, NaN-padded to the bins of `width` positions."""
+    if k == 1:
+        return values + [math.nan] * (width - len(values))
+    out = [sum(values[i: i + k]) / len(values[i: i + k]) for i in range(0, len(values), k)]
+    return out + [math.nan] * (math.ceil(width / k) - len(out))
+
+
+def eviction_matrix(steps: list[dict], layer, head, bin_size: int = 1) -> tuple[list[list[float]], int]:
     """Rows = steps, columns = original positions. layer/head ints give categories; head='all' gives the
-    fraction of the layer's KV heads keeping each position; layer='all' the fraction over every layer and head."""
+    fraction of the layer's KV heads keeping each position; layer='all' the fraction over every layer and head.
+    With bin_size > 1 a column is a bin of positions and every view gives the kept fraction (its mean over
+    the bin's positions seen so far)."""
     width = max(s["seq_len"] for s in steps)
-    rows = []
-    for s in steps:
-        n = s["seq_len"]
-        if layer == "all" or head == "all":
-            if layer == "all":
-                slots = s.get("slots") or 1
-                frac = [c / slots for c in s.get("kept_count", [])]
-            else:
-                kept = s["layers"][str(layer)]["kept"]
-                cnt = [0] * n
-                for h in kept:
-                    for p in h:
-                        cnt[p] += 1
-                frac = [c / len(kept) for c in cnt]
-            rows.append(frac + [math.nan] * (width - len(frac)))
-            continue
-        kept = set(s["layers"][str(layer)]["kept"][int(head)])
-        sinks = s.get("n_sink", 0)
-        row = []
-        for p in range(width):
-            if p >= n:
-                row.append(ABSENT)
-            elif p not in kept:
-                row.append(EVICTED)
-            elif p == n - 1:
-                row.append(NEWEST)
-            elif p < sinks:
-                row.append(SINK)
-            else:
-                row.append(KEPT)
-        rows.append(row)
-    return rows, width
+    if bin_size == 1 and layer != "all" and head != "all":
+        return [_category_row(s, layer, head, width) for s in steps], width
+    return [_binned(_kept_fraction(s, layer, head), width, bin_size) for s in steps], width
 
 
-def eviction_map_figure(steps: list[dict], layer, head, cursor: int | None = None, title: str | None = None):
-    """Step x cached position map. Categorical colours for one head; a kept-fraction scale for summaries."""
+def _grid_window(steps: list[dict], cursor: int | None, max_rows: int, max_columns: int):
+    """The steps a step x position figure shows (at most max_rows, ending at the cursor), the positions'
+    width and the bin size that fits them in max_columns columns."""
+    cur = len(steps) - 1 if cursor is None else max(0, min(cursor, len(steps) - 1))
+    first = W.first_row(cur, max_rows)
+    rows = steps[first: cur + 1]
+    width = max(s["seq_len"] for s in rows)
+    return rows, first, cur, width, W.bin_size(width, max_columns)
+
+
+def _window_note(first: int, cur: int, total: int, k: int, what: str) -> str:
+    return W.steps_note(first, cur, total) + (f" · positions binned by {k}: {what}" if k > 1 else "")
+
+
+CATEGORY_CODES = ", ".join(f"{c} {CAT_NAMES[c]}" for c in (EVICTED, KEPT, SINK, NEWEST, ABSENT))
+
+
+def eviction_map_figure(steps: list[dict], layer, head, cursor: int | None = None, title: str | None = None,
+                        max_rows: int = W.MAX_ROWS, max_columns: int = W.MAX_COLUMNS):
+    """Step x cached position map of the last max_rows steps up to the cursor. Categorical colours for one
+    head; a kept-fraction scale for summaries and when positions are binned (more than max_columns)."""
     if not steps:
         return go.Figure()
-    z, width = eviction_matrix(steps, layer, head)
-    y = [s["index"] for s in steps]
+    rows, first, cur, width, k = _grid_window(steps, cursor, max_rows, max_columns)
+    z, _ = eviction_matrix(rows, layer, head, bin_size=k)
+    x = W.bin_centres(width, k)
+    cells = np.array(z, dtype=float)  # plotly takes arrays without walking every cell
+    y = [s["index"] for s in rows]
     summary = layer == "all" or head == "all"
-    if summary:
-        hm = go.Heatmap(z=z, x=list(range(width)), y=y, zmin=0, zmax=1,
-                        colorscale=[[0, legend.KV_EVICTED], [1, legend.KV_KEPT]],
-                        colorbar=dict(title="kept by<br>fraction of heads"),
-                        hovertemplate="step %{y}<br>position %{x}<br>kept by %{z:.0%} of heads<extra></extra>")
+    if summary or k > 1:
+        what = "kept by<br>fraction of heads" if summary else "kept fraction<br>of the bin"
+        hm = go.Heatmap(z=cells, x=x, y=y, zmin=0, zmax=1, colorscale=[[0, legend.KV_EVICTED], [1, legend.KV_KEPT]],
+                        colorbar=dict(title=what + ("<br>(bin mean)" if summary and k > 1 else "")),
+                        hovertemplate="step %{y}<br>position " + ("≈ " if k > 1 else "") + "%{x:.0f}<br>kept by "
+                                      "%{z:.0%}" + (" of heads" if summary else " of the bin") + "<extra></extra>")
     else:
         # discrete colour scale over the 5 categories
         cs = []
         for c in range(5):
             cs += [[c / 5, CAT_COLOURS[c]], [(c + 1) / 5, CAT_COLOURS[c]]]
-        text = [[CAT_NAMES[int(v)] for v in row] for row in z]
-        hm = go.Heatmap(z=z, x=list(range(width)), y=y, zmin=-0.5, zmax=4.5, colorscale=cs, showscale=False,
-                        text=text, hovertemplate="step %{y}<br>position %{x}<br>%{text}<extra></extra>")
+        if W.hover_per_cell(len(z) * width):
+            hover = dict(text=np.array([[CAT_NAMES[v] for v in row] for row in z], dtype=str),
+                         hovertemplate="step %{y}<br>position %{x}<br>%{text}<extra></extra>")
+        else:  # no per-cell strings for a large map: the category's code, and the codes' names
+            hover = dict(hovertemplate=f"step %{{y}}<br>position %{{x}}<br>%{{z}} ({CATEGORY_CODES})<extra></extra>")
+        hm = go.Heatmap(z=cells, x=x, y=y, zmin=-0.5, zmax=4.5, colorscale=cs, showscale=False, **hover)
     fig = go.Figure(hm)
-    for c in (KEPT, EVICTED, SINK, NEWEST) if not summary else ():
+    for c in (KEPT, EVICTED, SINK, NEWEST) if not (summary or k > 1) else ():
         fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=CAT_NAMES[c],
                                  marker=dict(size=10, symbol="square", color=CAT_COLOURS[c])))
     if cursor is not None:
-        fig.add_hline(y=steps[min(cursor, len(steps) - 1)]["index"], line=dict(color="black", width=1, dash="dot"))
+        fig.add_hline(y=steps[cur]["index"], line=dict(color="black", width=1, dash="dot"))
     who = "all layers and heads" if layer == "all" else (f"layer {layer}, all heads" if head == "all"
                                                           else f"layer {layer}, KV head {head}")
-    fig.update_layout(title=title or f"Eviction map ({who})", xaxis_title="original position",
+    note = _window_note(first, cur, len(steps), k, "colour = kept fraction")
+    fig.update_layout(title=(title or f"Eviction map ({who})") + note, xaxis_title="original position",
                       yaxis_title="step", yaxis_autorange="reversed", height=360, margin=dict(t=50, b=40),
                       legend=dict(orientation="h", y=-0.25), plot_bgcolor="#FFFFFF")
     return fig
@@ -121,48 +154,68 @@ def query_group(steps: list[dict], layer) -> int:
     return 1
 
 
-def attention_matrix(steps: list[dict], layer: int, qhead: int) -> tuple[list[list[float]], int]:
+def attention_matrix(steps: list[dict], layer: int, qhead: int, bin_size: int = 1,
+                     group: int | None = None) -> tuple[list[list[float]], int]:
     """Rows = steps, columns = original positions: the new token's attention to each cached key
-    (over the cache before this step's eviction); keys not in the cache are NaN (masked)."""
+    (over the cache before this step's eviction); keys not in the cache are NaN (masked). With bin_size > 1
+    a column is a bin of positions holding the attention summed over its cached keys."""
     width = max(s["seq_len"] for s in steps)
-    g = query_group(steps, layer)
+    g = group or query_group(steps, layer)
     rows = []
     for s in steps:
         lay = s["layers"][str(layer)]
-        row = [math.nan] * width
+        row = [math.nan] * math.ceil(width / bin_size)
         if "attn" in lay and "cand_pos" in lay and qhead < len(lay["attn"]):
             pos = lay["cand_pos"][qhead // g]
             for p, v in zip(pos, lay["attn"][qhead]):
-                row[p] = v
+                b = p // bin_size
+                row[b] = v if math.isnan(row[b]) else row[b] + v
         rows.append(row)
     return rows, width
 
 
-def attention_heatmap_figure(steps: list[dict], layer: int, qhead: int, cursor: int | None = None, log: bool = True):
-    if not steps:
-        return go.Figure()
-    z, width = attention_matrix(steps, layer, qhead)
-    if log:
-        z = [[(math.log10(v) if v > 0 else -8) if not math.isnan(v) else math.nan for v in row] for row in z]
-    fig = go.Figure(go.Heatmap(
-        z=z, x=list(range(width)), y=[s["index"] for s in steps], colorscale="Viridis",
-        colorbar=dict(title="log10 p" if log else "p"),
-        hovertemplate="step %{y}<br>key position %{x}<br>" + ("log10 p %{z:.2f}" if log else "p %{z:.3f}")
-                      + "<extra></extra>"))
-    # evicted this step: red x
-    xs, ys = [], []
-    kv_head = qhead // query_group(steps, layer)
-    for s in steps:
+def _evicted_marks(rows: list[dict], layer: int, kv_head: int, k: int) -> tuple[list, list]:
+    """(x, y) of the entries evicted after each step shown: one mark per cell when positions are binned."""
+    seen, xs, ys = set(), [], []
+    for s in rows:
         evicted = s["layers"][str(layer)].get("evicted") or []
         for p, _ in (evicted[kv_head] if kv_head < len(evicted) else []):
-            xs.append(p)
+            cell = (s["index"], p // k)
+            if cell in seen:
+                continue
+            seen.add(cell)
+            xs.append(p if k == 1 else (p // k) * k + (k - 1) / 2)
             ys.append(s["index"])
+    return xs, ys
+
+
+def attention_heatmap_figure(steps: list[dict], layer: int, qhead: int, cursor: int | None = None, log: bool = True,
+                             max_rows: int = W.MAX_ROWS, max_columns: int = W.MAX_COLUMNS):
+    """The new token's attention over the cached keys, for the last max_rows steps up to the cursor."""
+    if not steps:
+        return go.Figure()
+    rows, first, cur, width, k = _grid_window(steps, cursor, max_rows, max_columns)
+    g = query_group(steps, layer)
+    z, _ = attention_matrix(rows, layer, qhead, bin_size=k, group=g)
+    cells = np.array(z, dtype=float)
+    if log:
+        with np.errstate(divide="ignore"):
+            cells = np.where(cells > 0, np.log10(cells), np.where(np.isnan(cells), np.nan, -8.0))
+    value = ("log10 p %{z:.2f}" if log else "p %{z:.3f}") + (" (summed over the bin)" if k > 1 else "")
+    fig = go.Figure(go.Heatmap(
+        z=cells, x=W.bin_centres(width, k), y=[s["index"] for s in rows], colorscale="Viridis",
+        colorbar=dict(title="log10 p" if log else "p"),
+        hovertemplate="step %{y}<br>key position " + ("≈ " if k > 1 else "") + "%{x:.0f}<br>" + value
+                      + "<extra></extra>"))
+    xs, ys = _evicted_marks(rows, layer, qhead // g, k)
     if xs:
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name="evicted after this step",
                                  marker=dict(symbol="x", size=6, color=legend.KV_EVICTED)))
     if cursor is not None:
-        fig.add_hline(y=steps[min(cursor, len(steps) - 1)]["index"], line=dict(color="white", width=1, dash="dot"))
-    fig.update_layout(title=f"Attention of each new token (layer {layer}, query head {qhead}); grey = not in the cache",
+        fig.add_hline(y=steps[cur]["index"], line=dict(color="white", width=1, dash="dot"))
+    note = _window_note(first, cur, len(steps), k, "attention summed per bin")
+    fig.update_layout(title=f"Attention of each new token (layer {layer}, query head {qhead}); grey = not in the "
+                            f"cache{note}",
                       xaxis_title="key position", yaxis_title="query step", yaxis_autorange="reversed",
                       height=360, margin=dict(t=50, b=40), plot_bgcolor=MASKED,
                       legend=dict(orientation="h", y=-0.25))
@@ -213,21 +266,26 @@ def score_bars_figure(step: dict, layer: int, head: int):
 
 
 def memory_figure(traces: dict[str, list[dict]]):
-    """KV bytes kept per step for one or more runs, against the full cache."""
+    """KV bytes kept per step for one or more runs, against the full cache (at most window.MAX_POINTS
+    points per line)."""
     fig = go.Figure()
     full_drawn = False
+    longest = drawn = 0
     for name, steps in traces.items():
         if not steps:
             continue
         x = [s["index"] for s in steps]
-        fig.add_trace(go.Scatter(x=x, y=[s.get("kv_bytes", 0) / 1e6 for s in steps], mode="lines+markers",
+        kx, ky = W.line_points(x, [s.get("kv_bytes", 0) / 1e6 for s in steps])
+        longest, drawn = max(longest, len(x)), max(drawn, len(kx))
+        fig.add_trace(go.Scatter(x=kx, y=ky, mode="lines+markers" if len(kx) == len(x) else "lines",
                                  name=plot_text(f"{name} kept")))
         if not full_drawn:
-            fig.add_trace(go.Scatter(x=x, y=[s.get("kv_bytes_full", 0) / 1e6 for s in steps], mode="lines",
-                                     name="full cache", line=dict(color="#555555", dash="dash")))
+            fx, fy = W.line_points(x, [s.get("kv_bytes_full", 0) / 1e6 for s in steps])
+            fig.add_trace(go.Scatter(x=fx, y=fy, mode="lines", name="full cache",
+                                     line=dict(color="#555555", dash="dash")))
             full_drawn = True
-    fig.update_layout(title="KV memory over time", xaxis_title="step", yaxis_title="MB", height=300,
-                      margin=dict(t=50, b=40))
+    fig.update_layout(title="KV memory over time" + W.downsampled_note(longest, drawn), xaxis_title="step",
+                      yaxis_title="MB", height=300, margin=dict(t=50, b=40))
     return fig
 
 
@@ -258,28 +316,33 @@ def quality_figure(rows: list[dict]):
 
 
 def agreement_figure(traces: dict[str, list[dict]]):
-    """Running top-1 agreement with the full-cache shadow, per run."""
+    """Running top-1 agreement with the full-cache shadow, per run (at most window.MAX_POINTS points)."""
     fig = go.Figure()
+    longest = drawn = 0
     for name, steps in traces.items():
         pts = [(s["index"], s["quality"].get("agreement")) for s in steps if s.get("quality")]
         if pts:
-            fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers",
+            x, y = W.line_points([p[0] for p in pts], [p[1] for p in pts])
+            longest, drawn = max(longest, len(pts)), max(drawn, len(x))
+            fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers" if len(x) == len(pts) else "lines",
                                      name=plot_text(name)))
-    fig.update_layout(title="Running top-1 agreement with the full cache", xaxis_title="step",
-                      yaxis_title="agreement", yaxis_range=[0, 1.05], height=300, margin=dict(t=50, b=40))
+    fig.update_layout(title="Running top-1 agreement with the full cache" + W.downsampled_note(longest, drawn),
+                      xaxis_title="step", yaxis_title="agreement", yaxis_range=[0, 1.05], height=300,
+                      margin=dict(t=50, b=40))
     return fig
 
 
 def tokens_html(steps: list[dict], cursor: int | None = None) -> str:
-    """The generated text; tokens where the policy's argmax differs from the full cache's are underlined red."""
-    out = []
-    for s in steps[: (cursor + 1) if cursor is not None else None]:
+    """The generated text (its last window.MAX_TOKENS tokens); tokens where the policy's argmax differs from
+    the full cache's are underlined red."""
+    upto = len(steps) - 1 if cursor is None else cursor
+    first = W.stream_start(steps, upto, lambda s: 1)
+    out = [W.earlier_marker(first)]
+    for s in steps[first: upto + 1]:
         t = html_text(s.get("new_text", ""), newline="↵<br>")
         q = s.get("quality")
-        style = ""
         if q is not None and not q.get("agree", True):
-            style = f"border-bottom:2px solid {legend.KV_EVICTED};"
             tip = html_text(f"full cache would say {q.get('full_argmax_text', '')}")
-            t = f'<span title="{tip}" style="{style}">{t}</span>'
+            t = f'<span title="{tip}" style="border-bottom:2px solid {legend.KV_EVICTED};">{t}</span>'
         out.append(t)
     return '<div style="font-family:monospace;line-height:1.6">' + "".join(out) + "</div>"

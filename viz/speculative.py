@@ -11,6 +11,7 @@ import networkx as nx
 import plotly.graph_objects as go
 
 from viz import legend
+from viz import window as W
 from viz.safe import html_text, plot_text
 
 STATUS_LABEL = {"root": "root (last committed token)", "accepted": "accepted draft", "rejected": "rejected draft",
@@ -138,11 +139,22 @@ def mask_figure(step: dict, height: int = 380) -> go.Figure:
     return fig
 
 
+def _stream_texts(s: dict) -> list[str]:
+    return s.get("token_texts") or [s.get("new_text", "")]
+
+
+def stream_tokens(s: dict) -> int:
+    """Tokens stream_html draws for a round."""
+    return len(_stream_texts(s))
+
+
 def stream_html(steps: list[dict], upto: int) -> str:
-    """The output so far, each token coloured by its origin; the current round outlined."""
-    spans = []
-    for s in steps[: upto + 1]:
-        texts = s.get("token_texts") or [s.get("new_text", "")]
+    """The output so far (its last window.MAX_TOKENS tokens), each token coloured by its origin; the current
+    round outlined."""
+    first = W.stream_start(steps, upto, stream_tokens)
+    spans = [W.earlier_marker(sum(map(stream_tokens, steps[:first])))]
+    for s in steps[first: upto + 1]:
+        texts = _stream_texts(s)
         origins = s.get("origins") or ["bonus"] * len(texts)
         for t, o in zip(texts, origins):
             c = ORIGIN_COLOUR.get(o, legend.UNVERIFIED)
@@ -159,21 +171,47 @@ def stream_legend() -> dict[str, str]:
 
 
 def acceptance_figure(steps: list[dict], cursor: int, height: int = 280) -> go.Figure:
-    """Accepted length per round (bars) against the drafted depth, and tau so far (line)."""
+    """Accepted length per round (bars) against the drafted depth, and tau so far (line). Over more than
+    window.MAX_POINTS rounds a bar is the mean of a few rounds and the line keeps its extremes."""
     x = [s["index"] for s in steps]
     tau, tot = [], 0
     for i, s in enumerate(steps, 1):
         tot += len(s.get("new_ids", []))
         tau.append(tot / i)
+    dx, dy, k = W.bar_buckets(x, [s.get("draft_len", 0) for s in steps])
+    ax, ay, _ = W.bar_buckets(x, [s.get("accepted_len", 0) for s in steps])
+    tx, ty = W.line_points(x, tau, keep=cursor)
     fig = go.Figure()
-    fig.add_bar(x=x, y=[s.get("draft_len", 0) for s in steps], name="drafted depth", marker_color="#DDDDDD")
-    fig.add_bar(x=x, y=[s.get("accepted_len", 0) for s in steps], name="accepted", marker_color=legend.ACCEPTED)
-    fig.add_scatter(x=x, y=tau, name="tau so far (tokens / round)", mode="lines", line=dict(color=legend.BONUS))
+    fig.add_bar(x=dx, y=dy, name="drafted depth", marker_color="#DDDDDD", width=k if k > 1 else None)
+    fig.add_bar(x=ax, y=ay, name="accepted", marker_color=legend.ACCEPTED, width=k if k > 1 else None)
+    fig.add_scatter(x=tx, y=ty, name="tau so far (tokens / round)", mode="lines", line=dict(color=legend.BONUS))
     fig.add_vline(x=cursor, line_dash="dot", line_color="#000")
     fig.update_layout(barmode="overlay", height=height, margin=dict(l=10, r=10, t=40, b=10),
-                      title="Acceptance over time", xaxis_title="round", yaxis_title="tokens",
-                      legend=dict(orientation="h", y=-0.25))
+                      title="Acceptance over time" + (f" (bars: means of {k} rounds)" if k > 1 else ""),
+                      xaxis_title="round", yaxis_title="tokens", legend=dict(orientation="h", y=-0.25))
     return fig
+
+
+def _depth_counts(s: dict) -> tuple[dict[int, int], dict[int, int]]:
+    """One round's (reached, accepted) counts by depth, for acceptance_by_depth."""
+    nodes = s.get("nodes") or []
+    path = s.get("path") or [0]
+    kids: dict[int, list[int]] = {}
+    for n in nodes:
+        if n["parent"] >= 0 and not n.get("appended"):
+            kids.setdefault(n["parent"], []).append(n["id"])
+    reached: dict[int, int] = {}
+    acc: dict[int, int] = {}
+    for d in range(1, len(path) + 1):
+        if kids.get(path[d - 1]):
+            reached[d] = 1
+            if d < len(path):
+                acc[d] = 1
+    return reached, acc
+
+
+def _depth_rates(reached: dict, acc: dict) -> dict[int, float]:
+    return {d: acc.get(d, 0) / n for d, n in sorted(reached.items())}
 
 
 def acceptance_by_depth(steps: list[dict]) -> dict[int, float]:
@@ -181,18 +219,32 @@ def acceptance_by_depth(steps: list[dict]) -> dict[int, float]:
     reached: dict[int, int] = {}
     acc: dict[int, int] = {}
     for s in steps:
-        nodes = s.get("nodes") or []
-        path = s.get("path") or [0]
-        kids: dict[int, list[int]] = {}
-        for n in nodes:
-            if n["parent"] >= 0 and not n.get("appended"):
-                kids.setdefault(n["parent"], []).append(n["id"])
-        for d in range(1, len(path) + 1):
-            if kids.get(path[d - 1]):
-                reached[d] = reached.get(d, 0) + 1
-                if d < len(path):
-                    acc[d] = acc.get(d, 0) + 1
-    return {d: acc.get(d, 0) / n for d, n in sorted(reached.items())}
+        r, a = _depth_counts(s)
+        for d in r:
+            reached[d] = reached.get(d, 0) + 1
+        for d in a:
+            acc[d] = acc.get(d, 0) + 1
+    return _depth_rates(reached, acc)
+
+
+def _make_depth_running():
+    reached: dict[int, int] = {}
+    acc: dict[int, int] = {}
+
+    def add(s):
+        r, a = _depth_counts(s)
+        for d in r:
+            reached[d] = reached.get(d, 0) + 1
+        for d in a:
+            acc[d] = acc.get(d, 0) + 1
+        return {"reached": dict(reached), "acc": dict(acc)}
+    return add
+
+
+def acceptance_by_depth_at(trace, cur: int) -> dict[int, float]:
+    """acceptance_by_depth(trace.steps[: cur + 1]) from running counts kept on the trace."""
+    t = W.running_at(trace, "speculative depth", _make_depth_running, cur)
+    return _depth_rates(t["reached"], t["acc"])
 
 
 def depth_figure(rates: dict, height: int = 280) -> go.Figure:
@@ -214,12 +266,23 @@ def round_table(step: dict) -> list[dict]:
     return rows
 
 
+SUMMARY_FIELDS = {"tokens": lambda s: len(s.get("new_ids", [])), "drafted": lambda s: s.get("tree_size", 0),
+                  "accepted": lambda s: s.get("accepted_len", 0),
+                  "draft_forwards": lambda s: s.get("draft_forwards", 0),
+                  "draft_s": lambda s: s.get("draft_s") or 0, "verify_s": lambda s: s.get("verify_s") or 0}
+
+
+def _summary(t: dict, rounds: int) -> dict:
+    return {"rounds": rounds, "tokens": t["tokens"], "tau": t["tokens"] / rounds if rounds else 0.0,
+            "acceptance": t["accepted"] / t["drafted"] if t["drafted"] else None,
+            "draft_forwards": t["draft_forwards"], "draft_s": t["draft_s"], "verify_s": t["verify_s"]}
+
+
 def summary_from_steps(steps: list[dict], upto: int) -> dict:
     part = steps[: upto + 1]
-    toks = sum(len(s.get("new_ids", [])) for s in part)
-    drafted = sum(s.get("tree_size", 0) for s in part)
-    acc = sum(s.get("accepted_len", 0) for s in part)
-    return {"rounds": len(part), "tokens": toks, "tau": toks / len(part) if part else 0.0,
-            "acceptance": acc / drafted if drafted else None,
-            "draft_forwards": sum(s.get("draft_forwards", 0) for s in part),
-            "draft_s": sum(s.get("draft_s") or 0 for s in part), "verify_s": sum(s.get("verify_s") or 0 for s in part)}
+    return _summary({name: sum(value(s) for s in part) for name, value in SUMMARY_FIELDS.items()}, len(part))
+
+
+def summary_at(trace, cur: int) -> dict:
+    """summary_from_steps(trace.steps, cur) from running sums kept on the trace (each round summed once)."""
+    return _summary(W.running_at(trace, "speculative", W.sums(**SUMMARY_FIELDS), cur), cur + 1)
