@@ -401,18 +401,33 @@ def test_token_streams_say_what_is_left_out(long_traces):
         assert "… " not in build(steps, 3), f"{kind}: nothing is left out at step 3"
 
 
-def test_titles_say_a_view_is_windowed(long_traces):
+def test_titles_say_a_view_is_windowed_or_binned(long_traces):
     from viz import diffusion, jacobi, kv
     steps = long_traces["kv"].steps
     last = len(steps) - 1
     fig = kv.eviction_map_figure(steps, 0, 0, cursor=last)
     title = fig.layout.title.text
     assert f"steps {last - W.MAX_ROWS + 1}–{last} of {len(steps)}" in title, title
-    assert "binned" in title, title
+    assert "binned by 3" in title and fig.data[0].colorbar.title.text, "binned: a kept-fraction scale"
+    assert "binned by 3" in kv.attention_heatmap_figure(steps, 0, 0, cursor=last).layout.title.text
     js = long_traces["jacobi"].steps
-    assert f"of {len(js)}" in jacobi.trajectory_grid(js, len(js) - 1).layout.title.text
+    assert f"iterations {len(js) - W.MAX_ROWS}–{len(js) - 1} of {len(js)}" in \
+        jacobi.trajectory_grid(js, len(js) - 1).layout.title.text
     ds = long_traces["diffusion"].steps
     assert f"of {len(ds)}" in diffusion.denoising_grid(ds, len(ds) - 1).layout.title.text
+    binned = diffusion.denoising_grid(ds, len(ds) - 1, max_columns=64)
+    assert "binned by 4" in binned.layout.title.text and len(binned.data[0].z[0]) == 64
+    assert "not drawn" not in title and "not drawn" in kv.tokens_html(steps, last)
+
+
+def test_large_grids_hover_without_per_cell_strings(long_traces):
+    from viz import kv
+    steps = long_traces["kv"].steps
+    last = len(steps) - 1
+    wide = kv.eviction_map_figure(steps, 0, 0, cursor=last, max_columns=4096)  # 64 x 1,099 categories
+    assert wide.data[0].text is None and "kept" in wide.data[0].hovertemplate
+    small = kv.eviction_map_figure(steps[:40], 0, 0)  # 40 x 139 cells: a name per cell
+    assert sum(len(row) for row in small.data[0].text) == 40 * steps[39]["seq_len"]
 
 
 def test_summaries_match_the_full_computation(long_traces):

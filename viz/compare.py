@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
+from viz import window as W
 from viz.safe import html_text, plot_text
 
 PALETTE = ["#1F77B4", "#FF7F0E", "#2CA02C", "#9467BD", "#8C564B", "#E377C2"]
@@ -19,14 +20,17 @@ def _curve(steps: list[dict], x_key: str):
 
 
 def tokens_vs(runs: dict[str, list[dict]], x_key: str, title: str, x_title: str) -> go.Figure:
-    """Tokens committed against target forwards (NFE) or compute seconds, one line per run."""
+    """Tokens committed against target forwards (NFE) or compute seconds, one line per run (at most
+    window.MAX_POINTS points each)."""
     fig = go.Figure()
+    mx = 1
     for i, (name, steps) in enumerate(runs.items()):
         xs, ys = _curve(steps, x_key)
+        mx = max(mx, max(xs))
+        xs, ys = W.line_points(xs, ys)
         fig.add_scatter(x=xs, y=ys, mode="lines+markers", name=plot_text(name), line=dict(color=PALETTE[i % len(PALETTE)]),
                         line_shape="hv", marker=dict(size=4))
     if x_key == "target_forwards":
-        mx = max([max(_curve(s, x_key)[0]) for s in runs.values()] + [1])
         fig.add_scatter(x=[0, mx], y=[0, mx], mode="lines", name="1 token / forward",
                         line=dict(color="#AAAAAA", dash="dot"))
     fig.update_layout(title=title, xaxis_title=x_title, yaxis_title="tokens committed", height=320,

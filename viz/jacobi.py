@@ -353,7 +353,10 @@ def lookahead_window_figure(step: dict, final_ids: list[int] | None = None) -> g
                                    for p, t in zip(pred_pos, step.get("level_out_text", []))]))
     best = step.get("best")
     a = step.get("accepted_len", 0)
-    for g, cnd in enumerate(step.get("candidates", [])):
+    candidates = step.get("candidates", [])
+    shown = _candidates_shown(len(candidates), best, W.MAX_ROWS - len(rows) - 1)
+    for g in shown:
+        cnd = candidates[g]
         cells_ = []
         for d, (i, t) in enumerate(zip(cnd["ids"], cnd["text"])):
             p = base + d
@@ -405,7 +408,8 @@ def lookahead_window_figure(step: dict, final_ids: list[int] | None = None) -> g
             fig.add_scatter(x=xs, y=yl, mode="lines", line=dict(color="rgba(0,0,0,0.25)", width=1),
                             hoverinfo="skip", showlegend=col == 0, name="harvested n-gram (one per column)")
     fig.update_layout(height=90 + 34 * len(rows), margin=dict(l=10, r=10, t=40, b=10),
-                      title=f"step {step.get('index')}: window (levels), predictions and verified n-grams",
+                      title=f"step {step.get('index')}: window (levels), predictions and verified n-grams"
+                            + (f" ({len(shown)} of {len(candidates)} shown)" if len(shown) < len(candidates) else ""),
                       xaxis=dict(title="output position", range=[lo - 0.7, hi + 0.7], dtick=1),
                       yaxis=dict(tickmode="array", tickvals=list(range(len(ys))), ticktext=ys, autorange="reversed"),
                       plot_bgcolor="#FFFFFF", legend=dict(orientation="h", y=-0.15))
@@ -426,6 +430,14 @@ def _pool_step(pool: dict[int, list[tuple]], step: dict, guess_set_size: int) ->
     for key in ("seeded", "harvested", "appended"):
         for gram in step.get(key, []):
             _pool_add(pool, gram, guess_set_size)
+
+
+def _candidates_shown(n: int, best: int | None, limit: int) -> list[int]:
+    """Which verified n-grams get a row: the first `limit`, and the accepted one if it is later."""
+    shown = list(range(min(n, max(1, limit))))
+    if best is not None and best < n and best not in shown:
+        shown[-1] = best
+    return shown
 
 
 def replay_pool(steps: list[dict], upto: int, guess_set_size: int) -> dict[int, list[tuple]]:

@@ -103,11 +103,11 @@ def stream_start(steps: list[dict], upto: int, count: Callable[[dict], int], max
 
 
 def earlier_marker(n: int, what: str = "tokens") -> str:
-    """The stream's leading marker for what is left out (the full text is in the final output)."""
+    """A stream's leading marker for the n tokens (or positions) it leaves out."""
     if n <= 0:
         return ""
-    return (f'<span style="color:#888;font-style:italic;margin-right:6px" title="not drawn: the full text is '
-            f'in the final output">… {n:,} earlier {what}</span>')
+    return (f'<span style="color:#888;font-style:italic;margin-right:6px" title="not drawn: a stream shows '
+            f'at most the last {MAX_TOKENS} {what}">… {n:,} earlier {what}</span>')
 
 
 # ---- running totals on a trace --------------------------------------------------------------
