@@ -5,9 +5,20 @@ over the generated positions, the score it ranked them by, and the threshold it 
 The sampler (engine.diffusion.sampler) guarantees at least one commit per step, so a rule whose
 threshold nothing clears still makes progress (Fast-dLLM's own loop can spin there).
 
-Schedule rules commit k = the even schedule's count (LLaDA's get_num_transfer_tokens) of the
-best-scored positions; threshold rules commit what clears their threshold and finish a block
-whenever it is filled, ignoring the step budget.
+Schedule rules commit the k best-scored positions, k from the rule's `schedule` option: "even"
+(LLaDA's get_num_transfer_tokens, the default) or "dream" (Dream's int(m * (1 - s / t)) of the m
+still masked; engine.diffusion.sampler.dream_transfer_count). The sampler reads `schedule` itself
+(SAMPLER_OPTIONS): the rule sees the count as `v.k`. Threshold rules commit what clears their
+threshold and finish a block whenever it is filled, ignoring the step budget.
+
+Dream's rules (maskgit_plus, topk_margin, entropy) score, as Dream's sample_tokens does, the
+distribution the candidate was drawn from: the logits after temperature, top-k and top-p
+(`StepView.warped()`). maskgit_plus is the probability of the SAMPLED token there (the top-1
+only when greedy), margin and entropy are those of that warped distribution. `score_probs="raw"`
+keeps the unwarped softmax (this lab's scores before issue 31). Greedy without top-k / top-p,
+the two are the same. The warpers are the engine's (engine.sampling.warp, Hugging Face's order:
+top-k before top-p, and min-p / typical when set); Dream applies top-p before top-k, which can
+differ only when both are set.
 """
 from __future__ import annotations
 
@@ -16,6 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from engine import sampling as S
 from engine.options import Components, Opt
 
 NEG = float("-inf")
@@ -24,18 +36,30 @@ NEG = float("-inf")
 # rule as keyword arguments.
 RULES = Components("rule")
 THRESHOLD = Opt(0.9, "confidence threshold", min=0.0, max=1.0, min_open=True, slider=True, step=0.01)
+SCHEDULES = ("even", "dream")
+SCHEDULE = Opt("even", "tokens committed per step: even = LLaDA's schedule (floor(masked / steps), the first "
+                       "remainder steps one more); dream = Dream's int(m * (1 - s / t)) of the m still masked, t and s "
+                       "from linspace(1, 0.001, steps + 1), everything left at the block's last step (a step may "
+                       "commit nothing, as in Dream)", choices=SCHEDULES)
+SCORE_PROBS = Opt("warped", "distribution Dream's rules score: warped = as Dream's sample_tokens, after temperature / "
+                            "top-k / top-p (maskgit_plus scores the sampled token); raw = the unwarped softmax "
+                            "(maskgit_plus scores the top-1). Identical when greedy without top-k / top-p",
+                  choices=("warped", "raw"))
+# Options a rule declares that the sampler consumes (they are not passed to the rule function).
+SAMPLER_OPTIONS = ("schedule",)
 
 
 @dataclass
 class StepView:
     probs: torch.Tensor | None  # [N, V] softmax of the (unwarped) logits; None when only the
                                 # per-position statistics below were computed (the fused kernel)
-    logits: torch.Tensor       # [N, V]
-    x0: torch.Tensor           # [N] candidate token per position (argmax of the noised logits)
-    conf: torch.Tensor         # [N] probability of x0
-    max_prob: torch.Tensor     # [N] top-1 probability
-    margin: torch.Tensor       # [N] top-1 minus top-2 probability
-    neg_entropy: torch.Tensor  # [N] sum p log p
+    logits: torch.Tensor       # [N, V] unwarped
+    x0: torch.Tensor           # [N] candidate token per position (argmax of the Gumbel-noised warped logits:
+                               # a draw from the warped distribution; the argmax when greedy)
+    conf: torch.Tensor         # [N] unwarped probability of x0
+    max_prob: torch.Tensor     # [N] unwarped top-1 probability
+    margin: torch.Tensor       # [N] unwarped top-1 minus top-2 probability
+    neg_entropy: torch.Tensor  # [N] unwarped sum p log p
     candidates: torch.Tensor   # [N] bool: still masked and inside the current block
     k: int                     # tokens the even schedule commits this step
     step: int                  # step index inside the block
@@ -44,6 +68,27 @@ class StepView:
     eos_ids: set = field(default_factory=set)
     generator: torch.Generator | None = None
     state: dict = field(default_factory=dict)  # per-run memory (CreditDecoding's credits)
+    sampling: S.SamplingConfig | None = None   # the warpers x0 was drawn with (None: greedy, no filters)
+    _warped: tuple | None = field(default=None, repr=False)
+
+    def warped(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(p(x0), top-1 minus top-2, sum p log p) under the WARPED distribution x0 was drawn from
+        (temperature, top-k, top-p, min-p, typical: engine.sampling.warp), as Dream's sample_tokens
+        scores. Greedy without filters it is the unwarped softmax; computed once per step, on demand."""
+        if self._warped is None:
+            cfg = self.sampling
+            if cfg is None or (cfg.greedy and not _filters(cfg)):
+                self._warped = (self.conf, self.margin, self.neg_entropy)
+            else:
+                p = torch.softmax(S.warp(self.logits, cfg).double(), dim=-1)
+                top2 = p.topk(2, dim=-1).values
+                neg_entropy = (p * torch.log(p.clamp_min(1e-30))).sum(-1)
+                self._warped = (p.gather(-1, self.x0[:, None])[:, 0], top2[:, 0] - top2[:, 1], neg_entropy)
+        return self._warped
+
+
+def _filters(cfg: S.SamplingConfig) -> bool:
+    return cfg.top_k > 0 or cfg.top_p < 1.0 or cfg.min_p > 0.0 or cfg.typical_p < 1.0
 
 
 @dataclass
@@ -72,34 +117,37 @@ def _by_score(score, v):
 
 
 # --- schedule rules (LLaDA, Dream) ------------------------------------------------------------
-@RULES.register("low_confidence", "LLaDA: commit the k most probable predictions")
+@RULES.register("low_confidence", "LLaDA: commit the k most probable predictions", options={"schedule": SCHEDULE})
 def low_confidence(v: StepView) -> Choice:
-    """LLaDA: the probability of the chosen token."""
+    """LLaDA: the (unwarped) probability of the chosen token."""
     return _by_score(v.conf, v)
 
 
-@RULES.register("random", "LLaDA: commit k random masked positions")
+@RULES.register("random", "LLaDA: commit k random masked positions", options={"schedule": SCHEDULE})
 def random(v: StepView) -> Choice:
     """LLaDA: a uniform random score, i.e. a random order of unmasking."""
     return _by_score(torch.rand(v.conf.shape[0], generator=v.generator, dtype=torch.float64), v)
 
 
-@RULES.register("maskgit_plus", "Dream: top-1 probability")
-def maskgit_plus(v: StepView) -> Choice:
-    """Dream: the top-1 probability (differs from low_confidence only when sampling)."""
-    return _by_score(v.max_prob, v)
+DREAM_OPTIONS = {"schedule": SCHEDULE, "score_probs": SCORE_PROBS}
 
 
-@RULES.register("topk_margin", "Dream: top-1 minus top-2 probability")
-def topk_margin(v: StepView) -> Choice:
-    """Dream: top-1 minus top-2 probability."""
-    return _by_score(v.margin, v)
+@RULES.register("maskgit_plus", "Dream: probability of the sampled token (top-1 when greedy)", options=DREAM_OPTIONS)
+def maskgit_plus(v: StepView, score_probs: str = "warped") -> Choice:
+    """Dream: the warped probability of the sampled candidate (raw: the unwarped top-1 probability)."""
+    return _by_score(v.warped()[0] if score_probs == "warped" else v.max_prob, v)
 
 
-@RULES.register("entropy", "Dream: lowest entropy first")
-def entropy(v: StepView) -> Choice:
-    """Dream: negative entropy of the position's distribution."""
-    return _by_score(v.neg_entropy, v)
+@RULES.register("topk_margin", "Dream: top-1 minus top-2 probability", options=DREAM_OPTIONS)
+def topk_margin(v: StepView, score_probs: str = "warped") -> Choice:
+    """Dream: top-1 minus top-2 probability of the warped distribution (raw: of the unwarped one)."""
+    return _by_score(v.warped()[1] if score_probs == "warped" else v.margin, v)
+
+
+@RULES.register("entropy", "Dream: lowest entropy first", options=DREAM_OPTIONS)
+def entropy(v: StepView, score_probs: str = "warped") -> Choice:
+    """Dream: negative entropy of the warped distribution (raw: of the unwarped one)."""
+    return _by_score(v.warped()[2] if score_probs == "warped" else v.neg_entropy, v)
 
 
 # --- parallel rules ---------------------------------------------------------------------------

@@ -5,6 +5,9 @@ x = prompt + gen_length masks, split into blocks of block_length decoded left to
 the sequence (or, with Fast-dLLM's prefix cache, over the current block and what follows it),
 candidate tokens x0 = argmax of the Gumbel-noised warped logits, and a rule picks which masked
 positions of the current block to commit. Committed tokens stay.
+
+How many a schedule rule commits per step: LLaDA's even schedule (`num_transfer_tokens`, the
+default) or Dream's (`dream_transfer_count`, the rule option schedule="dream").
 """
 from __future__ import annotations
 
@@ -24,6 +27,20 @@ def num_transfer_tokens(masked: int, steps: int) -> list[int]:
     """LLaDA's even schedule: floor(masked / steps) per step, the first `remainder` steps +1."""
     base, rem = divmod(masked, steps)
     return [base + (1 if i < rem else 0) for i in range(steps)]
+
+
+DREAM_EPS = 1e-3  # Dream's generation config default `eps`: the last time step
+
+
+def dream_transfer_count(masked: int, step: int, steps: int, eps: float = DREAM_EPS) -> int:
+    """Dream's schedule: at step i of `steps` (times t = ts[i], s = ts[i + 1], ts = linspace(1, eps, steps + 1)
+    in float32, as Dream computes them) commit int(masked * (1 - s / t)) of the `masked` positions still
+    masked, and all of them at the last step. int() rounds down, so a step can commit nothing (with
+    steps = masked the first one does)."""
+    if step >= steps - 1:
+        return int(masked)
+    ts = torch.linspace(1.0, eps, steps + 1, dtype=torch.float32)
+    return int(torch.tensor(float(masked), dtype=torch.float32) * (1 - ts[step + 1] / ts[step]))
 
 
 def position_stats(logits: torch.Tensor, x0: torch.Tensor):
@@ -104,7 +121,10 @@ def diffuse(adapter, prompt: torch.Tensor, gen_length: int = 64, block_length: i
     if prefix_cache and not adapter.supports_prefix_cache():
         raise MethodError(f"The prefix cache is not available for {adapter.name}.")
     fn = R.RULES.get(rule).obj
-    params = rule_params or {}
+    params = dict(rule_params or {})
+    schedule_kind = params.pop("schedule", "even")   # R.SAMPLER_OPTIONS: read here, not by the rule
+    if schedule_kind not in R.SCHEDULES:
+        raise MethodError(f"schedule must be one of {', '.join(R.SCHEDULES)}, got {schedule_kind!r}.")
     mask_id = adapter.mask_id
     dev = prompt.device
     x = torch.full((1, P + gen_length), mask_id, dtype=torch.long, device=dev)
@@ -154,15 +174,19 @@ def diffuse(adapter, prompt: torch.Tensor, gen_length: int = 64, block_length: i
             probs, conf, max_prob, margin, neg_entropy = position_stats(logits, x0)
             was_masked = x[0, P:] == mask_id
             cand = was_masked & in_block
-            k = schedule[i] if i < len(schedule) else int(cand.sum())
+            if schedule_kind == "dream":
+                k = dream_transfer_count(int(cand.sum()), i, steps_per_block)
+            else:
+                k = schedule[i] if i < len(schedule) else int(cand.sum())
             committed_before = N - int(was_masked.sum())
             view = R.StepView(probs=probs, logits=logits, x0=x0, conf=conf, max_prob=max_prob, margin=margin,
                               neg_entropy=neg_entropy, candidates=cand, k=k, step=i,
                               steps=steps_per_block, progress=committed_before / N, eos_ids=adapter.eos_ids,
-                              generator=gen, state=state)
+                              generator=gen, state=state, sampling=cfg)
             choice = fn(view, **params)
             commit = choice.commit & cand
-            if not bool(commit.any()):  # at least one per step: the best-scored candidate
+            # at least one per step (the best-scored candidate), except where Dream's schedule says none
+            if not bool(commit.any()) and not (schedule_kind == "dream" and k == 0):
                 best = torch.where(cand, choice.score.double(), torch.tensor(float("-inf"), dtype=torch.float64))
                 if not bool(torch.isfinite(best).any()):
                     best = torch.where(cand, conf, torch.tensor(-1.0, dtype=conf.dtype))
