@@ -12,6 +12,11 @@ generated token where the greedy output differs from the full cache's (none = id
 
     python -m benchmarks.kv_quality                 # the full table (long on a shared 2-core CPU)
     python -m benchmarks.kv_quality --tokens 400 --fractions 0.25 --gen-prompt 200   # a quick look
+    python -m benchmarks.kv_quality --fractions 0.25 --prefill 1300 --skip-speed --policies random,snapkv
+
+SnapKV is scored as kvpress's SnapKVPress (votes pooled over the entries outside the window only,
+the window added back on top; since issue 31); the window_size here stays min(32, budget / 4) so
+that rows stay comparable with the committed results (kvpress's default, and the engine's, is 64).
 """
 from __future__ import annotations
 
@@ -96,7 +101,7 @@ def table(q_rows, s_rows, n_tokens, p_tokens, new_tokens, prefill=None) -> str:
     verdicts = []
     for f in fracs:
         rows = [r for r in q_rows if r["fraction"] == f]
-        rnd = next(r for r in rows if r["policy"] == "random")
+        rnd = next((r for r in rows if r["policy"] == "random"), None)
         for r in rows:
             s = sp.get((f, r["policy"]), {})
             tps = s.get("tokens_per_s")
@@ -106,7 +111,9 @@ def table(q_rows, s_rows, n_tokens, p_tokens, new_tokens, prefill=None) -> str:
                        f"{r['kv_bytes_full'] / 1e6:.2f} | {f'{tps:.1f}' if tps else '-'} | "
                        f"{'none' if fd is None else fd} |")
         for p in MUST_BEAT_RANDOM:
-            r = next(x for x in rows if x["policy"] == p)
+            r = next((x for x in rows if x["policy"] == p), None)
+            if r is None or rnd is None:
+                continue
             ok = r["agreement"] > rnd["agreement"] and r["ppl"] < rnd["ppl"]
             verdicts.append(f"{f:.0%}: {p} {'beats' if ok else 'does NOT beat'} random "
                             f"(agreement {r['agreement']:.3f} vs {rnd['agreement']:.3f}, "
@@ -129,6 +136,7 @@ def main(argv=None):
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-quality", action="store_true")
     ap.add_argument("--json-out", default=None, help="also write the raw rows here")
+    ap.add_argument("--policies", default=",".join(POLICIES), help="comma-separated subset of the policies")
     ap.add_argument("--combine", nargs="*", default=None, help="print one table from these --json-out files")
     a = ap.parse_args(argv)
 
@@ -152,6 +160,11 @@ def main(argv=None):
                 json.dump({"quality": q, "speed": s, "meta": meta}, fh, indent=0)
         print(table(q, s, meta["tokens"], meta.get("gen_prompt", 0), meta.get("new_tokens", 0), meta.get("prefill")))
         return 0
+    chosen = [p.strip() for p in a.policies.split(",") if p.strip()]
+    unknown = [p for p in chosen if p not in POLICIES]
+    if unknown or not chosen:
+        raise SystemExit(f"--policies: choose among {', '.join(POLICIES)}")
+    POLICIES[:] = chosen
     torch.set_num_threads(a.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from engine import models

@@ -23,6 +23,17 @@ DEFAULT_PROMPT = (
 RUN_KNOBS = ("policy", "budget", "prefill_budget", "watch_layers", "compare_full")
 
 
+def knob_helps() -> dict:
+    """Tooltips for the knobs whose limits depend on the others (each option's own text first)."""
+    o = methods.get("kv").options
+    return {
+        "window_size": o["window_size"].describe() + ". It must be smaller than what is kept (the budget, or what "
+                       "compression_ratio keeps): with the default budget of 48, lower it or raise the budget above it",
+        "compression_ratio": o["compression_ratio"].describe() + ". kvpress's presses work this way: e.g. 0.5 keeps "
+                             "half of the prompt, and the cache then grows by one entry per generated token",
+    }
+
+
 def sidebar():
     """The policy and its knobs (generated from the method's option specs), and the second policy."""
     with st.sidebar:
@@ -30,14 +41,14 @@ def sidebar():
         opts = option_widgets("kv", "kv", only=RUN_KNOBS)
         max_new = max_new_tokens_widget("kv", 32)
         with st.expander("Policy knobs", expanded=False):
-            opts.update(option_widgets("kv", "kv", st.container(), skip=RUN_KNOBS, fixed=opts))
+            opts.update(option_widgets("kv", "kv", st.container(), skip=RUN_KNOBS, fixed=opts, helps=knob_helps()))
         st.header("Side by side")
         two = st.checkbox("run a second policy on the same prompt", False, key="kv_two")
         policy_b = st.selectbox("second policy", list(POLICIES), index=POLICIES.index("streaming_llm"),
                                 key="kv_policy_b", disabled=not two)
         opts_b = dict(opts, policy=policy_b)
         if two:  # knobs the second policy has and the first does not
-            extra = option_widgets("kv", "kv", st.container(), skip=RUN_KNOBS, fixed=opts_b)
+            extra = option_widgets("kv", "kv", st.container(), skip=RUN_KNOBS, fixed=opts_b, helps=knob_helps())
             opts_b.update(extra)
             opts_b = {k: v for k, v in opts_b.items() if methods.get("kv").options[k].applies(opts_b)}
     return opts, opts_b, max_new, two

@@ -126,19 +126,22 @@ def test_h2o_keeps_heavy_hitters_by_accumulated_attention():
 
 
 def test_snapkv_pools_window_votes():
+    """kvpress's scoring: only the entries outside the window are pooled; the window is added back on top."""
     n = 10
     p = _policy("snapkv", n=n, window_size=2, kernel_size=3)
-    rows = [[[0, 0, 0, 1, 0, 0, 0, 0, 0, 0]] * 2, [[0, 0, 0, 0, 0, 0, 1, 0, 0, 0]] * 2, [[1, 0, 0, 0, 0, 0, 0, 0, 0, 0]] * 2]
+    rows = [[[0, 0, 0, 1, 0, 0, 0, 0, 0, 0]] * 2, [[0, 0, 0, 0, 0, 0, 1, 0, 0, 0]] * 2,
+            [[.5, 0, 0, 0, 0, 0, 0, 0, .5, 0]] * 2]
     # three queries: only the last two (the observation window) vote
     p.observe(0, _probs_from_rows(rows), torch.tensor([7, 8, 9]), torch.tensor([8, 9, 10]), _pos(n))
-    votes = torch.tensor([1., 0, 0, 0, 0, 0, 1, 0, 0, 0])  # query 8 -> pos 6, query 9 -> pos 0
+    votes = torch.tensor([.5, 0, 0, 0, 0, 0, 1, 0])  # outside the window: query 8 -> pos 6, query 9 -> pos 0
     pooled = torch.nn.functional.avg_pool1d(votes[None, None], 3, stride=1, padding=1)[0, 0]
     sc, _, idx = p.select(0, torch.zeros(1, 2, n, 4), _pos(n), 5, latest=9)
-    assert torch.allclose(sc[0, 0].float(), pooled)
-    # window (8, 9) + the 3 best pooled: 0 (1/3), and the 1/3-ties 5, 6, 7 -> 0 and two of {5,6,7}; 1 has 1/3 too
+    assert torch.allclose(sc[0, 0, :8].float(), pooled)
+    assert torch.allclose(sc[0, 0, 8:].float(), pooled.max().expand(2))
+    # (pooling over every entry, position 7 would have picked up the window's vote for 8: 1/3 + 1/6)
     kept = set(idx[0, 0].tolist())
-    assert {8, 9} <= kept and len(kept) == 5
-    assert kept - {8, 9} <= {0, 1, 5, 6, 7}
+    # window (8, 9) + the 3 best pooled: 5, 6, 7 (1/3 each) beat 0, 1 (1/6)
+    assert kept == {5, 6, 7, 8, 9}
     # position 3 was voted only by a query outside the window: never kept
     assert 3 not in kept
 

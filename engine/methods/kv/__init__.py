@@ -2,7 +2,11 @@
 
 One step = one token. Step 0 holds the prompt's forward (and the prefill compression to
 `prefill_budget`); every later step feeds the last token, captures the attention the policy
-needs, and evicts each layer (and head) down to `budget` entries. An optional full-cache
+needs, and evicts each layer (and head) down to `budget` entries. With `compression_ratio` > 0
+the run is kvpress's instead: the prompt (L tokens) is compressed once, after its forward, to
+max(1, int(L * (1 - compression_ratio))) entries per layer and head (ScorerPress.compress), and
+decoding never evicts (the cache grows by one entry per token); budget and prefill_budget then
+have no say, and giving them too is refused. An optional full-cache
 shadow (`compare_full`) runs the same tokens through an uncompressed cache, to count top-1
 agreement with the full cache and the first step where the greedy outputs would diverge; its
 time is counted as recording, not compute.
@@ -20,7 +24,8 @@ from engine.methods import Job, MethodError, register
 from engine.methods.ar import candidates_record
 from engine.methods.kv.cache import CacheUnsupported, EvictingCache
 from engine.methods.kv.policies import MAX_BUDGET, POLICIES, make as make_policy
-from engine.options import Opt
+from engine.errors import OptionError
+from engine.options import Not, Opt
 from engine.trace import clean_float
 
 POSITION_MODES = ("original", "rerotate")
@@ -30,6 +35,11 @@ OPTIONS = {
     "budget": Opt(48, "decode budget: KV entries kept per layer and head after every step", min=1, max=MAX_BUDGET),
     "prefill_budget": Opt(0, "entries kept after the prompt's forward", min=1, max=MAX_BUDGET,
                           special={0: "same as budget", -1: "keep the whole prompt"}),
+    "compression_ratio": Opt(0.0, "kvpress-style: compress the prompt once to int(L * (1 - ratio)) entries per "
+                                  "layer and head (L = prompt tokens) and never evict while decoding; 0 = off "
+                                  "(budget and prefill_budget decide). Replaces budget and prefill_budget: leave "
+                                  "those at their defaults", min=0.0, max=1.0, max_open=True,
+                             when={"policy": Not(("full",))}),
     "positions": Opt("original", "original: keys keep their original RoPE positions | rerotate: positions inside "
                                  "the cache, keys re-rotated after each eviction (StreamingLLM)", choices=POSITION_MODES),
     "watch_layers": Opt("first,mid,last", "layers recorded per head (attention rows, scores): 'all', 'none', "
@@ -67,33 +77,56 @@ def parse_layers(spec: str, n_layers: int) -> list[int]:
     return sorted(out)
 
 
-def resolve(o: dict) -> tuple[int | None, int]:
-    """(entries kept after the prompt's forward or None for all, the recent window)."""
+def retained(prompt_len: int, compression_ratio: float) -> int:
+    """kvpress's ScorerPress: entries kept of a prompt of prompt_len after compression."""
+    return max(1, int(prompt_len * (1 - compression_ratio)))
+
+
+def resolve(o: dict, prompt_len: int) -> tuple[int | None, int | None, int]:
+    """(entries kept after the prompt's forward or None for all, the decode budget or None for no decode
+    eviction (compression_ratio), the recent window)."""
+    if o.get("compression_ratio", 0.0) > 0 and o["policy"] != "full":
+        keep = retained(prompt_len, o["compression_ratio"])
+        window = keep // 2 if o["window"] == -1 else o["window"]
+        return keep, None, window
     budget, prefill_budget = o["budget"], o["prefill_budget"]
     window = budget // 2 if o["window"] == -1 else o["window"]
     prefill_keep = None if prefill_budget == -1 else (budget if prefill_budget == 0 else prefill_budget)
-    return prefill_keep, window
+    return prefill_keep, budget, window
 
 
 def check(o: dict, ctx) -> None:
     """Cross-option checks, before any forward: each policy's protected part must leave room to choose."""
-    policy, budget, n_sink = o["policy"], o["budget"], o["n_sink"]
-    prefill_keep, window = resolve(o)
-    keeps = [budget] + ([prefill_keep] if prefill_keep is not None else [])
+    policy, n_sink = o["policy"], o["n_sink"]
+    ratio = o.get("compression_ratio", 0.0)
+    if ratio > 0 and policy != "full":
+        given = [f"{k}={o[k]}" for k in ("budget", "prefill_budget") if o[k] != OPTIONS[k].default]
+        if given:
+            raise OptionError(f"compression_ratio ({ratio:g}) and {' and '.join(given)} both set how much is kept: "
+                              "compression_ratio compresses the prompt once (kvpress) and never evicts while "
+                              "decoding; budget / prefill_budget evict to a size. Give one of them.")
+    if policy == "snapkv" and o["kernel_size"] % 2 == 0:
+        raise MethodError(f"snapkv: kernel_size must be odd, got {o['kernel_size']}.")
+    prefill_keep, budget, window = resolve(o, ctx.prompt_len)
+    if budget is None:   # compression_ratio: one compression, to prefill_keep
+        decode, keeps = prefill_keep, [prefill_keep]
+        what = (f"the {prefill_keep} entries compression_ratio={ratio:g} keeps of the {ctx.prompt_len}-token "
+                "prompt")
+    else:
+        decode, keeps = budget, [budget] + ([prefill_keep] if prefill_keep is not None else [])
+        what = "the budget"
     if policy == "streaming_llm" and min(keeps) <= n_sink:
-        raise MethodError(f"streaming_llm needs a budget larger than n_sink={n_sink} (sinks + a recent window).")
-    if policy == "h2o" and window >= budget:
-        raise MethodError(f"h2o: the recent window ({window}) must be smaller than the budget ({budget}) "
+        raise MethodError(f"streaming_llm needs more entries kept than n_sink={n_sink} ({what}: {min(keeps)}): "
+                          "sinks + a recent window.")
+    if policy == "h2o" and window >= decode:
+        raise MethodError(f"h2o: the recent window ({window}) must be smaller than {what} ({decode}) "
                           "to leave room for heavy hitters.")
-    if policy == "lazy_eviction" and n_sink + window >= budget:
-        raise MethodError(f"lazy_eviction: n_sink + window ({n_sink + window}) must be smaller than the budget "
-                          f"({budget}).")
-    if policy == "snapkv":
-        if o["window_size"] >= min(keeps):
-            raise MethodError(f"snapkv: window_size ({o['window_size']}) must be smaller than the budget "
-                              f"({min(keeps)}) to leave room for the voted entries.")
-        if o["kernel_size"] % 2 == 0:
-            raise MethodError(f"snapkv: kernel_size must be odd, got {o['kernel_size']}.")
+    if policy == "lazy_eviction" and n_sink + window >= decode:
+        raise MethodError(f"lazy_eviction: n_sink + window ({n_sink + window}) must be smaller than {what} "
+                          f"({decode}).")
+    if policy == "snapkv" and o["window_size"] >= min(keeps):
+        raise MethodError(f"snapkv: window_size ({o['window_size']}) must be smaller than {what} "
+                          f"({min(keeps)}) to leave room for the voted entries: raise it or lower window_size.")
     parse_layers(o["watch_layers"], ctx.lm.model.config.num_hidden_layers)
 
 
@@ -151,16 +184,18 @@ def kept_count(ec: EvictingCache) -> list[int]:
           check=check, components={"policy": POLICIES})
 def generate(job: Job, **o):
     """Options were checked by engine.run.prepare (check above); build the cache now, return the steps."""
-    prefill_keep, window = resolve(o)
+    prefill_keep, budget, window = resolve(o, job.input_ids.shape[1])
     watch = parse_layers(o["watch_layers"], job.lm.model.config.num_hidden_layers)
     ec = build_cache(job.lm, [o["policy"]], positions=o["positions"], watch=watch if job.record else (),
                      seed=0 if job.sampling.seed is None else int(job.sampling.seed), n_sink=o["n_sink"],
                      window=window, window_size=o["window_size"], kernel_size=o["kernel_size"],
                      hit_threshold=float(o["hit_threshold"]))
-    return _steps(job, ec, o["policy"], o["budget"], prefill_keep, o["n_sink"], watch, o["compare_full"])
+    return _steps(job, ec, o["policy"], budget, prefill_keep, o["n_sink"], watch, o["compare_full"],
+                  o["compression_ratio"] if budget is None else None)
 
 
-def _steps(job: Job, ec: EvictingCache, policy, budget, prefill_keep, n_sink, watch, compare_full):
+def _steps(job: Job, ec: EvictingCache, policy, budget, prefill_keep, n_sink, watch, compare_full, ratio=None):
+    """budget None: compression_ratio's run (compressed once after the prompt, no decode eviction)."""
     lm, cfg, c = job.lm, job.sampling, job.counters
     n_layers = lm.model.config.num_hidden_layers
     evicting = policy != "full"
@@ -179,7 +214,7 @@ def _steps(job: Job, ec: EvictingCache, policy, budget, prefill_keep, n_sink, wa
         while True:
             with c.compute():
                 logits = ec.forward(tok_in)[:, -1, :].float()
-                n_keep = (prefill_keep if step == 0 else budget) if evicting else None
+                n_keep = (prefill_keep if step == 0 else budget) if evicting else None   # None: no eviction
                 if n_keep is not None or record_layers:
                     info = ec.evict_to(n_keep if n_keep is not None else 10 ** 9, record_layers)
                 else:
@@ -217,7 +252,8 @@ def _steps(job: Job, ec: EvictingCache, policy, budget, prefill_keep, n_sink, wa
                     kv_bytes = sum(ec.bytes_per_layer())
                     rec.update({
                         "events": ["kv_evicted"] if info["evicted"] else [],
-                        "policy": policy, "budget": budget,
+                        "policy": policy, "budget": budget if budget is not None else
+                        (prefill_keep if step == 0 else ec.length()),
                         "cache_len": ec.length(), "seq_len": ec.next_pos,
                         "kv_bytes": kv_bytes, "kv_bytes_full": ec.next_pos * per_tok,
                         "kv_bytes_per_layer": ec.bytes_per_layer(),
@@ -231,7 +267,8 @@ def _steps(job: Job, ec: EvictingCache, policy, budget, prefill_keep, n_sink, wa
             else:
                 rec["events"] = ["kv_evicted"] if info["evicted"] else []
             job.extra["summary"] = {
-                "policy": policy, "budget": budget, "kv_bytes_kept": sum(ec.bytes_per_layer()),
+                "policy": policy, "budget": budget, **({"compression_ratio": ratio, "retained": prefill_keep}
+                                                       if ratio is not None else {}), "kv_bytes_kept": sum(ec.bytes_per_layer()),
                 "kv_bytes_full": ec.next_pos * per_tok, "cache_len": ec.length(), "evicted_entries": evicted_total,
                 **({"agreement_vs_full": agree_n / steps_n, "first_divergence": first_div,
                     "ppl": math.exp(nll_sum / steps_n), "ppl_full": math.exp(nll_full_sum / steps_n)}

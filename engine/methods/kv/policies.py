@@ -13,10 +13,12 @@ Definitions (what each keeps when the cache holds n > n_keep entries):
 - streaming_llm: the first n_sink positions plus the n_keep - n_sink most recent ones.
 - h2o: the `window` most recent plus the n_keep - window entries with the largest attention
   accumulated over all queries so far (per KV head: summed over its query heads).
-- snapkv: the `window_size` most recent plus the top entries by the attention the last
-  `window_size` queries gave them (summed over the window and the group's query heads),
-  average-pooled along the cache with `kernel_size`. At prefill this is SnapKV's observation
-  window; during decoding the window slides with the newest queries.
+- snapkv: the `window_size` most recent (default 64, as kvpress) plus the top entries by the
+  attention the last `window_size` queries gave them (summed over the window and the group's query
+  heads), average-pooled with `kernel_size` over the entries outside the window only (kvpress's
+  SnapKVPress.score: the window's own votes never leak into the entries just before it). At
+  prefill this is SnapKV's observation window; during decoding the window slides with the newest
+  queries.
 - tova: the entries with the highest attention from the current (last) query, averaged over
   all query heads of the layer: one kept set per layer, as in TOVA.
 - l2norm: the keys with the lowest L2 norm (per head); no attention needed.
@@ -36,6 +38,7 @@ from engine.options import Components, Opt
 
 PROTECT_BONUS = 1e12
 MAX_BUDGET = 16384
+SNAPKV_WINDOW = 64   # kvpress's SnapKVPress default (the SnapKV paper uses 32-64)
 # The registry of policies, read like the tuple of their names. A new policy is one class registered
 # here with its options: the KV method, its CLI flags and the page's widgets pick it up.
 POLICIES = Components("policy")
@@ -51,7 +54,7 @@ class Policy:
     # per-entry state: name -> fill value for new entries (tensors [b, Hkv, *, n])
     entry_state: dict[str, float] = {}
 
-    def __init__(self, n_layers: int, n_sink: int = 4, window: int = 16, window_size: int = 32,
+    def __init__(self, n_layers: int, n_sink: int = 4, window: int = 16, window_size: int = SNAPKV_WINDOW,
                  kernel_size: int = 5, hit_threshold: float = 1.0, seed: int = 0):
         self.n_sink, self.window, self.window_size = n_sink, window, window_size
         self.kernel_size, self.hit_threshold = kernel_size, hit_threshold
@@ -162,10 +165,16 @@ class H2O(Policy):
 
 
 @POLICIES.register("snapkv", "recent window + entries voted by the last window_size queries, pooled (SnapKV)",
-                   options={"window_size": Opt(32, "SnapKV observation window (queries that vote; also the recent "
-                                                   "entries it keeps)", min=1, max=MAX_BUDGET),
+                   options={"window_size": Opt(SNAPKV_WINDOW, "SnapKV observation window (queries that vote; also the "
+                                                              "recent entries it keeps; kvpress's default 64)",
+                                               min=1, max=MAX_BUDGET),
                             "kernel_size": Opt(5, "SnapKV average-pooling kernel over the votes (odd)", min=1, max=63)})
 class SnapKV(Policy):
+    """Scored as kvpress's SnapKVPress: the votes (attention of the last window_size queries) of the
+    entries OUTSIDE the window are average-pooled among themselves (zero padding at both ends, as
+    F.avg_pool1d), and the window is added back with the highest score (it is always kept). Votes are
+    sums over the window's queries and the KV group's query heads, kvpress takes means: the same order.
+    The window is the newest window_size cache entries (always kept, so always the last ones)."""
     name = "snapkv"
     needs_attention = True
     entry_state = {"obs": 0.0}   # [b, Hkv, w, n]: the last window_size queries' attention rows
@@ -180,11 +189,16 @@ class SnapKV(Policy):
 
     def scores(self, layer, keys, pos, latest):
         votes = self.s[layer]["obs"].sum(2)  # [b, Hkv, n]
+        b, h, n = votes.shape
+        outside = votes[..., :max(0, n - self.window_size)]
+        m = outside.shape[-1]
+        if m == 0:
+            return torch.ones_like(votes)
         if self.kernel_size > 1:
-            b, h, n = votes.shape
-            votes = F.avg_pool1d(votes.reshape(b * h, 1, n), self.kernel_size, stride=1,
-                                 padding=self.kernel_size // 2).reshape(b, h, n)
-        return votes
+            outside = F.avg_pool1d(outside.reshape(b * h, 1, m), self.kernel_size, stride=1,
+                                   padding=self.kernel_size // 2).reshape(b, h, m)
+        top = outside.amax(-1, keepdim=True).expand(b, h, n - m)
+        return torch.cat([outside, top], -1)
 
     def protected(self, layer, pos, n_keep, latest):
         return self._recent(pos, min(self.window_size, n_keep), latest)
