@@ -1,4 +1,5 @@
-"""Judging an output, one definition each: judged perplexity, and where two outputs first differ.
+"""Judging an output, one definition each: judged perplexity, repetition loops, and where two outputs
+first differ.
 
 The answer is the output up to and including its first EOS (the model's decision to stop is part
 of the answer; anything a method wrote after it, e.g. a diffusion EOS tail, is not).
@@ -6,8 +7,12 @@ of the answer; anything a method wrote after it, e.g. a diffusion EOS tail, is n
 from __future__ import annotations
 
 import math
+import re
+from collections import Counter
 
 import torch
+
+LOOP_N = 4   # a repeated word 4-gram: "a sea of light, a sea of light" loops; "because because" does not
 
 
 def answer(output_ids: list[int], eos_ids: set[int]) -> list[int]:
@@ -39,3 +44,42 @@ def first_divergence(a: list[int], b: list[int]) -> int | None:
         if x != y:
             return i
     return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def words(text: str) -> list[str]:
+    """The words of a text as a reader sees them: lower case, punctuation and spacing ignored."""
+    return re.findall(r"[^\W_]+(?:'[^\W_]+)?", str(text).lower())
+
+
+def repeated_ngrams(text: str, n: int = LOOP_N) -> dict[tuple[str, ...], int]:
+    """Word n-grams of `text` that occur more than once (occurrences may overlap), with their counts."""
+    w = words(text)
+    counts = Counter(tuple(w[i:i + n]) for i in range(len(w) - n + 1))
+    return {g: c for g, c in counts.items() if c > 1}
+
+
+def loops(text: str, n: int = LOOP_N) -> bool:
+    """True when the answer repeats itself: some run of n words (default 4) occurs twice or more. In a short
+    answer that is a loop a reader notices ("A sea of light, a sea of light, ..."); ordinary prose of a few
+    dozen words almost never repeats four words in a row."""
+    return bool(repeated_ngrams(text, n))
+
+
+def repeated_share(text: str, n: int = LOOP_N) -> float:
+    """Share of the answer's words that lie inside a repeated word n-gram (0 = no repetition, ~1 = one
+    phrase over and over)."""
+    w = words(text)
+    if len(w) < n:
+        return 0.0
+    rep = repeated_ngrams(text, n)
+    covered = [False] * len(w)
+    for i in range(len(w) - n + 1):
+        if tuple(w[i:i + n]) in rep:
+            covered[i:i + n] = [True] * n
+    return sum(covered) / len(w)
+
+
+def loop_share(texts: list[str], n: int = LOOP_N) -> float | None:
+    """Share of answers that loop (`loops`); None for no answers."""
+    texts = list(texts)
+    return sum(loops(t, n) for t in texts) / len(texts) if texts else None

@@ -212,3 +212,11 @@ def test_schedule_and_score_probs_are_typed_options(lm):
     assert spec.options["schedule"].when == {"rule": ("low_confidence", "random", "maskgit_plus", "topk_margin",
                                                       "entropy")}
     assert "dream" in spec.options["schedule"].describe()
+
+
+def test_a_dream_schedule_trace_with_empty_steps_passes_the_schema(lm):
+    from engine.trace import loads
+    trace, _ = engine_history(lm, 8, 8, "entropy", SamplingConfig(temperature=0.9, seed=2), schedule="dream")
+    assert trace.steps[0]["new_ids"] == []
+    back = loads(trace.to_json())
+    assert [s["k"] for s in back.steps] == [s["k"] for s in trace.steps]

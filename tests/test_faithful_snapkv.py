@@ -113,3 +113,12 @@ def test_compression_ratio_and_a_budget_are_exclusive(tiny_lm):
 def test_snapkv_default_window_is_kvpress(tiny_lm):
     from engine import methods
     assert methods.get("kv").options["window_size"].default == 64
+
+
+def test_a_compression_ratio_trace_passes_the_schema(tiny_lm):
+    from engine.trace import loads
+    tr = run.run(tiny_lm, "kv", TEXT[:400], max_new_tokens=3,
+                 options={"policy": "snapkv", "window_size": 8, "compression_ratio": 0.5, "watch_layers": "all"})
+    back = loads(tr.to_json())
+    assert [s["cache_len"] for s in back.steps] == [s["cache_len"] for s in tr.steps]
+    assert back.steps[0]["budget"] == tr.steps[0]["cache_len"]
