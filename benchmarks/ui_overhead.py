@@ -96,23 +96,31 @@ def main_text(page) -> str:
     return page.locator("[data-testid='stMain']").first.inner_text()
 
 
+def _texts(page, selector_text: str) -> list[str]:
+    """The texts of the (small) paragraphs containing `selector_text`: cheap to read, unlike the whole page
+    (reading the whole page's text makes chromium lay it out, CPU the watched decoder would lose)."""
+    try:
+        return page.locator(f"p:has-text('{selector_text}')").all_inner_texts()
+    except Exception:  # noqa: BLE001 -- the page is between two renders
+        return []
+
+
 def watch(page, timeout_s: float, n_runs: int = 1) -> dict:
-    """Poll the page while the run(s) are live: when step 0 first shows, render times early and late."""
+    """Poll the page while the run(s) are live: when step 0 first shows, render times early and late. Fine
+    polling (50 ms) only until the first step shows, then every 2 s."""
     first_seen, renders, end = None, [], time.time() + timeout_s
     while time.time() < end:
-        try:
-            body = main_text(page)
-        except Exception:  # noqa: BLE001 -- the page is between two renders
-            time.sleep(0.05)
-            continue
-        steps = [int(x) for x in STEP_RE.findall(body)]
+        status = " ".join(_texts(page, "showing step") + _texts(page, "no steps yet"))
+        steps = [int(x) for x in STEP_RE.findall(status)]
         if steps and first_seen is None:
             first_seen = time.time()
-        for ms in RENDER_RE.findall(body):
-            renders.append((max(steps) if steps else -1, int(ms)))
-        if len(DONE_RE.findall(body)) >= n_runs and not RUNNING_RE.search(body):
+        if first_seen is not None:
+            for text in _texts(page, "live view: redrawn"):
+                for ms in RENDER_RE.findall(text):
+                    renders.append((max(steps) if steps else -1, int(ms)))
+        if len(DONE_RE.findall(status)) >= n_runs and not RUNNING_RE.search(status):
             break
-        time.sleep(0.05 if first_seen is None else 1.0)   # fine until the first step shows, then light
+        time.sleep(0.05 if first_seen is None else 2.0)
     return {"first_seen": first_seen, "renders": renders}
 
 
@@ -179,14 +187,53 @@ def fmt(x, d=2):
     return "-" if x is None else f"{x:.{d}f}"
 
 
+def median(xs):
+    xs = sorted(x for x in xs if x is not None)
+    return xs[len(xs) // 2] if xs else None
+
+
+def measure_row(url, b, name: str, repeats: int, timeout: float, long_steps: int = 0):
+    """`repeats` alternating pairs (unwatched, then watched); medians of each run's compute tokens/s."""
+    refs, gots = [], []
+    for _ in range(repeats):
+        if name == "pair":
+            base = {"rule": "low_confidence", "gen_length": 64, "block_length": 0, "adapter": "embedded-fast"}
+            refs.append(unwatched_pair(STORY, [base, dict(base, rule="threshold", threshold=0.7)]))
+            gots.append(watched(url, b, "Diffusion", STORY, 64, [], timeout, pair=True))
+        elif name == "long":
+            refs.append([unwatched("ar", STORY, long_steps, {}, ignore_eos=True)])
+            gots.append(watched(url, b, "Autoregressive", STORY, long_steps, [], timeout, ignore_eos=True))
+        else:
+            path, method, prompt, max_new, opts, setup = ROWS[name]
+            refs.append([unwatched(method, prompt, max_new, opts)])
+            gots.append(watched(url, b, path, prompt, max_new, setup, timeout))
+    n_runs = len(refs[0])
+    out = []
+    for i in range(n_runs):
+        ref_tps = median(r[i]["tps"] for r in refs)
+        got_tps = median(g["runs"][i]["tps"] for g in gots)
+        ratios = [g["runs"][i]["tps"] / r[i]["tps"] for r, g in zip(refs, gots) if r[i]["tps"] and g["runs"][i]["tps"]]
+        out.append({"ref": ref_tps, "got": got_tps, "ratio": median(ratios), "ratios": ratios,
+                    "first": median(g["runs"][i]["first_latency_s"] for g in gots),
+                    "early": median(g["render_early_ms"] for g in gots),
+                    "late": median(g["render_late_ms"] for g in gots), "late_step": max(g["late_step"] for g in gots)})
+    return out
+
+
+LABELS = {"ar": "ar (128 tokens)", "speculative": "speculative, prompt lookup (128 tokens)",
+          "kv": "kv, H2O budget 48, watched layers 'all' (64 tokens)", "lookahead": "lookahead W5 N4 G5 (128 tokens)",
+          "diffusion": "diffusion, gen_length 128, one token per step", "pair": "diffusion, two 64-position runs side by side"}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", default="", help="comma-separated rows: " + ", ".join([*ROWS, "pair"]))
     ap.add_argument("--long", type=int, default=0, help="also an AR run of this many steps (ignore end-of-text)")
+    ap.add_argument("--repeats", type=int, default=3, help="alternating unwatched / watched pairs per row (medians)")
     ap.add_argument("--timeout", type=float, default=900)
     a = ap.parse_args(argv)
     only = {x.strip() for x in a.only.split(",") if x.strip()}
-    todo = [r for r in [*ROWS, "pair"] if not only or r in only]
+    todo = [r for r in [*ROWS, "pair"] if not only or r in only] + (["long"] if a.long else [])
     results = []
     with streamlit_server() as url, browser() as b:
         home = b.new_page()
@@ -194,31 +241,22 @@ def main(argv=None) -> int:
         home.get_by_text("Loaded", exact=False).first.wait_for(timeout=300_000)   # the decoder has the model
         home.close()
         for name in todo:
-            if name == "pair":
-                base = {"rule": "low_confidence", "gen_length": 64, "block_length": 0, "adapter": "embedded-fast"}
-                ref = unwatched_pair(STORY, [base, dict(base, rule="threshold", threshold=0.7)])
-                got = watched(url, b, "Diffusion", STORY, 64, [], a.timeout, pair=True)
-                results.append(("diffusion, two 64-position runs side by side", ref, got))
-                continue
-            path, method, prompt, max_new, opts, setup = ROWS[name]
-            ref = [unwatched(method, prompt, max_new, opts)]
-            got = watched(url, b, path, prompt, max_new, setup, a.timeout)
-            results.append((f"{name} ({max_new} {'positions' if method == 'diffusion' else 'tokens'})", ref, got))
-        if a.long:
-            ref = [unwatched("ar", STORY, a.long, {}, ignore_eos=True)]
-            got = watched(url, b, "Autoregressive", STORY, a.long, [], a.timeout, ignore_eos=True)
-            results.append((f"ar, {a.long} steps (ignore end-of-text)", ref, got))
-    print(f"\n## UI overhead ({time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPU cores, chromium headless)\n")
-    print("| row | unwatched tokens/s | watched tokens/s | ratio | first step shown after | render per refresh, "
-          "step ~10 | render, last step shown |")
+            rows = measure_row(url, b, name, 1 if name == "long" else a.repeats, a.timeout, a.long)
+            label = f"ar, {a.long} steps (ignore end-of-text)" if name == "long" else LABELS[name]
+            results.append((label, rows))
+            print(f"{label}: " + "; ".join(f"{fmt(r['ref'], 1)} vs {fmt(r['got'], 1)} tok/s "
+                                           f"({', '.join(f'{x:.2f}' for x in r['ratios'])})" for r in rows), flush=True)
+    print(f"\n## UI overhead ({time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPU cores, headless chromium on the "
+          f"same machine; medians of {a.repeats} alternating pairs)\n")
+    print("| row | unwatched tokens/s | watched tokens/s | ratio (median) | first step shown after | figures render, "
+          "step ~10 | figures render, last redraw |")
     print("|---|---|---|---|---|---|---|")
-    for label, ref, got in results:
-        for i, (r, w) in enumerate(zip(ref, got["runs"])):
-            ratio = w["tps"] / r["tps"] if r["tps"] and w["tps"] else None
-            side = f" [{'left' if i == 0 else 'right'}]" if len(ref) > 1 else ""
-            print(f"| {label}{side} | {fmt(r['tps'], 1)} | {fmt(w['tps'], 1)} | {fmt(ratio)}x | "
-                  f"{fmt(w['first_latency_s'])} s | {got['render_early_ms'] if got['render_early_ms'] is not None else '-'} ms | "
-                  f"{got['render_late_ms'] if got['render_late_ms'] is not None else '-'} ms (step {got['late_step']}) |")
+    for label, rows in results:
+        for i, r in enumerate(rows):
+            side = f" [{'left' if i == 0 else 'right'}]" if len(rows) > 1 else ""
+            print(f"| {label}{side} | {fmt(r['ref'], 1)} | {fmt(r['got'], 1)} | {fmt(r['ratio'])}x | {fmt(r['first'])} s | "
+                  f"{'-' if r['early'] is None else r['early']} ms | "
+                  f"{'-' if r['late'] is None else r['late']} ms (step {r['late_step']}) |")
     return 0
 
 

@@ -224,6 +224,17 @@ class RemoteRunner(Runner):
                 self._changed.wait(left)
         return True
 
+    def wait_steps(self, n: int = 1, timeout: float = 1.0) -> bool:
+        """Block until the run has `n` steps or has ended, at most `timeout` s. True if it has them."""
+        end = time.monotonic() + timeout
+        with self._changed:
+            while len(self.trace.steps) < n and not self._ended and not self.finished:
+                left = end - time.monotonic()
+                if left <= 0:
+                    break
+                self._changed.wait(left)
+            return len(self.trace.steps) >= n
+
     def wait_idle(self, timeout: float = 30.0) -> None:
         """Block until the decoder's runner has no pending single steps and is paused or ended. Every
         step record it sent before is applied here by then (one ordered channel)."""

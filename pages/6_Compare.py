@@ -47,7 +47,7 @@ def view(lm, runs, names):
 
     any_running = running()
 
-    @st.fragment(run_every=controls.REFRESH_S if any_running else None)
+    @st.fragment(run_every=controls.FIGURES_S if any_running else None)
     def body():
         with common.guard("comparison view"):
             ref = reference()

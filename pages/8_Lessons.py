@@ -51,15 +51,16 @@ def choose() -> tuple:
     return BY_KEY[key], notes
 
 
+def _go(part: int) -> None:
+    st.session_state["lesson_part"] = part
+
+
 def navigation(lesson, part_no: int) -> None:
     n = len(lesson.parts)
     c1, c2, c3 = st.columns([1.4, 1.4, 5])
-    if c1.button("◀ Previous", key="lesson_prev", disabled=part_no <= 1):
-        st.session_state["lesson_part"] = part_no - 1
-        st.rerun()
-    if c2.button("Next ▶", key="lesson_next", disabled=part_no >= n):
-        st.session_state["lesson_part"] = part_no + 1
-        st.rerun()
+    # callbacks, not st.rerun(): the state changes before the run, so one run draws the part and sets the link
+    c1.button("◀ Previous", key="lesson_prev", disabled=part_no <= 1, on_click=_go, args=(part_no - 1,))
+    c2.button("Next ▶", key="lesson_next", disabled=part_no >= n, on_click=_go, args=(part_no + 1,))
     c3.progress(part_no / n, text=f"part {part_no} of {n}")
 
 
@@ -103,10 +104,10 @@ def main():
     for note in notes:
         st.warning(md_text(note))
     part_no = max(1, min(int(st.session_state.get("lesson_part", 1)), len(lesson.parts)))
+    st.query_params["lesson"] = lesson.key      # the address bar follows the page: a shareable link
+    st.query_params["part"] = str(part_no)
     navigation(lesson, part_no)
     show_part(lesson, part_no)
-    st.query_params["lesson"] = lesson.key
-    st.query_params["part"] = str(part_no)
 
 
 common.run_page(main, "lesson")

@@ -1,6 +1,7 @@
 """Shared Streamlit pieces: the model (loaded once per process), the sampling sidebar, errors."""
 from __future__ import annotations
 
+import gc
 import logging
 import secrets
 import threading
@@ -9,10 +10,16 @@ from contextlib import contextmanager
 
 import streamlit as st
 
-from engine import models, remote
+from engine import methods, models, remote
 from engine.errors import LabError
 from engine.sampling import SamplingConfig, SamplingError
 from viz.safe import md_text
+
+# Everything imported by now (streamlit, torch, transformers, every method module for the option specs) lives as
+# long as the process: move it out of the garbage collector's generations, so a collection walks only what
+# pages create.
+methods.all_methods()
+gc.freeze()
 
 log = logging.getLogger("decoding_lab")
 if not log.handlers:

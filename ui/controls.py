@@ -9,6 +9,7 @@ the measured render time (a refresh costs at most ~1/RENDER_SHARE of the time be
 from __future__ import annotations
 
 import math
+import os
 import time
 from typing import Callable
 
@@ -17,12 +18,21 @@ import streamlit as st
 from engine import remote
 from engine.errors import LabError
 from engine.runner import DONE, ERROR, EVENTS, PAUSED, RUNNING, Breakpoint, Runner
-from ui import common
+from ui import common, renderers
 from viz.safe import md_text
 
-REFRESH_S = 0.5          # fastest refresh while a run is live
-MAX_REFRESH_S = 5.0      # slowest
-RENDER_SHARE = 10        # the refresh interval is at least this many times the measured render time
+# While a run is live: the status, progress and token stream refresh every REFRESH_S (cheap for the browser);
+# the figures every FIGURES_S or longer, up to MAX_REFRESH_S, at least RENDER_SHARE times their measured
+# server render time. Measured in headless chromium on this 2-core machine: redrawing the AR view's two
+# plotly charts costs the browser ~0.25 s of CPU, i.e. a quarter of a core at one redraw per second, CPU the
+# decoder needs; the token stream and metrics cost it ~5%.
+REFRESH_S = float(os.environ.get("DECODING_LAB_REFRESH_S", 1.0))
+FIGURES_S = float(os.environ.get("DECODING_LAB_FIGURES_S", 15.0))
+FIGURES_KEY = "lab_live_figures_s"
+FIRST_STEP_WAIT_S = 1.5  # a started run's first step is usually ready by then (the prompt's prefill)
+MAX_REFRESH_S = 30.0
+RENDER_SHARE = 25
+LIVE_STREAM_TOKENS = 120  # the live status's token stream: the newest tokens (all of them in the figures view)
 EVERY_N_KEY = "lab_render_every_n"
 
 
@@ -59,6 +69,9 @@ def start(key: str, lm, method: str, prompt: str, *, breakpoints=(), start_pause
         common.report_internal_error(e, f"start of the {method} run")
         return None
     st.session_state[key] = r
+    st.session_state.pop(f"{key}__timing", None)
+    if not start_paused and hasattr(r, "wait_steps"):
+        r.wait_steps(1, timeout=FIRST_STEP_WAIT_S)   # so this very page run draws the first step's figures
     return r
 
 
@@ -120,10 +133,11 @@ def show_error(r) -> None:
 
 
 class _Shown:
-    """A run seen at another cursor (render every N steps): the renderers read .trace and .cursor."""
+    """A run seen at another cursor (render every N steps) and/or drawn live (the live status already shows
+    its token stream): the renderers read .trace, .cursor and .live."""
 
-    def __init__(self, r, cursor: int):
-        self._r, self.cursor = r, cursor
+    def __init__(self, r, cursor: int | None, live: bool = False):
+        self._r, self.cursor, self.live = r, cursor, live
 
     def __getattr__(self, name):
         return getattr(self._r, name)
@@ -133,12 +147,22 @@ def render_every_n() -> int:
     return max(1, int(st.session_state.get(EVERY_N_KEY, 1) or 1))
 
 
+def live_figures_s() -> float:
+    return float(st.session_state.get(FIGURES_KEY, FIGURES_S) or FIGURES_S)
+
+
 def render_every_n_widget() -> None:
-    st.sidebar.number_input("live view: render every N steps", 1, 1000, step=1, key=EVERY_N_KEY,
-                            help="While a run is live, redraw the figures only every N steps (the status line "
-                                 "and progress still update). For demos on slow machines: the refresh "
-                                 "interval also adapts by itself to how long a redraw takes.",
-                            **({} if EVERY_N_KEY in st.session_state else {"value": 1}))
+    with st.sidebar.expander("Live view", expanded=False):
+        st.number_input("redraw the figures every (seconds)", 1.0, 120.0, step=1.0, key=FIGURES_KEY,
+                        help="While a run is live, the status, progress and token stream update every second; "
+                             "the figures every this many seconds (longer when a redraw is slow: at least 25x its "
+                             "render time). A browser on the same machine spends CPU on every redraw (measured "
+                             "here: ~1 s of CPU per redraw of a full view), CPU the decoder loses: shorter is "
+                             "livelier, longer keeps the decoder's speed. Pause to inspect any step in full.",
+                        **({} if FIGURES_KEY in st.session_state else {"value": FIGURES_S}))
+        st.number_input("render every N steps", 1, 1000, step=1, key=EVERY_N_KEY,
+                        help="While a run is live, draw only every N-th step (for demos on slow machines).",
+                        **({} if EVERY_N_KEY in st.session_state else {"value": 1}))
 
 
 def planned_steps(meta: dict) -> int | None:
@@ -174,52 +198,73 @@ def progress(r) -> None:
 
 
 def live(key: str, render: Callable[[Runner], None]) -> None:
-    """Render the runner's trace at its cursor; re-render on an adaptive timer while the run is live."""
+    """Render the runner's trace at its cursor. While the run is live two fragments refresh on their own
+    timers: a light one (status, progress, the token stream) every REFRESH_S, and the figures every
+    FIGURES_S or longer (see REFRESH_S above)."""
     r = runner(key)
     if r is None:
         return
     active = r.state == RUNNING
-    timing = st.session_state.setdefault(f"{key}__timing", {"render_s": 0.0, "interval": REFRESH_S})
+    base = live_figures_s()
+    timing = st.session_state.setdefault(f"{key}__timing", {"render_s": 0.0, "interval": base, "base": base})
+    if timing.get("base") != base:   # the sidebar setting changed
+        timing.update(interval=base, base=base)
     interval = timing["interval"] if active else None
+    status_every = REFRESH_S if active else None
 
-    @st.fragment(run_every=interval)
-    def _view():
+    @st.fragment(run_every=status_every)
+    def _status():
         rr = runner(key)
         if rr is None:
             return
-        t0 = time.perf_counter()
-        with common.guard("live view"):
+        with common.guard("live status"):
             st.markdown(status_line(rr))
             if not rr.finished:
                 progress(rr)
+            if rr.state == RUNNING and rr.trace.steps:
+                html = renderers.stream_html(_Shown(rr, len(rr.trace.steps) - 1), LIVE_STREAM_TOKENS)
+                if html:
+                    st.markdown(html, unsafe_allow_html=True)   # viz builders escape every trace string
             if rr.state == ERROR:
                 show_error(rr)
-            if rr.trace.steps:
-                render(_shown(rr))
-            elif rr.state == RUNNING:
+            if not rr.trace.steps and rr.state == RUNNING:
                 st.info("Prefilling the prompt...")
+        if active and rr.state != RUNNING:
+            st.rerun()  # the run paused or ended: redraw the whole page once, then stop polling
+        if active and not in_full_run[0] and rr.trace.steps and not timing.get("drawn"):
+            st.rerun()  # a long prefill: the figures were drawn with no step yet; draw them now, once
+
+    @st.fragment(run_every=interval)
+    def _figures():
+        rr = runner(key)
+        if rr is None or not rr.trace.steps:
+            return
+        t0 = time.perf_counter()
+        with common.guard("live view"):
+            render(_shown(rr, live=rr.state == RUNNING))
+        timing["drawn"] = True
         dt = time.perf_counter() - t0
         timing["render_s"] = dt if not timing["render_s"] else 0.7 * timing["render_s"] + 0.3 * dt
         if active:
             st.caption(f"live view: redrawn in {dt * 1000:.0f} ms, every {interval:.1f} s"
                        + (f", every {render_every_n()} steps" if render_every_n() > 1 else ""))
-        if active and rr.state != RUNNING:
-            st.rerun()  # the run paused or ended: redraw the whole page once, then stop polling
-        if active:
-            want = min(MAX_REFRESH_S, max(REFRESH_S, RENDER_SHARE * timing["render_s"]))
-            if abs(math.log(want / interval)) > math.log(2):   # a full rerun re-registers the timer
-                timing["interval"] = round(want, 2)
+            want = min(max(MAX_REFRESH_S, base), max(base, RENDER_SHARE * timing["render_s"]))
+            if rr.state == RUNNING and abs(math.log(want / interval)) > math.log(2):
+                timing["interval"] = round(want, 2)   # a full rerun re-registers the timer
                 st.rerun()
 
-    _view()
+    in_full_run = [True]   # the fragments below read it when their timers rerun them alone (then False)
+    _status()
+    _figures()
+    in_full_run[0] = False
 
 
-def _shown(r):
+def _shown(r, live: bool = False):
     """The run at the step to draw: its cursor, or while following a live run, the newest multiple of N."""
     n_every = render_every_n()
     if n_every > 1 and r.state == RUNNING and r.following and r.trace.steps:
-        return _Shown(r, (len(r.trace.steps) - 1) // n_every * n_every)
-    return r
+        return _Shown(r, (len(r.trace.steps) - 1) // n_every * n_every, live)
+    return _Shown(r, r.cursor, live) if live else r
 
 
 def measure_vs_ar(lm, r) -> None:

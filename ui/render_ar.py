@@ -17,10 +17,11 @@ def render(r, prefix: str = "ar") -> None:
     st.markdown(legend.legend_html({"p ≈ 0 / high entropy": legend.prob_colour(0.0), "p ≈ 0.5": legend.prob_colour(0.5),
                                     "p ≈ 1 / low entropy": legend.prob_colour(1.0), "current step": "#000000"}),
                 unsafe_allow_html=True)
-    st.markdown(vz.token_stream_html(steps, cur, colour_by, max_entropy=vz.max_entropy_at(r.trace)),
-                unsafe_allow_html=True)
+    if not renderers.live(r):
+        st.markdown(vz.token_stream_html(steps, cur, colour_by, max_entropy=vz.max_entropy_at(r.trace)),
+                    unsafe_allow_html=True)
     renderers.full_text(steps, cur, lambda s: 1)
     a, b = st.columns([1, 1])
     if step.get("candidates"):
-        a.plotly_chart(vz.candidates_figure(step), key=f"{prefix}_cands_{cur}", width="stretch")
-    b.plotly_chart(vz.prob_entropy_figure(steps, cur), key=f"{prefix}_pe_{cur}", width="stretch")
+        a.plotly_chart(vz.candidates_figure(step), key=f"{prefix}_cands", width="stretch")
+    b.plotly_chart(vz.prob_entropy_figure(steps, cur), key=f"{prefix}_pe", width="stretch")

@@ -1,7 +1,7 @@
 """The Diffusion view's figures for one step of a trace (live page and replay share it)."""
 import streamlit as st
 
-from ui import controls
+from ui import controls, renderers
 from viz import diffusion as vz
 from viz import legend
 from viz.safe import md_text
@@ -30,13 +30,14 @@ def render(r, prefix: str = "diffusion", compact: bool = False) -> None:
                 f"step {step.get('step_in_block', '?')} of the block · committed {len(step['new_ids'])} · "
                 f"remasked {step.get('remasked', 0)}"
                 + (f" · threshold {step['threshold']:g}" if step.get("threshold") is not None else ""))
-    st.markdown(vz.text_html(step), unsafe_allow_html=True)
+    if not renderers.live(r):
+        st.markdown(vz.text_html(step), unsafe_allow_html=True)
     st.markdown(legend.legend_html(vz.grid_legend()), unsafe_allow_html=True)
     graded = st.checkbox("grade new tokens by confidence", True, key=f"{prefix}_graded")
-    st.plotly_chart(vz.denoising_grid(steps, cur, graded=graded), key=f"{prefix}_grid_{cur}", width="stretch")
+    st.plotly_chart(vz.denoising_grid(steps, cur, graded=graded), key=f"{prefix}_grid", width="stretch")
     if compact:
-        st.plotly_chart(vz.confidence_figure(step), key=f"{prefix}_conf_{cur}", width="stretch")
+        st.plotly_chart(vz.confidence_figure(step), key=f"{prefix}_conf", width="stretch")
         return
     a, b = st.columns([3, 2])
-    a.plotly_chart(vz.confidence_figure(step), key=f"{prefix}_conf_{cur}", width="stretch")
-    b.plotly_chart(vz.tokens_per_step_figure(steps, cur), key=f"{prefix}_tps_{cur}", width="stretch")
+    a.plotly_chart(vz.confidence_figure(step), key=f"{prefix}_conf", width="stretch")
+    b.plotly_chart(vz.tokens_per_step_figure(steps, cur), key=f"{prefix}_tps", width="stretch")

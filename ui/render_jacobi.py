@@ -34,7 +34,8 @@ def _render_jacobi(r, steps, cur, step, prefix):
                f"iteration {cur}: {step.get('accepted', 0)} guesses were already fixed, "
                f"{step.get('committed', 0)} token(s) committed"
                + (" · autoregressive tail (hybrid)" if step.get("phase") == "ar" else ""))
-    st.markdown(vz.token_stream_html(steps, cur), unsafe_allow_html=True)
+    if not renderers.live(r):
+        st.markdown(vz.token_stream_html(steps, cur), unsafe_allow_html=True)
     renderers.full_text(steps, cur, vz.stream_tokens)
     n_rows = st.slider("iterations shown", 4, W.MAX_ROWS, 24, key=f"{prefix}_rows")
     first = max(0, cur - int(n_rows) + 1)
@@ -42,12 +43,12 @@ def _render_jacobi(r, steps, cur, step, prefix):
     grid, dag, detail = st.tabs(["Trajectory grid", "Dependency graph", "This iteration"])
     with grid:
         st.plotly_chart(vz.trajectory_grid(steps, cur, r.trace.final_ids, first_row=first),
-                        key=f"{prefix}_grid_{cur}_{first}", width="stretch")
+                        key=f"{prefix}_grid_{first}", width="stretch")
         st.caption("Each row is the block after one Jacobi iteration. The black staircase is the convergence "
                    "front: left of it every token is committed. A black dot marks a token that already equals "
                    "the final output but cannot be proven fixed yet, because a token before it is still changing.")
     with dag:
-        st.plotly_chart(vz.dependency_graph(steps, cur, first_row=first), key=f"{prefix}_dag_{cur}_{first}",
+        st.plotly_chart(vz.dependency_graph(steps, cur, first_row=first), key=f"{prefix}_dag_{first}",
                         width="stretch")
         st.caption("Node = (iteration, position, token). An edge joins a token that changed to every later "
                    "position whose prediction the next iteration had to recompute from it. The thick chain of "
@@ -60,7 +61,7 @@ def _render_jacobi(r, steps, cur, step, prefix):
             st.markdown("Speculative Jacobi tests (accept if u < min(1, p/q); q = 1 for an initial guess):")
             tests = [{k: t.get(k) for k in TEST_COLUMNS} for t in step["tests"]]
             st.dataframe(pd.DataFrame(tests, columns=list(TEST_COLUMNS)), hide_index=True, width="stretch")
-    st.plotly_chart(vz.progress_figure(steps, cur), key=f"{prefix}_prog_{cur}", width="stretch")
+    st.plotly_chart(vz.progress_figure(steps, cur), key=f"{prefix}_prog", width="stretch")
     controls.vs_ar_table(r)
 
 
@@ -75,7 +76,8 @@ def _render_lookahead(r, steps, cur, step, prefix):
                f"{len(step.get('candidates', []))} n-gram(s) verified, {step.get('accepted_len', 0)} token(s) "
                f"accepted from the pool, {step.get('committed', 0)} committed · {step.get('input_tokens', '?')} "
                "tokens in this forward")
-    st.markdown(vz.token_stream_html(steps, cur), unsafe_allow_html=True)
+    if not renderers.live(r):
+        st.markdown(vz.token_stream_html(steps, cur), unsafe_allow_html=True)
     renderers.full_text(steps, cur, vz.stream_tokens)
     st.markdown(legend.legend_html({"window token equals the final output": legend.JACOBI_FIXED,
                                     "window token (guess)": legend.JACOBI_GUESS,
@@ -83,7 +85,7 @@ def _render_lookahead(r, steps, cur, step, prefix):
                                     "accepted from the pool": legend.ACCEPTED, "rejected": legend.REJECTED,
                                     "not reached": legend.UNVERIFIED, "model's own next token": legend.BONUS}),
                 unsafe_allow_html=True)
-    st.plotly_chart(vz.lookahead_window_figure(step, r.trace.final_ids), key=f"{prefix}_win_{cur}",
+    st.plotly_chart(vz.lookahead_window_figure(step, r.trace.final_ids), key=f"{prefix}_win",
                     width="stretch")
     a, b = st.columns(2)
     with a:
@@ -103,6 +105,6 @@ def _render_lookahead(r, steps, cur, step, prefix):
         pool = vz.pool_at(r.trace, cur, g)
         st.dataframe(vz.pool_table(steps, cur, g, vz.token_text_at(r.trace), only_key=key_id, pool=pool),
                      hide_index=True, width="stretch", height=260)
-    st.plotly_chart(vz.progress_figure(steps, cur), key=f"{prefix}_prog_{cur}", width="stretch")
+    st.plotly_chart(vz.progress_figure(steps, cur), key=f"{prefix}_prog", width="stretch")
     controls.vs_ar_table(r)
 

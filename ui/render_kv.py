@@ -30,14 +30,15 @@ def render(r, prefix: str = "kv", compact: bool = False) -> None:
                 f"({md_text(step.get('phase', ''))})"
                 + (f" · evicted {step.get('evicted_count', 0)} entries this step" if step.get("evicted_count") else ""))
     controls.metrics_row(r, kv_metrics(all_steps, cur))
-    st.markdown(vz.tokens_html(all_steps, cur), unsafe_allow_html=True)
+    if not renderers.live(r):
+        st.markdown(vz.tokens_html(all_steps, cur), unsafe_allow_html=True)
     renderers.full_text(all_steps, cur, lambda s: 1)
     if step.get("quality"):
         st.caption("Underlined red: the full cache's greedy choice differs at that token (hover for it).")
     layers = vz.watched_layers(all_steps)
     if not layers:
         st.info("No layer was watched in this run (watch_layers); only memory is shown.")
-        st.plotly_chart(vz.memory_figure({policy: steps}), key=f"{prefix}_mem_{cur}", width="stretch")
+        st.plotly_chart(vz.memory_figure({policy: steps}), key=f"{prefix}_mem", width="stretch")
         return
     st.markdown(legend.legend_html(vz.legend_items()), unsafe_allow_html=True)
     c1, c2, c3 = st.columns(3)
@@ -53,20 +54,20 @@ def render(r, prefix: str = "kv", compact: bool = False) -> None:
     qhead = c3.selectbox("query head (attention)", list(range(nh * group)), key=f"{prefix}_qhead",
                          index=(0 if head == "all" else int(head) * group))
     st.plotly_chart(vz.eviction_map_figure(all_steps, layer, head, cursor=cur),
-                    key=f"{prefix}_map_{cur}_{layer}_{head}", width="stretch")
+                    key=f"{prefix}_map_{layer}_{head}", width="stretch")
     att_layer = layer if layer != "all" else layers[0]
     if compact:
         st.plotly_chart(vz.attention_heatmap_figure(all_steps, att_layer, qhead, cursor=cur),
-                        key=f"{prefix}_att_{cur}", width="stretch")
+                        key=f"{prefix}_att", width="stretch")
         st.plotly_chart(vz.score_bars_figure(step, att_layer, 0 if head == "all" else int(head)),
-                        key=f"{prefix}_bars_{cur}", width="stretch")
+                        key=f"{prefix}_bars", width="stretch")
     else:
         a, b = st.columns(2)
         a.plotly_chart(vz.attention_heatmap_figure(all_steps, att_layer, qhead, cursor=cur),
-                       key=f"{prefix}_att_{cur}", width="stretch")
+                       key=f"{prefix}_att", width="stretch")
         b.plotly_chart(vz.score_bars_figure(step, att_layer, 0 if head == "all" else int(head)),
-                       key=f"{prefix}_bars_{cur}", width="stretch")
+                       key=f"{prefix}_bars", width="stretch")
     a, b = st.columns(2) if not compact else (st, st)
-    a.plotly_chart(vz.memory_figure({policy: steps}), key=f"{prefix}_mem_{cur}", width="stretch")
+    a.plotly_chart(vz.memory_figure({policy: steps}), key=f"{prefix}_mem", width="stretch")
     if any(s.get("quality") for s in steps):
-        b.plotly_chart(vz.agreement_figure({policy: steps}), key=f"{prefix}_agr_{cur}", width="stretch")
+        b.plotly_chart(vz.agreement_figure({policy: steps}), key=f"{prefix}_agr", width="stretch")

@@ -28,17 +28,18 @@ def render(r, prefix: str = "spec") -> None:
                f" · this round: draft {1000 * (step.get('draft_s') or 0):.0f} ms, verify "
                f"{1000 * (step.get('verify_s') or 0):.0f} ms, KV entries dropped {step.get('kv_dropped', 0)}")
     st.markdown(legend.legend_html(vz.stream_legend()), unsafe_allow_html=True)
-    st.markdown(vz.stream_html(steps, cur), unsafe_allow_html=True)
+    if not renderers.live(r):
+        st.markdown(vz.stream_html(steps, cur), unsafe_allow_html=True)
     renderers.full_text(steps, cur, vz.stream_tokens)
     if step.get("nodes"):
         a, b = st.columns([3, 2])
-        a.plotly_chart(vz.tree_figure(step), key=f"{prefix}_tree_{cur}", width="stretch")
-        b.plotly_chart(vz.mask_figure(step), key=f"{prefix}_mask_{cur}", width="stretch")
+        a.plotly_chart(vz.tree_figure(step), key=f"{prefix}_tree", width="stretch")
+        b.plotly_chart(vz.mask_figure(step), key=f"{prefix}_mask", width="stretch")
         with st.expander("nodes of this round (q: draft probability, p: target probability, u: uniform draw)"):
             st.dataframe(pd.DataFrame(vz.round_table(step)), hide_index=True, width="stretch")
     c, d = st.columns([3, 2])
-    c.plotly_chart(vz.acceptance_figure(steps, cur), key=f"{prefix}_acc_{cur}", width="stretch")
+    c.plotly_chart(vz.acceptance_figure(steps, cur), key=f"{prefix}_acc", width="stretch")
     rates = vz.acceptance_by_depth_at(r.trace, cur)
     if rates:
-        d.plotly_chart(vz.depth_figure(rates), key=f"{prefix}_depth_{cur}", width="stretch")
+        d.plotly_chart(vz.depth_figure(rates), key=f"{prefix}_depth", width="stretch")
     controls.vs_ar_table(r)

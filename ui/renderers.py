@@ -36,6 +36,37 @@ def render(r, prefix: str) -> None:
     renderer(r.trace.steps[r.cursor]["kind"])(r, prefix)
 
 
+def stream_html(r, max_tokens: int | None = None) -> str | None:
+    """The run's token stream at its cursor, as its family's view draws it (escaped HTML, bounded; its last
+    `max_tokens` tokens when given): what the live status shows while the figures refresh less often."""
+    n = {} if max_tokens is None else {"max_tokens": max_tokens}
+    steps, cur = r.trace.steps, r.cursor
+    if not steps or cur is None:
+        return None
+    kind = steps[cur].get("kind")
+    if kind == "ar":
+        from viz import ar
+        return ar.token_stream_html(steps, cur, "prob", max_entropy=ar.max_entropy_at(r.trace), **n)
+    if kind == "speculative":
+        from viz import speculative
+        return speculative.stream_html(steps, cur, **n)
+    if kind == "kv":
+        from viz import kv
+        return kv.tokens_html(steps, cur, **n)
+    if kind in ("jacobi", "lookahead"):
+        from viz import jacobi
+        return jacobi.token_stream_html(steps, cur, **n)
+    if kind == "diffusion":
+        from viz import diffusion
+        return diffusion.text_html(steps[cur])
+    return None
+
+
+def live(r) -> bool:
+    """True when the view is drawn for a live run whose token stream the live status already shows."""
+    return bool(getattr(r, "live", False))
+
+
 def full_text(steps: list[dict], cur: int, tokens_of) -> None:
     """The whole text up to the cursor, in an expander, when the token stream above shows only its last
     tokens (`tokens_of(step)`: how many tokens the stream draws for a step). Plain text: cheap to send."""

@@ -14,13 +14,14 @@ def _show(text: str) -> str:
     return html_text(text, newline="↵<br>")
 
 
-def token_stream_html(steps: list[dict], upto: int, colour_by: str = "prob", max_entropy: float | None = None) -> str:
+def token_stream_html(steps: list[dict], upto: int, colour_by: str = "prob", max_entropy: float | None = None,
+                      max_tokens: int = W.MAX_TOKENS) -> str:
     """The last tokens up to steps[upto] (at most window.MAX_TOKENS, after a marker for the earlier ones) as
     coloured spans; hover shows probability and entropy. Entropy shading is relative to `max_entropy`
     (the largest over all steps; computed here when not given)."""
     if max_entropy is None:
         max_entropy = max([s.get("entropy") or 0 for s in steps] + [1e-9])
-    first = W.stream_start(steps, upto, lambda s: 1)
+    first = W.stream_start(steps, upto, lambda s: 1, max_tokens)
     spans = [W.earlier_marker(first)]
     for i in range(first, upto + 1):
         s = steps[i]

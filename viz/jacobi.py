@@ -572,10 +572,10 @@ def stream_tokens(s: dict) -> int:
     return s.get("committed", len(s.get("new_ids", [])))
 
 
-def token_stream_html(steps: list[dict], upto: int) -> str:
+def token_stream_html(steps: list[dict], upto: int, max_tokens: int = W.MAX_TOKENS) -> str:
     """The committed output (its last window.MAX_TOKENS tokens), each iteration's span underlined;
     multi-token iterations stand out."""
-    first = W.stream_start(steps, upto, stream_tokens)
+    first = W.stream_start(steps, upto, stream_tokens, max_tokens)
     spans = [W.earlier_marker(sum(map(stream_tokens, steps[:first])))]
     for i in range(first, upto + 1):
         s = steps[i]

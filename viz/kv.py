@@ -332,11 +332,11 @@ def agreement_figure(traces: dict[str, list[dict]]):
     return fig
 
 
-def tokens_html(steps: list[dict], cursor: int | None = None) -> str:
+def tokens_html(steps: list[dict], cursor: int | None = None, max_tokens: int = W.MAX_TOKENS) -> str:
     """The generated text (its last window.MAX_TOKENS tokens); tokens where the policy's argmax differs from
     the full cache's are underlined red."""
     upto = len(steps) - 1 if cursor is None else cursor
-    first = W.stream_start(steps, upto, lambda s: 1)
+    first = W.stream_start(steps, upto, lambda s: 1, max_tokens)
     out = [W.earlier_marker(first)]
     for s in steps[first: upto + 1]:
         t = html_text(s.get("new_text", ""), newline="↵<br>")

@@ -148,10 +148,10 @@ def stream_tokens(s: dict) -> int:
     return len(_stream_texts(s))
 
 
-def stream_html(steps: list[dict], upto: int) -> str:
+def stream_html(steps: list[dict], upto: int, max_tokens: int = W.MAX_TOKENS) -> str:
     """The output so far (its last window.MAX_TOKENS tokens), each token coloured by its origin; the current
     round outlined."""
-    first = W.stream_start(steps, upto, stream_tokens)
+    first = W.stream_start(steps, upto, stream_tokens, max_tokens)
     spans = [W.earlier_marker(sum(map(stream_tokens, steps[:first])))]
     for s in steps[first: upto + 1]:
         texts = _stream_texts(s)
