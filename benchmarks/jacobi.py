@@ -59,8 +59,8 @@ def main(argv=None) -> int:
     lm = models.load(models.EMBEDDED, device="cpu")
     timed(lm, "ar", "Hello", 4, {})  # warm-up
     prompts = {k: v for k, v in PROMPTS.items() if not a.only or k in a.only.split(",")}
-    lines = [f"| prompt | method | tokens | forwards | tokens / forward | compute s | wall s | wall-clock ratio vs AR | "
-             f"identical to AR |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| prompt | method | tokens | forwards | tokens / forward | compute s | wall s | wall-clock ratio vs AR | "
+             "identical to AR |", "|---|---|---|---|---|---|---|---|---|"]
     print(lines[0])
     print(lines[1])
     for pname, prompt in prompts.items():

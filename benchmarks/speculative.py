@@ -124,8 +124,10 @@ def main(argv=None):
     print()
     print("| prompt | method | tau | target fwd / token | tokens/s | speedup vs our AR | = AR greedy |")
     print("|---|---|---|---|---|---|---|")
+    def f(x):
+        return "-" if x is None else f"{x:.2f}"
+
     for p, m, tau, fpt, tps, sp, same in rows:
-        f = (lambda x: "-" if x is None else f"{x:.2f}")
         print(f"| {p} | {m} | {f(tau)} | {f(fpt)} | {tps:.1f} | {sp:.2f}x | {'yes' if same else 'NO'} |")
     grounded = [r for r in rows if r[0] in GROUNDED]
     pl = [r[5] for r in grounded if r[1] == "ours: prompt_lookup"]

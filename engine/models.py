@@ -15,13 +15,11 @@ from pathlib import Path
 import torch
 
 from engine import attention
+from engine.errors import ModelLoadError, PromptError, shorten  # noqa: F401  (re-exported)
 
 EMBEDDED = "smollm2-135m-instruct"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_ENV = "DECODING_LAB_CACHE"
-
-
-from engine.errors import ModelLoadError, PromptError, shorten  # noqa: F401  (re-exported)
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}

@@ -11,10 +11,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-NEG_INF = float("-inf")
-
-
 from engine.errors import SamplingError, shorten  # noqa: F401  (re-exported)
+
+NEG_INF = float("-inf")
 
 
 @dataclass(frozen=True)

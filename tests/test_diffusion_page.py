@@ -1,5 +1,4 @@
 """AppTest: the Diffusion page runs the embedded diffusion model with three rules, side by side too."""
-import time
 
 import pytest
 

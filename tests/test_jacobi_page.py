@@ -42,6 +42,7 @@ def test_jacobi_page_generates_and_steps(embedded_lm):
 def test_lookahead_page_generates(embedded_lm):
     at = app_test(PAGE).run()
     r = _generate(at, "lookahead", 12)
+    assert r.trace.meta["method"] == "lookahead"
     assert len(at.get("plotly_chart")) >= 2  # window, progress
     assert len(at.dataframe) >= 1          # n-gram pool table
     assert not at.exception

@@ -1,5 +1,4 @@
 """AppTest: the KV-cache page runs a short generation with each policy, side by side, and rejects bad input."""
-import time
 
 import pytest
 from tests.conftest import app_test, shown, wait_done

@@ -1,7 +1,5 @@
 """AppTest: the home page and the Autoregressive page render and run a short generation."""
-import time
 
-import pytest
 from tests.conftest import app_test, wait_done
 
 from engine.runner import DONE

@@ -1,5 +1,4 @@
 """Warpers against direct reference computations (and HF's own warpers)."""
-import math
 
 import numpy as np
 import pytest

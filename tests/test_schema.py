@@ -74,7 +74,7 @@ def real_traces(tiny_lm, one_thread_module) -> list[dict]:
 # ---- rendering: every viz function a view calls, then the ui renderers --------------------------
 def render_viz(tr: T.Trace, cursors) -> None:
     """Call the viz functions of the trace's kind at each cursor, with the widget choices the views offer."""
-    from viz import ar, diffusion, jacobi, kv, speculative
+    from viz import ar, diffusion, jacobi, speculative
     steps = tr.steps
     kind = steps[0]["kind"]
     for cur in cursors:

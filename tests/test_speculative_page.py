@@ -1,7 +1,6 @@
 """AppTest: the Speculative page runs a short generation with each drafter and draws its figures."""
 
 import pytest
-import torch
 
 from engine.methods.speculative import DRAFTERS
 from engine.runner import DONE

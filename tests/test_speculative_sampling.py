@@ -3,7 +3,6 @@ runs matches exact autoregressive sampling within a statistical bound (chain, sa
 tree of point-mass proposals)."""
 from __future__ import annotations
 
-import itertools
 from collections import Counter
 
 import pytest

@@ -523,7 +523,7 @@ def objective_text(args) -> str:
 
 
 def cmd_train(args):
-    from engine.diffusion.smol import DELTA_DIR, MASK_ID, add_lora, save_delta
+    from engine.diffusion.smol import MASK_ID, add_lora, save_delta
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)

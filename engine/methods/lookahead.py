@@ -187,7 +187,7 @@ def verify_sampled(cands, root_logits, cand_logits, cfg, gen) -> tuple[int, int,
 
 
 def check(o: dict, ctx) -> None:
-    W, N, G = o["window_size"], o["level"], o["guess_set_size"]
+    W, N = o["window_size"], o["level"]
     ctx.need_positions(ctx.prompt_len + ctx.max_new_tokens + W + N,
                        f"Lookahead with W={W}, N={N} after a {ctx.prompt_len}-token prompt")
 

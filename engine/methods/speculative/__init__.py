@@ -84,26 +84,6 @@ def draft_length(o: dict) -> int:
     return o["prompt_lookup_num_tokens"] if o["drafter"] == "prompt_lookup" else o["num_assistant_tokens"]
 
 
-def check_options(lm, cfg, o: dict):
-    """Validate the options; return (rule, shape, draft length). Raises MethodError."""
-    rule = o["verify"]
-    if rule == "auto":
-        rule = "greedy" if cfg.greedy else "sampling"
-    if rule == "greedy" and not cfg.greedy:
-        raise MethodError("verify=greedy needs greedy decoding (temperature 0); use verify=sampling to sample.")
-    if rule == "typical" and cfg.greedy:
-        raise MethodError("verify=typical (Medusa) needs a temperature > 0; at temperature 0 use greedy.")
-    if rule == "sampling" and cfg.greedy:
-        rule = "greedy"  # p is a point mass at the argmax: speculative sampling reduces to greedy matching
-    k = draft_length(o)
-    try:
-        shape0 = parse_shape(o["tree"], k, o["tree_budget"], o["tree_topk"])
-    except ShapeError as e:
-        raise MethodError(str(e)) from None
-    check_attention(lm)
-    return rule, shape0, k
-
-
 def shape_nodes(shape) -> int:
     """The most nodes a round of this shape drafts."""
     if shape.kind == "chain":
