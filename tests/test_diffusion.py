@@ -239,7 +239,7 @@ def test_step_record_contents_and_trace_roundtrip(lm):
     for s, c, sc in zip(st["state"], st["conf"], st["score"]):
         assert c is not None  # every position was masked before step 0: a ghost and its confidence
     assert all(sc is None for sc in st["score"][4:])   # outside the block: not a candidate
-    assert st["events"] == ["remasked"] and st["remasked"] == 2
+    assert st["events"] == [] and st["remasked"] == 2   # left masked, not remasked: nothing was un-committed
     assert st["nfe"] == 1 and st["new_text"] == lm.decode(st["new_ids"])
     assert t.steps[1]["state"][:4].count("committed") == 2
     back = loads(t.to_json())

@@ -147,7 +147,7 @@ def test_dream_schedule_one_token_per_step_starts_with_an_empty_step(lm):
     counts = [len(s["new_ids"]) for s in trace.steps]
     assert counts == [0] + [1] * (gen - 2) + [2]
     assert [s["k"] for s in trace.steps] == counts
-    assert trace.steps[0]["events"] == ["remasked"] and "mask" not in trace.steps[-1]["state"]
+    assert trace.steps[0]["events"] == [] and "mask" not in trace.steps[-1]["state"]
     with torch.inference_mode():
         assert hist == reference_dream(lm.model, lm.encode(PROMPT), gen, gen, "maskgit_plus")
 

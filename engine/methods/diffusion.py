@@ -49,7 +49,9 @@ def step_record(lm, st, index: int, mask_id: int, t0: float) -> dict:
         "new_positions": new_pos, "new_ids": new_ids, "new_text": lm.decode(new_ids),
         "confidence": min((conf[i] for i in new_pos if conf[i] is not None), default=None),
         "nfe": st.nfe, "forwarded_tokens": st.forwarded, "remasked": n_cand - len(new_pos),
-        "events": ["remasked"] if n_cand > len(new_pos) else [],
+        # the event: a token committed at an earlier step is masked again (not a prediction left masked,
+        # which "remasked" above counts, as LLaDA's remasking does)
+        "events": ["remasked"] if bool((~st.was_masked & (st.x == mask_id)).any()) else [],
         "compute_s": clean_float(t0),
     }
     return rec
