@@ -7,12 +7,15 @@ and its defaults cannot drift from the engine's.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Callable, Iterable, Mapping
 
 import streamlit as st
 
 from engine import methods
+from engine.errors import OptionError
 from engine.options import Opt
+from viz.safe import md_text
 
 CUSTOM = "custom..."
 
@@ -54,20 +57,62 @@ def widget(c, name: str, opt: Opt, key: str, choices: Iterable | None = None,
                                 **_keep(key, opt.default))
         return c.text_input(label, key=key, help=help_, max_chars=opt.max_len, disabled=disabled,
                             **_keep(key, opt.default))
-    lows = [v for v in (opt.min, *opt.special) if v is not None]
-    highs = [v for v in (opt.max, *opt.special) if v is not None]
-    lo, hi = (min(lows) if lows else None), (max(highs) if highs else None)
     if t is int:
-        return int(c.number_input(label, min_value=None if lo is None else int(lo),
-                                  max_value=None if hi is None else int(hi), step=int(opt.step or 1), key=key,
-                                  help=help_, disabled=disabled, **_keep(key, int(opt.default))))
-    lo = None if lo is None else float(lo)
-    hi = None if hi is None else float(hi)
-    if opt.slider and lo is not None and hi is not None:
+        return int(checked_number(c, label, key, opt, name, int(opt.default), step=int(opt.step or 1), help_=help_,
+                                  disabled=disabled))
+    if opt.slider and opt.min is not None and opt.max is not None:
+        lo, hi = (min(float(v) for v in (opt.min, *opt.special)), max(float(v) for v in (opt.max, *opt.special)))
         return float(c.slider(label, lo, hi, step=float(opt.step or 0.05), key=key, help=help_, disabled=disabled,
                               **_keep(key, float(opt.default))))
-    return float(c.number_input(label, min_value=lo, max_value=hi, step=float(opt.step or 0.01), key=key,
-                                help=help_, disabled=disabled, format="%g", **_keep(key, float(opt.default))))
+    return float(checked_number(c, label, key, opt, name, float(opt.default), step=float(opt.step or 0.01),
+                                help_=help_, disabled=disabled, format="%g"))
+
+
+def _refused_key(key: str) -> str:
+    return f"{key}__refused"
+
+
+def _good_key(key: str) -> str:
+    return f"{key}__good"
+
+
+def _check_typed(key: str, opt: Opt, name: str, default) -> None:
+    """on_change of a number widget: a value outside the option's range is refused with a reason (kept for the
+    next run to show) and the widget goes back to the last good value. The browser's own min / max check would
+    only outline the box in red and silently keep the old value."""
+    value = st.session_state.get(key)
+    good = st.session_state.get(_good_key(key), default)
+    try:
+        if value is None:
+            raise OptionError("empty")
+        opt.coerce(name, value)
+    except OptionError:
+        typed = "an empty box" if value is None else f"{value:g}"
+        st.session_state[_refused_key(key)] = (f"{name}: {typed} was refused; allowed is {opt.allowed()}. "
+                                               f"Kept {good:g}.")
+        st.session_state[key] = good
+        return
+    st.session_state.pop(_refused_key(key), None)
+
+
+def checked_number(c, label: str, key: str, opt: Opt, name: str, default, *, step, help_: str | None = None,
+                   disabled: bool = False, format: str | None = None):
+    """A number input whose typed value is checked by `opt` (its range, its special values) on the server: an
+    out-of-range value is refused with a visible message that says what is allowed, and the last good value
+    stays. The widget itself has no min / max, so the browser passes every typed value on."""
+    help_ = help_ or opt.describe()
+    kw = {"format": format} if format else {}
+    v = c.number_input(label, step=step, key=key, help=help_, disabled=disabled,
+                       on_change=_check_typed, args=(key, opt, name, default), **kw, **_keep(key, default))
+    try:
+        opt.coerce(name, v)
+        st.session_state[_good_key(key)] = v
+    except OptionError:   # set by the page itself: passed on as it is, and the engine refuses it with its reason
+        pass
+    msg = st.session_state.get(_refused_key(key))
+    if msg:
+        c.warning(md_text(msg, 300))
+    return v
 
 
 def option_widgets(method: str, prefix: str, container=None, *, only: Iterable[str] | None = None,
@@ -112,5 +157,7 @@ def max_new_tokens_widget(prefix: str, default: int = 64, container=None, hi: in
     from engine.run import MAX_NEW
     c = container or st.sidebar
     key = key or f"{prefix}_max_new"
-    return int(c.number_input(label or _label("max_new_tokens", MAX_NEW), min_value=int(MAX_NEW.min), max_value=hi,
-                              step=1, key=key, help=MAX_NEW.describe(), **_keep(key, default)))
+    spec = replace(MAX_NEW, max=hi) if hi != MAX_NEW.max else MAX_NEW
+    help_ = spec.describe() + (f" on this page (the engine allows up to {int(MAX_NEW.max)})" if hi != MAX_NEW.max else "")
+    return int(checked_number(c, label or _label("max_new_tokens", MAX_NEW), key, spec, "max new tokens", int(default),
+                              step=1, help_=help_))
