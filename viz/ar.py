@@ -5,6 +5,7 @@ import math
 
 import plotly.graph_objects as go
 
+from viz import layout as L
 from viz import legend
 from viz import window as W
 from viz.safe import html_text, plot_text
@@ -31,13 +32,19 @@ def token_stream_html(steps: list[dict], upto: int, colour_by: str = "prob", max
             colour = legend.prob_colour(1 - min(1.0, h / max(max_entropy, 1.0)))
         else:
             colour = legend.prob_colour(p if p is not None else 1.0)
-        border = "2px solid #000" if i == upto else "1px solid transparent"
+        border = "2px solid currentColor" if i == upto else "1px solid transparent"
         tip = f"step {i}: p={p:.3f}" if p is not None else f"step {i}"
         if h is not None:
             tip += f", entropy={h:.2f} nats"
         spans.append(f'<span title="{html_text(tip)}" style="background:{colour}33;border-bottom:3px solid {colour};'
                      f'outline:{border};padding:1px 0;margin:0 1px">{_show(s.get("token_text", "?"))}</span>')
     return f'<div style="font-family:monospace;line-height:1.9;font-size:0.95em">{"".join(spans)}</div>'
+
+
+def _short(text, n: int = 24) -> str:
+    """A token's repr for a title, cut to n characters."""
+    r = repr(text if text is not None else "?")
+    return r if len(r) <= n else r[: n - 2] + "…'"
 
 
 def candidates_figure(step: dict) -> go.Figure:
@@ -50,10 +57,12 @@ def candidates_figure(step: dict) -> go.Figure:
                 marker_color="#BBBBBB")
     fig.add_bar(y=labels, x=[c.get("p_warped") or 0 for c in cands], orientation="h", name="after warpers",
                 marker_color=[legend.BONUS if c["id"] == chosen else "#6FA8DC" for c in cands])
-    fig.update_layout(barmode="group", height=60 + 28 * len(cands), margin=dict(l=10, r=10, t=30, b=10),
-                      yaxis=dict(autorange="reversed"), xaxis=dict(title="probability", range=[0, 1]),
-                      title=plot_text(f"step {step.get('index')}: chose {step.get('token_text')!r} (dark blue)"),
-                      legend=dict(orientation="h", y=-0.15))
+    fig.update_layout(barmode="group", height=90 + 28 * len(cands), margin=dict(l=10, r=10, t=30, b=10),
+                      yaxis=dict(autorange="reversed"), xaxis=dict(title="probability", range=[0, 1]))
+    L.title(fig, plot_text(f"Step {step.get('index')}: chose {_short(step.get('token_text'))}"),
+            "dark blue: the chosen token; grey: the model's p before the warpers")
+    L.legend_below(fig)
+    L.themed(fig)
     return fig
 
 
@@ -65,12 +74,13 @@ def prob_entropy_figure(steps: list[dict], cursor: int) -> go.Figure:
     fig = go.Figure()
     fig.add_scatter(x=px, y=py, name="p(chosen)", mode="lines+markers" if len(px) == len(x) else "lines")
     fig.add_scatter(x=hx, y=hy, name="entropy (nats)", mode="lines", yaxis="y2")
-    fig.add_vline(x=cursor, line_dash="dot", line_color="#000")
-    fig.update_layout(height=260, margin=dict(l=10, r=10, t=30, b=10),
-                      title="Confidence over the generation" + W.downsampled_note(len(x), len(px)),
-                      xaxis_title="step", yaxis=dict(title="p", range=[0, 1.05]),
-                      yaxis2=dict(title="entropy", overlaying="y", side="right", showgrid=False),
-                      legend=dict(orientation="h", y=-0.25))
+    fig.add_vline(x=cursor, line_dash="dot", line_color=L.NEUTRAL)
+    fig.update_layout(height=280, margin=dict(l=10, r=10, t=30, b=10), xaxis_title="step",
+                      yaxis=dict(title="p", range=[0, 1.05]), yaxis2=L.secondary_axis("entropy", rangemode="tozero"))
+    L.title(fig, "Confidence over the generation", W.downsampled_note(len(x), len(px)).strip(" ()") or None,
+            legend_above=True)
+    L.legend_above(fig)
+    L.themed(fig)
     return fig
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
+from viz import layout as L
 from viz import window as W
 from viz.safe import html_text, plot_text
 
@@ -33,8 +34,11 @@ def tokens_vs(runs: dict[str, list[dict]], x_key: str, title: str, x_title: str)
     if x_key == "target_forwards":
         fig.add_scatter(x=[0, mx], y=[0, mx], mode="lines", name="1 token / forward",
                         line=dict(color="#AAAAAA", dash="dot"))
-    fig.update_layout(title=title, xaxis_title=x_title, yaxis_title="tokens committed", height=320,
-                      margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.3))
+    fig.update_layout(xaxis_title=x_title, yaxis_title="tokens committed", height=340,
+                      margin=dict(l=10, r=10, t=40, b=10))
+    L.title(fig, title)
+    L.legend_below(fig, rows=2)
+    L.themed(fig)
     return fig
 
 
@@ -60,4 +64,4 @@ def diff_html(ref_texts: list[str], out_texts: list[str]) -> str:
             spans.append(f"<span>{esc}</span>")
     note = ("identical to the reference" if div is None else f"diverges at token {div}")
     return (f'<div style="font-family:monospace;font-size:0.9em;line-height:1.7">{"".join(spans)}</div>'
-            f'<div style="font-size:0.8em;color:#666">{note}</div>')
+            f'<div style="font-size:0.8em;color:#888">{note}</div>')

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
+from viz import layout as L
 from viz import legend
 from viz import window as W
 from viz.safe import html_text, plot_text
@@ -122,24 +123,25 @@ def denoising_grid(steps: list[dict], upto: int, graded: bool = True, max_rows: 
         text.append(tr)
         hover.append(hr)
     ys = [s["index"] for s in rows]
+    size = L.grid_font_size(n if k == 1 else 0)
     if labelled:
         cell_text = dict(text=np.array(text, dtype=str), texttemplate="%{text}",
-                         textfont={"size": 9, "color": "#111111"}, customdata=np.array(hover, dtype=str),
+                         textfont={"size": size, "color": "#111111"}, customdata=np.array(hover, dtype=str),
                          hovertemplate="%{customdata}<extra></extra>")
     else:
         cell_text = dict(hovertemplate="step %{y} · position " + ("≈ " if k > 1 else "") + "%{x:.0f}<extra></extra>")
     fig.add_trace(go.Heatmap(z=np.array(z, dtype=float), x=W.bin_centres(n, k), y=ys, colorscale=scale, zmin=0,
                              zmax=len(code), showscale=False, xgap=1 if k == 1 else 0, ygap=1, **cell_text))
     fig.add_trace(go.Scatter(x=ghost_x, y=ghost_y, mode="text", text=ghost_t,
-                             textfont={"size": 8, "color": GHOST_TEXT}, hoverinfo="skip", showlegend=False))
+                             textfont={"size": size - 1, "color": GHOST_TEXT}, hoverinfo="skip", showlegend=False))
     fig.update_layout(shapes=_block_outlines(rows, steps[upto]["index"]) if rows else [])
     fig.update_yaxes(autorange="reversed", title="step", dtick=max(1, len(rows) // 16))
     fig.update_xaxes(title="generated position", dtick=max(1, n // 16), side="top")
     note = W.steps_note(first, upto, len(steps)) + (f" · positions binned by {k} (a cell shows its most telling "
                                                    "position: committed this step, else masked)" if k > 1 else "")
-    fig.update_layout(height=max(260, 18 * len(rows) + 120), margin={"l": 50, "r": 10, "t": 80, "b": 10},
-                      plot_bgcolor="#FFFFFF",
-                      title={"text": "Denoising: step × position" + note, "font": {"size": 13}})
+    fig.update_layout(height=max(260, (size + 10) * len(rows) + 120), margin={"l": 50, "r": 10, "t": 80, "b": 10})
+    L.title(fig, "Denoising: step × position", note.strip(" ·") or None, axis_on_top=True)
+    L.themed(fig)
     return fig
 
 
@@ -161,16 +163,17 @@ def confidence_figure(step: dict) -> go.Figure:
             cols.append("#CCCCCC")
         tips.append(f"position {j}: {plot_text(repr(step['texts'][j]))} p={conf:.3f}"
                     + (f"<br>rule score {step['score'][j]:.3g}" if step["score"][j] is not None else ""))
-    fig = go.Figure(go.Bar(x=xs, y=ys, marker_color=cols, customdata=tips, hovertemplate="%{customdata}<extra></extra>",
-                           showlegend=False))
+    fig = go.Figure(go.Bar(x=xs, y=ys, marker_color=cols, marker_line=dict(color=L.NEUTRAL, width=1),
+                           customdata=tips, hovertemplate="%{customdata}<extra></extra>", showlegend=False))
     if step.get("threshold") is not None and 0 <= step["threshold"] <= 1:
         fig.add_hline(y=step["threshold"], line_dash="dash", line_color="#D62728",
                       annotation_text=f"threshold {step['threshold']:g}")
-    fig.add_vrect(x0=lo - 0.5, x1=hi - 0.5, line_width=1, line_color="#000000", fillcolor="rgba(0,0,0,0)")
-    fig.update_layout(title=f"Step {step['index']}: confidence of the predictions under masks "
-                            f"(green = committed, dark = remasked, faint = outside the block)",
-                      yaxis={"range": [0, 1.02], "title": "confidence"}, xaxis={"title": "generated position"},
+    fig.add_vrect(x0=lo - 0.5, x1=hi - 0.5, line_width=1, line_color=L.NEUTRAL, fillcolor="rgba(0,0,0,0)")
+    fig.update_layout(yaxis={"range": [0, 1.02], "title": "confidence"}, xaxis={"title": "generated position"},
                       height=300, margin={"l": 50, "r": 10, "t": 50, "b": 40})
+    L.title(fig, f"Step {step['index']}: confidence under the masks",
+            "green: committed; dark: left masked; faint: outside the block (outlined)")
+    L.themed(fig)
     return fig
 
 
@@ -186,10 +189,11 @@ def tokens_per_step_figure(steps: list[dict], upto: int) -> go.Figure:
     fig.add_trace(go.Scatter(x=lx, y=ly, name="NFE so far", yaxis="y2",
                              mode="lines+markers" if len(lx) == len(xs) else "lines",
                              line={"color": legend.COMMITTED_EARLIER}))
-    fig.update_layout(title="Tokens committed per step and forward passes (NFE)", height=280,
-                      xaxis={"title": "step"}, yaxis={"title": "tokens"},
-                      yaxis2={"title": "NFE", "overlaying": "y", "side": "right"},
-                      legend={"orientation": "h", "y": -0.3}, margin={"l": 50, "r": 50, "t": 40, "b": 40})
+    fig.update_layout(height=300, xaxis={"title": "step"}, yaxis={"title": "tokens"},
+                      yaxis2=L.secondary_axis("NFE", rangemode="tozero"), margin={"l": 50, "r": 50, "t": 40, "b": 40})
+    L.title(fig, "Tokens committed per step, and forward passes", legend_above=True)
+    L.legend_above(fig)
+    L.themed(fig)
     return fig
 
 

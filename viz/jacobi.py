@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from viz import layout as L
 from viz import legend
 from viz import window as W
 from viz.safe import html_text, plot_text
@@ -150,27 +151,28 @@ def trajectory_grid(steps: list[dict], upto: int | None = None, final_ids: list[
     scale = []
     for i, k in enumerate(STATES):
         scale += [[i / n, STATE_COLOUR[k]], [(i + 1) / n, STATE_COLOUR[k]]]
+    size = L.grid_font_size(width, 7)
     if labelled:
         cell_text = dict(text=np.array(text, dtype=str), texttemplate="%{text}",
-                         hovertext=np.array(hover, dtype=str), hoverinfo="text", textfont=dict(size=10))
+                         hovertext=np.array(hover, dtype=str), hoverinfo="text", textfont=dict(size=size))
     else:  # too many cells for a label each: the state, named in the legend above the figure
         codes = ", ".join(f"{i} {STATE_LABEL[k]}" for i, k in enumerate(STATES))
         cell_text = dict(hovertemplate=f"position %{{x}}<br>state %{{z}} ({codes})<extra></extra>")
     fig = go.Figure(go.Heatmap(z=np.array(z, dtype=float), x=list(range(lo, hi + 1)), colorscale=scale,
                                zmin=-0.5, zmax=n - 0.5, showscale=False, xgap=1, ygap=1, **cell_text))
-    fig.add_scatter(x=front_x, y=front_y, mode="lines", line=dict(color="#000", width=2.5),
-                    name="convergence front", hoverinfo="skip")
+    L.haloed_line(fig, front_x, front_y, name="convergence front")
     if dots_x:
         fig.add_scatter(x=dots_x, y=dots_y, mode="markers", marker=dict(size=5, color="#000", symbol="circle"),
                         name="already equals the final output (not yet provable)", hoverinfo="skip")
     labels = [f"it {s['index']}" for s in rows]
     note = W.steps_note(first_row, upto, len(steps), "iterations") + (f" · positions {lo}–{hi}" if lo > 0 else "")
-    fig.update_layout(height=max(220, 60 + 24 * len(rows)), margin=dict(l=10, r=10, t=70, b=10),
-                      title="Jacobi trajectory: iteration × output position" + note,
+    fig.update_layout(height=max(220, 60 + max(24, size + 12) * len(rows)), margin=dict(l=10, r=10, t=70, b=10),
                       xaxis=dict(title="output position", range=[lo - 0.5, hi + 0.5], dtick=max(1, width // 20)),
                       yaxis=dict(tickmode="array", tickvals=list(range(len(rows))), ticktext=labels,
-                                 autorange="reversed"),
-                      legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0), plot_bgcolor="#FFFFFF")
+                                 autorange="reversed"))
+    L.title(fig, "Jacobi trajectory: iteration × output position", note.strip(" ·") or None, legend_above=True)
+    L.legend_above(fig)
+    L.themed(fig)
     return fig
 
 
@@ -236,26 +238,26 @@ def dependency_graph(steps: list[dict], upto: int | None = None, first_row: int 
     for a, b in zip(chain, chain[1:]):
         cx += [a[1], b[1], None]
         cy += [a[0], b[0], None]
-    fig.add_scatter(x=cx, y=cy, mode="lines", line=dict(color="#000", width=3),
-                    name=f"critical chain ({len(chain)} iterations)", hoverinfo="skip")
+    L.haloed_line(fig, cx, cy, width=3, name=f"critical chain ({len(chain)} iterations)")
     for state in STATES[1:]:
         nodes = [n for n, d in g.nodes(data=True) if d["state"] == state]
         if not nodes:
             continue
         fig.add_scatter(
             x=[n[1] for n in nodes], y=[n[0] for n in nodes], mode="markers+text",
-            text=[tok(g.nodes[n]["token"], 5) for n in nodes], textposition="top center", textfont=dict(size=9),
+            text=[tok(g.nodes[n]["token"], 5) for n in nodes], textposition="top center", textfont=dict(size=10),
             marker=dict(size=[13 if n in on_chain else 9 for n in nodes], color=STATE_COLOUR[state],
-                        line=dict(color="#000", width=[2 if n in on_chain else 0 for n in nodes])),
+                        line=dict(color=L.NEUTRAL, width=[2.5 if n in on_chain else 0 for n in nodes])),
             hovertext=[f"iteration {n[0]}, position {n[1]}: {plot_text(repr(g.nodes[n]['token']))}"
                        f"<br>{STATE_LABEL[state]}<br>forced {g.out_degree(n)} recomputations" for n in nodes],
             hoverinfo="text", name=STATE_LABEL[state])
     n_rows = len({n[0] for n in g.nodes})
     fig.update_layout(height=max(260, 110 + 30 * n_rows), margin=dict(l=10, r=10, t=70, b=10),
-                      title=f"Dependency graph: {g.number_of_nodes()} nodes, {g.number_of_edges()} edges"
-                            + W.steps_note(first_row, upto, len(steps), "iterations"),
-                      xaxis=dict(title="output position"), yaxis=dict(title="iteration", autorange="reversed", dtick=1),
-                      legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0), plot_bgcolor="#FFFFFF")
+                      xaxis=dict(title="output position"), yaxis=dict(title="iteration", autorange="reversed", dtick=1))
+    L.title(fig, f"Dependency graph: {g.number_of_nodes()} nodes, {g.number_of_edges()} edges",
+            W.steps_note(first_row, upto, len(steps), "iterations").strip(" ·") or None, legend_above=True)
+    L.legend_above(fig)
+    L.themed(fig)
     return fig
 
 
@@ -318,11 +320,11 @@ def progress_figure(steps: list[dict], upto: int | None = None) -> go.Figure:
                     line=dict(color=legend.JACOBI_FIXED))
     fig.add_scatter(x=[0, xs[-1]], y=[0, xs[-1]], mode="lines", name="autoregressive (1 per forward)",
                     line=dict(color="#888", dash="dash"))
-    fig.update_layout(height=280, margin=dict(l=10, r=10, t=40, b=10),
-                      title="Tokens vs forward passes" + W.downsampled_note(len(xs), len(lx), "forwards"),
-                      xaxis_title="forward pass", yaxis=dict(title="tokens"),
-                      yaxis2=dict(overlaying="y", side="right", title="per forward", showgrid=False, rangemode="tozero"),
-                      legend=dict(orientation="h", y=-0.2))
+    fig.update_layout(height=300, margin=dict(l=10, r=10, t=40, b=10), xaxis_title="forward pass",
+                      yaxis=dict(title="tokens"), yaxis2=L.secondary_axis("per forward", rangemode="tozero"))
+    L.title(fig, "Tokens vs forward passes", W.downsampled_note(len(xs), len(lx), "forwards").strip(" ()") or None)
+    L.legend_below(fig)
+    L.themed(fig)
     return fig
 
 
@@ -379,13 +381,17 @@ def lookahead_window_figure(step: dict, final_ids: list[int] | None = None) -> g
     lo, hi = min(all_pos), max(all_pos)
     fig = go.Figure()
     ys = [lab for lab, _ in rows]
+    columns = hi - lo + 1
+    cell = int(max(30, min(44, L.GRID_WIDTH_PX / columns * 0.9)))
+    size = L.grid_font_size(columns, 6, hi=12) if cell > 30 else 9
     for y, (lab, cs) in enumerate(rows):
         if not cs:
             continue
         fig.add_scatter(x=[p for p, *_ in cs], y=[y] * len(cs), mode="markers+text",
-                        marker=dict(symbol="square", size=30, color=[c for _, _, c, _ in cs],
+                        marker=dict(symbol="square", size=cell, color=[c for _, _, c, _ in cs],
                                     line=dict(color="#666", width=0.5)),
-                        text=[tok(t, 6) for _, t, _, _ in cs], textfont=dict(size=9),
+                        text=[tok(t, 6) for _, t, _, _ in cs],
+                        textfont=dict(size=size, color=[L.text_on(c) for _, _, c, _ in cs]),
                         hovertext=[h for *_, h in cs], hoverinfo="text", showlegend=False)
     # the n-grams harvested this step: diagonals through the window
     if step.get("phase") == "lookahead" and len(window) >= 2:
@@ -405,14 +411,15 @@ def lookahead_window_figure(step: dict, final_ids: list[int] | None = None) -> g
                 yl.append(1 + lv["level"])
             xs.append(window[-1]["positions"][col] + 1)
             yl.append(1 + len(window))
-            fig.add_scatter(x=xs, y=yl, mode="lines", line=dict(color="rgba(0,0,0,0.25)", width=1),
+            fig.add_scatter(x=xs, y=yl, mode="lines", line=dict(color=L.FAINT, width=1),
                             hoverinfo="skip", showlegend=col == 0, name="harvested n-gram (one per column)")
-    fig.update_layout(height=90 + 34 * len(rows), margin=dict(l=10, r=10, t=40, b=10),
-                      title=f"step {step.get('index')}: window (levels), predictions and verified n-grams"
-                            + (f" ({len(shown)} of {len(candidates)} shown)" if len(shown) < len(candidates) else ""),
+    fig.update_layout(height=90 + (cell + 4) * len(rows), margin=dict(l=10, r=10, t=40, b=10),
                       xaxis=dict(title="output position", range=[lo - 0.7, hi + 0.7], dtick=1),
-                      yaxis=dict(tickmode="array", tickvals=list(range(len(ys))), ticktext=ys, autorange="reversed"),
-                      plot_bgcolor="#FFFFFF", legend=dict(orientation="h", y=-0.15))
+                      yaxis=dict(tickmode="array", tickvals=list(range(len(ys))), ticktext=ys, autorange="reversed"))
+    L.title(fig, f"Step {step.get('index')}: window, predictions, verified n-grams",
+            f"{len(shown)} of {len(candidates)} candidates shown" if len(shown) < len(candidates) else None)
+    L.legend_below(fig)
+    L.themed(fig)
     return fig
 
 
@@ -581,7 +588,7 @@ def token_stream_html(steps: list[dict], upto: int, max_tokens: int = W.MAX_TOKE
         s = steps[i]
         n = stream_tokens(s)
         colour = legend.JACOBI_COMMITTED if n > 1 else "#BBBBBB"
-        border = "2px solid #000" if i == upto else "1px solid transparent"
+        border = "2px solid currentColor" if i == upto else "1px solid transparent"
         txt = html_text(s.get("new_text", ""), newline="↵<br>")
         spans.append(f'<span title="step {i}: {n} token(s)" style="background:{colour}22;border-bottom:3px solid '
                      f'{colour};outline:{border};padding:1px 0;margin:0 1px">{txt}</span>')

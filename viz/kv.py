@@ -7,8 +7,10 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from viz import layout as L
 from viz import legend
 from viz import window as W
+from viz.layout import SEP
 from viz.safe import html_text, plot_text
 
 # eviction-map categories
@@ -17,7 +19,7 @@ CAT_NAMES = {ABSENT: "not yet seen", EVICTED: "evicted", KEPT: "kept", SINK: "at
              NEWEST: "newest (kept)"}
 CAT_COLOURS = {ABSENT: legend.KV_ABSENT, EVICTED: legend.KV_EVICTED, KEPT: legend.KV_KEPT, SINK: legend.KV_SINK,
                NEWEST: legend.KV_NEWEST}
-MASKED = "#BBBBBB"
+MASKED = "rgba(128,128,128,0.45)"   # not in the cache: mid grey on a light and a dark page
 
 
 def legend_items() -> dict[str, str]:
@@ -139,9 +141,11 @@ def eviction_map_figure(steps: list[dict], layer, head, cursor: int | None = Non
     who = "all layers and heads" if layer == "all" else (f"layer {layer}, all heads" if head == "all"
                                                           else f"layer {layer}, KV head {head}")
     note = _window_note(first, cur, len(steps), k, "colour = kept fraction")
-    fig.update_layout(title=(title or f"Eviction map ({who})") + note, xaxis_title="original position",
-                      yaxis_title="step", yaxis_autorange="reversed", height=360, margin=dict(t=50, b=40),
-                      legend=dict(orientation="h", y=-0.25), plot_bgcolor="#FFFFFF")
+    fig.update_layout(xaxis_title="original position", yaxis_title="step", yaxis_autorange="reversed", height=360,
+                      margin=dict(t=50, b=40))
+    L.title(fig, title or f"Eviction map ({who})", note.strip(" ·") or None)
+    L.legend_below(fig)
+    L.themed(fig)
     return fig
 
 
@@ -214,11 +218,13 @@ def attention_heatmap_figure(steps: list[dict], layer: int, qhead: int, cursor: 
     if cursor is not None:
         fig.add_hline(y=steps[cur]["index"], line=dict(color="white", width=1, dash="dot"))
     note = _window_note(first, cur, len(steps), k, "attention summed per bin")
-    fig.update_layout(title=f"Attention of each new token (layer {layer}, query head {qhead}); grey = not in the "
-                            f"cache{note}",
-                      xaxis_title="key position", yaxis_title="query step", yaxis_autorange="reversed",
-                      height=360, margin=dict(t=50, b=40), plot_bgcolor=MASKED,
-                      legend=dict(orientation="h", y=-0.25))
+    fig.update_layout(xaxis_title="key position", yaxis_title="query step", yaxis_autorange="reversed",
+                      height=360, margin=dict(t=50, b=40))
+    L.title(fig, f"Attention of each new token (layer {layer}, query head {qhead})",
+            "grey: not in the cache" + (SEP + note.strip(" ·") if note else ""))
+    L.legend_below(fig)
+    L.themed(fig)
+    fig.update_layout(plot_bgcolor=MASKED)   # a key not in the cache is a gap: grey
     return fig
 
 
@@ -227,8 +233,9 @@ def score_bars_figure(step: dict, layer: int, head: int):
     lay = step["layers"][str(layer)]
     fig = go.Figure()
     if "scores" not in lay:
-        fig.update_layout(title="No scores recorded for this step", height=320)
-        return fig
+        fig.update_layout(height=320)
+        L.title(fig, "No scores recorded for this step")
+        return L.themed(fig)
     pos = lay["cand_pos"][head]
     sc = lay["scores"][head]
     prot = lay["protected"][head]
@@ -256,13 +263,27 @@ def score_bars_figure(step: dict, layer: int, head: int):
                          hovertemplate="%{text}<br>score %{y:.4g}<extra></extra>", name="candidates"))
     budget = step.get("budget")
     if budget is not None and budget < len(pos):
-        fig.add_vline(x=budget - 0.5, line=dict(color="black", dash="dash"),
+        fig.add_vline(x=budget - 0.5, line=dict(color=L.NEUTRAL, dash="dash"),
                       annotation_text=f"budget {budget}", annotation_position="top")
-    fig.update_layout(title=plot_text(f"{step.get('policy', '')} scores at step {step['index']} (layer {layer}, "
-                                      f"KV head {head}); hatched = protected (sink / recent window)"),
-                      xaxis_title="rank (kept first)", yaxis_title="score", height=320, margin=dict(t=50, b=40),
+    fig.update_layout(xaxis_title="rank (kept first)", yaxis_title="score", height=320, margin=dict(t=50, b=40),
                       showlegend=False)
+    L.title(fig, plot_text(f"{step.get('policy', '')} scores at step {step['index']}"),
+            f"layer {layer}, KV head {head}; hatched: protected (sink / recent window)")
+    L.themed(fig)
     return fig
+
+
+# one colour per KV policy, the same in every chart (Streamlit's own palette pairs a dark and a light shade of
+# each hue, so 8 policies got 4 look-alike pairs); green and red stay kept / evicted
+POLICY_COLOURS = {"full": L.NEUTRAL, "random": "#8C564B", "streaming_llm": "#1F77B4", "h2o": "#FF7F0E",
+                  "snapkv": "#9467BD", "tova": "#17BECF", "l2norm": "#E377C2", "lazy_eviction": "#BCBD22"}
+EXTRA_COLOURS = ["#7F7F7F", "#AEC7E8", "#FFBB78", "#C5B0D5", "#C49C94", "#F7B6D2", "#DBDB8D", "#9EDAE5"]
+
+
+def policy_colour(name: str, i: int = 0) -> str:
+    """The policy's colour, for a name such as "h2o", "h2o (left)" or "h2o kept"."""
+    key = str(name).split(" ")[0]
+    return POLICY_COLOURS.get(key) or EXTRA_COLOURS[i % len(EXTRA_COLOURS)]
 
 
 def memory_figure(traces: dict[str, list[dict]]):
@@ -271,21 +292,23 @@ def memory_figure(traces: dict[str, list[dict]]):
     fig = go.Figure()
     full_drawn = False
     longest = drawn = 0
-    for name, steps in traces.items():
+    for i, (name, steps) in enumerate(traces.items()):
         if not steps:
             continue
         x = [s["index"] for s in steps]
         kx, ky = W.line_points(x, [s.get("kv_bytes", 0) / 1e6 for s in steps])
         longest, drawn = max(longest, len(x)), max(drawn, len(kx))
         fig.add_trace(go.Scatter(x=kx, y=ky, mode="lines+markers" if len(kx) == len(x) else "lines",
-                                 name=plot_text(f"{name} kept")))
+                                 name=plot_text(f"{name} kept"), line=dict(color=policy_colour(name, i))))
         if not full_drawn:
             fx, fy = W.line_points(x, [s.get("kv_bytes_full", 0) / 1e6 for s in steps])
             fig.add_trace(go.Scatter(x=fx, y=fy, mode="lines", name="full cache",
-                                     line=dict(color="#555555", dash="dash")))
+                                     line=dict(color=L.NEUTRAL, dash="dash")))
             full_drawn = True
-    fig.update_layout(title="KV memory over time" + W.downsampled_note(longest, drawn), xaxis_title="step",
-                      yaxis_title="MB", height=300, margin=dict(t=50, b=40))
+    fig.update_layout(xaxis_title="step", yaxis_title="MB", height=300, margin=dict(t=50, b=40))
+    L.title(fig, "KV memory over time", W.downsampled_note(longest, drawn).strip(" ()") or None, legend_above=True)
+    L.legend_above(fig)
+    L.themed(fig)
     return fig
 
 
@@ -299,19 +322,23 @@ def quality_figure(rows: list[dict]):
     for p in pols:
         rr = sorted((r for r in rows if r["policy"] == p), key=lambda r: r["fraction"])
         x = [r["fraction"] * 100 for r in rr]
+        colour = dict(color=policy_colour(p, len(pols)))
         fig.add_trace(go.Scatter(x=x, y=[r["agreement"] for r in rr], mode="lines+markers", name=plot_text(p),
-                                 legendgroup=p),
+                                 legendgroup=p, line=colour, marker=colour),
                       1, 1)
         fig.add_trace(go.Scatter(x=x, y=[r["ppl"] for r in rr], mode="lines+markers", name=plot_text(p), legendgroup=p,
-                                 showlegend=False), 1, 2)
+                                 showlegend=False, line=colour, marker=colour), 1, 2)
     if rows:
         fr = sorted({r["fraction"] for r in rows})
         full = {r["fraction"]: r["ppl_full"] for r in rows}
         fig.add_trace(go.Scatter(x=[f * 100 for f in fr], y=[full[f] for f in fr], mode="lines", name="full cache",
-                                 line=dict(color="#555555", dash="dash")), 1, 2)
+                                 line=dict(color=L.NEUTRAL, dash="dash")), 1, 2)
     fig.update_xaxes(title_text="budget (% of the text)")
     fig.update_yaxes(type="log", row=1, col=2)
-    fig.update_layout(height=360, margin=dict(t=50, b=40))
+    fig.update_layout(height=380, margin=dict(t=50, b=40))
+    L.title(fig, "Each policy against the full cache, by budget")
+    fig.update_layout(margin=dict(t=fig.layout.margin.t + 24))   # the two subplot titles, under the figure's own
+    L.themed(fig)
     return fig
 
 
@@ -319,16 +346,19 @@ def agreement_figure(traces: dict[str, list[dict]]):
     """Running top-1 agreement with the full-cache shadow, per run (at most window.MAX_POINTS points)."""
     fig = go.Figure()
     longest = drawn = 0
-    for name, steps in traces.items():
+    for i, (name, steps) in enumerate(traces.items()):
         pts = [(s["index"], s["quality"].get("agreement")) for s in steps if s.get("quality")]
         if pts:
             x, y = W.line_points([p[0] for p in pts], [p[1] for p in pts])
             longest, drawn = max(longest, len(pts)), max(drawn, len(x))
             fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers" if len(x) == len(pts) else "lines",
-                                     name=plot_text(name)))
-    fig.update_layout(title="Running top-1 agreement with the full cache" + W.downsampled_note(longest, drawn),
-                      xaxis_title="step", yaxis_title="agreement", yaxis_range=[0, 1.05], height=300,
+                                     name=plot_text(name), line=dict(color=policy_colour(name, i))))
+    fig.update_layout(xaxis_title="step", yaxis_title="agreement", yaxis_range=[0, 1.05], height=300,
                       margin=dict(t=50, b=40))
+    L.title(fig, "Top-1 agreement with the full cache", W.downsampled_note(longest, drawn).strip(" ()") or None,
+            legend_above=True)
+    L.legend_above(fig)
+    L.themed(fig)
     return fig
 
 

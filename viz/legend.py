@@ -15,7 +15,7 @@ KV_KEPT = "#2CA02C"
 KV_EVICTED = "#D62728"
 KV_SINK = "#F2C80F"      # attention sink (yellow)
 KV_NEWEST = "#1F77B4"    # newest entry (blue)
-KV_ABSENT = "#FFFFFF"    # position not yet generated
+KV_ABSENT = "rgba(128,128,128,0.15)"  # position not yet generated (faint grey on a light and a dark page)
 KV_STATUS = {"kept": KV_KEPT, "evicted": KV_EVICTED, "sink": KV_SINK, "newest": KV_NEWEST}
 
 # diffusion (the reference demos' convention)
@@ -53,10 +53,17 @@ def prob_colour(p: float) -> str:
     return f"#{r:02X}{g:02X}{b:02X}"
 
 
+# a swatch's border: mid grey with a halo in the page's own text colour at low opacity, so a dark swatch
+# ([MASK] #444444) stands out on a dark page and a pale one on a white page
+SWATCH_BORDER = "#999999"
+SWATCH_HALO = "rgba(128,128,128,0.5)"
+
+
 def legend_html(items: dict[str, str]) -> str:
     """A small inline legend: {label: colour}."""
     spans = "".join(
         f'<span style="display:inline-block;margin-right:12px"><span style="display:inline-block;width:12px;'
-        f'height:12px;background:{c};border:1px solid #888;vertical-align:middle;margin-right:4px"></span>{html_text(l)}</span>'
+        f'height:12px;background:{c};border:1px solid {SWATCH_BORDER};box-shadow:0 0 0 1px {SWATCH_HALO};'
+        f'vertical-align:middle;margin-right:4px"></span>{html_text(l)}</span>'
         for l, c in items.items())
     return f'<div style="font-size:0.85em">{spans}</div>'

@@ -10,6 +10,7 @@ from __future__ import annotations
 import networkx as nx
 import plotly.graph_objects as go
 
+from viz import layout as L
 from viz import legend
 from viz import window as W
 from viz.safe import html_text, plot_text
@@ -85,7 +86,7 @@ def tree_figure(step: dict, height: int = 380) -> go.Figure:
         (x0, y0), (x1, y1) = pos[n["parent"]], pos[n["id"]]
         on = n["id"] in path or n.get("appended")
         fig.add_scatter(x=[x0, x1], y=[y0, y1], mode="lines", hoverinfo="skip", showlegend=False,
-                        line=dict(color="#333" if on else "#BBB", width=3 if on else 1,
+                        line=dict(color=L.NEUTRAL if on else L.FAINT, width=3 if on else 1,
                                   dash="dot" if n.get("appended") else "solid"))
     for status in ["root", "accepted", "rejected", "unverified", "bonus", "corrected", "resampled"]:
         group = [n for n in nodes if n["status"] == status]
@@ -99,11 +100,12 @@ def tree_figure(step: dict, height: int = 380) -> go.Figure:
                         symbol="diamond" if status in ("bonus", "corrected", "resampled") else "circle"),
             hovertext=[node_hover(n) for n in group], hoverinfo="text")
     n_draft = sum(1 for n in nodes if n["status"] not in ("root",) and not n.get("appended"))
-    fig.update_layout(
-        height=height, margin=dict(l=10, r=10, t=40, b=10), hovermode="closest",
-        title=plot_text(f"round {step.get('index')}: {n_draft} drafted, {step.get('accepted_len', 0)} accepted "
-                        f"+ 1 {step.get('origin', '')}"),
-        xaxis=dict(visible=False), yaxis=dict(visible=False), legend=dict(orientation="h", y=-0.05))
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10), hovermode="closest",
+                      xaxis=dict(visible=False), yaxis=dict(visible=False))
+    L.title(fig, plot_text(f"Round {step.get('index')}: {n_draft} drafted, {step.get('accepted_len', 0)} accepted "
+                           f"+ 1 {step.get('origin', '')}"), "depth grows to the right; the thick line is the path kept")
+    L.legend_below(fig, axis_title=False, rows=2)
+    L.themed(fig)
     return fig
 
 
@@ -122,6 +124,9 @@ def mask_matrix(step: dict) -> list[list[int]]:
     return m
 
 
+MASK_HIDDEN = "rgba(128,128,128,0.12)"   # a key the query may not see: faint on a light and a dark page
+
+
 def mask_figure(step: dict, height: int = 380) -> go.Figure:
     m = mask_matrix(step)
     nodes = {n["id"]: n for n in step.get("nodes", [])}
@@ -131,11 +136,14 @@ def mask_figure(step: dict, height: int = 380) -> go.Figure:
     z = [[(2 if (i in path and j in path) else 1) if v else 0 for j, v in enumerate(row)] for i, row in enumerate(m)]
     fig = go.Figure(go.Heatmap(
         z=z, x=labels, y=labels, zmin=0, zmax=2, showscale=False, xgap=1, ygap=1,
-        colorscale=[[0, "#FFFFFF"], [0.5, "#9E9E9E"], [1, legend.ACCEPTED]],
+        colorscale=[[0, MASK_HIDDEN], [0.5, "#9E9E9E"], [1, legend.ACCEPTED]],
         hovertemplate="query %{y}<br>key %{x}<br>%{z}<extra></extra>"))
     fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10),
-                      title="tree attention mask (rows: queries; prefix columns omitted, all visible)",
                       yaxis=dict(autorange="reversed", tickfont=dict(size=9)), xaxis=dict(tickfont=dict(size=9)))
+    L.title(fig, "Tree attention mask (rows: queries)",
+            "grey: attends; green: both on the accepted path; faint: hidden. The prefix columns (all visible) "
+            "are left out")
+    L.themed(fig)
     return fig
 
 
@@ -158,7 +166,7 @@ def stream_html(steps: list[dict], upto: int, max_tokens: int = W.MAX_TOKENS) ->
         origins = s.get("origins") or ["bonus"] * len(texts)
         for t, o in zip(texts, origins):
             c = ORIGIN_COLOUR.get(o, legend.UNVERIFIED)
-            out = "2px solid #000" if s["index"] == upto else "1px solid transparent"
+            out = "2px solid currentColor" if s["index"] == upto else "1px solid transparent"
             tip = f"round {s['index']}: {o}"
             spans.append(f'<span title="{html_text(tip)}" style="background:{c}33;border-bottom:3px solid {c};'
                          f'outline:{out};padding:1px 0;margin:0 1px">{_show(t)}</span>')
@@ -185,10 +193,12 @@ def acceptance_figure(steps: list[dict], cursor: int, height: int = 280) -> go.F
     fig.add_bar(x=dx, y=dy, name="drafted depth", marker_color="#DDDDDD", width=k if k > 1 else None)
     fig.add_bar(x=ax, y=ay, name="accepted", marker_color=legend.ACCEPTED, width=k if k > 1 else None)
     fig.add_scatter(x=tx, y=ty, name="tau so far (tokens / round)", mode="lines", line=dict(color=legend.BONUS))
-    fig.add_vline(x=cursor, line_dash="dot", line_color="#000")
+    fig.add_vline(x=cursor, line_dash="dot", line_color=L.NEUTRAL)
     fig.update_layout(barmode="overlay", height=height, margin=dict(l=10, r=10, t=40, b=10),
-                      title="Acceptance over time" + (f" (bars: means of {k} rounds)" if k > 1 else ""),
-                      xaxis_title="round", yaxis_title="tokens", legend=dict(orientation="h", y=-0.25))
+                      xaxis_title="round", yaxis_title="tokens")
+    L.title(fig, "Acceptance over time", f"bars: means of {k} rounds" if k > 1 else None, legend_above=True)
+    L.legend_above(fig)
+    L.themed(fig)
     return fig
 
 
@@ -251,8 +261,10 @@ def depth_figure(rates: dict, height: int = 280) -> go.Figure:
     ds = sorted(int(d) for d in rates)
     fig = go.Figure(go.Bar(x=ds, y=[rates[d] if d in rates else rates[str(d)] for d in ds],
                            marker_color=legend.ACCEPTED))
-    fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10), title="Acceptance rate by depth",
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10),
                       xaxis_title="depth", yaxis=dict(title="accepted | reached", range=[0, 1.05]))
+    L.title(fig, "Acceptance rate by depth")
+    L.themed(fig)
     return fig
 
 
