@@ -6,16 +6,13 @@ Prints tokens/s of each and the ratio, and the ratio with trace recording on vs 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import torch  # noqa: E402
+import torch
 
-from engine import models, run  # noqa: E402
+from engine import models, run
 
 PROMPTS = [
     "Explain in two sentences why the sky is blue.",

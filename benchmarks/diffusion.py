@@ -21,17 +21,15 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
+import torch
 
-from benchmarks.diffusion_quality import answer_len, distinct2, heldout_prompts, judge_perplexity  # noqa: E402
-from engine import models, run  # noqa: E402
-from engine.diffusion import adapters, smol  # noqa: E402
+from benchmarks.diffusion_quality import answer_len, distinct2, heldout_prompts, judge_perplexity
+from engine import models, run
+from engine.diffusion import adapters, smol
 
 CONFIGS = [
     ("low_confidence, 1 token/step", {"rule": "low_confidence"}, "full"),

@@ -21,15 +21,14 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import torch  # noqa: E402
+import torch
 
-from kernels import confidence as C  # noqa: E402
-from kernels import decode_attention as DA  # noqa: E402
-from engine import attention  # noqa: E402
-from kernels import dispatch as KD  # noqa: E402
-from kernels import tree_attention as TA  # noqa: E402
+from kernels import confidence as C
+from kernels import decode_attention as DA
+from engine import attention
+from kernels import dispatch as KD
+from kernels import tree_attention as TA
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 # (name, query heads, KV heads, head dim)

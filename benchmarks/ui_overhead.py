@@ -8,9 +8,9 @@ early (step ~10) and late in the run. The watched run's numbers come from its ow
 page when it ends (per-step wall times and compute totals), and the render times from the page's
 "live view: redrawn in ... ms" line.
 
-    .venv/bin/python benchmarks/ui_overhead.py                 # every row
-    .venv/bin/python benchmarks/ui_overhead.py --only ar,kv    # some rows
-    .venv/bin/python benchmarks/ui_overhead.py --long 1000     # + an AR run of 1,000 steps (render time at 10 vs 1000)
+    .venv/bin/python -m benchmarks.ui_overhead                 # every row (from the repository root)
+    .venv/bin/python -m benchmarks.ui_overhead --only ar,kv    # some rows
+    .venv/bin/python -m benchmarks.ui_overhead --long 1000     # + an AR run of 1,000 steps (render time at 10 vs 1000)
 """
 from __future__ import annotations
 
@@ -22,10 +22,9 @@ import sys
 import threading
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from tests.browser import browser, streamlit_server, wait_for_idle
 
-from tests.browser import browser, streamlit_server, wait_for_idle  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SPEC_PROMPT = ("Summarise the following text, reusing its wording.\n\nThe river rises in the hills north of the town "
                "and flows south through farmland before reaching the sea. In spring the river floods the low fields, "

@@ -7,10 +7,9 @@ from __future__ import annotations
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from engine import methods, models, run  # noqa: E402
-from engine.sampling import SamplingConfig  # noqa: E402
+from engine import methods, models, run
+from engine.sampling import SamplingConfig
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "traces")
 LESSONS_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lessons")

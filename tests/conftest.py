@@ -88,3 +88,20 @@ def shown(elements) -> list[str]:
     import html
     import re
     return [html.unescape(re.sub(r"\\(.)", r"\1", e.value)) for e in elements]
+
+
+# ---- markers: `make test-fast` leaves out the slow ones (the real model, browsers, the Triton interpreter) ----
+SLOW_FIXTURES = {"embedded_lm"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """browser: tests/test_browser*.py; interp: the Triton-interpreter module; slow: tests that load the real
+    embedded model (or marked slow by hand)."""
+    for item in items:
+        name = os.path.basename(str(item.fspath))
+        if name.startswith("test_browser"):
+            item.add_marker(pytest.mark.browser)
+        if name == "test_kernels_interp.py":
+            item.add_marker(pytest.mark.interp)
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -2,8 +2,9 @@
 
 Triton reads TRITON_INTERPRET when it is imported (its own library functions are jitted then), and
 loading a transformers model imports triton, so these tests cannot switch the interpreter on inside
-a shared pytest session: tests/test_kernels.py runs this module in a fresh process with the
-variable set (`TRITON_INTERPRET=1 pytest tests/test_kernels_interp.py` does the same by hand).
+a shared pytest session: `make test` runs this module as a second pytest process with the variable
+set (`make test-interp`, or by hand `TRITON_INTERPRET=1 pytest -m interp tests/test_kernels_interp.py`),
+each test reported on its own.
 Tolerances are absolute, against the reference computed in fp32 from the same (rounded) inputs:
   attention outputs: fp32 1e-5, fp16 2e-3, bf16 2e-2; attention mass: 1e-5 (fp32 in every dtype,
   which only moves q and k by their rounding); confidence: probabilities 1e-5, entropy 1e-4.
@@ -22,9 +23,12 @@ from engine import attention
 from kernels import dispatch as KD
 from kernels import tree_attention as TA
 
-pytest.importorskip("triton")
+if os.environ.get("TRITON_INTERPRET") == "1":
+    import triton  # noqa: F401 -- under the interpreter (make test-interp) a missing triton is a failure, not a skip
+else:
+    pytest.importorskip("triton")
 pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
-                                reason="needs TRITON_INTERPRET=1 from process start: run by tests/test_kernels.py")
+                                reason="needs TRITON_INTERPRET=1 from process start: make test-interp")
 
 ATOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]

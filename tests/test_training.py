@@ -249,6 +249,7 @@ def _engine_low_confidence(lm, prompt, eos):
     return x
 
 
+@pytest.mark.slow   # ~10-35 s: left out of make test-fast
 def test_self_decode_matches_the_engine_low_confidence_sampler(one_thread):
     """gen-self's batched decoder (left-padded rows, no cache) = the engine's greedy low_confidence
     sampler, one prompt at a time, token for token; with the prefix cache (Fast-dLLM's approximation on
@@ -268,6 +269,7 @@ def test_self_decode_matches_the_engine_low_confidence_sampler(one_thread):
     assert all(len(a) == GEN_LEN and MASK not in a for a in cached)
 
 
+@pytest.mark.slow   # ~10-35 s: left out of make test-fast
 def test_self_decode_threshold_matches_the_engine_threshold_rule(one_thread):
     """gen-self --threshold: the batched decoder with Fast-dLLM's rule (one block of 64, no cache) = the
     engine's threshold rule, token for token, in steps that commit several tokens; a threshold of 1.0 is
