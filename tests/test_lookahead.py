@@ -9,7 +9,7 @@ from transformers import DynamicCache
 
 from engine import run
 from engine.methods import MethodError
-from engine.methods.lookahead import NgramPool, build_inputs, keep_accepted_kv, verify_sampled
+from engine.methods.lookahead import NgramPool, build_inputs, candidate_trie, keep_accepted_kv, verify
 from engine.sampling import SamplingConfig
 from engine.trace import loads
 from viz import jacobi as vz
@@ -136,7 +136,7 @@ def test_sampled_verification_keeps_the_distribution():
     trials = 20000
     first, second = Counter(), Counter()
     for _ in range(trials):
-        best, a, hits, lens, tests = verify_sampled(cands, to_logits(p_root), cand_logits, cfg, g)
+        best, a, hits, lens, tests = verify(cands, to_logits(p_root), cand_logits, cfg, g)
         first[hits[0]] += 1
         if hits[0] == 0:
             second[hits[1]] += 1
@@ -186,3 +186,96 @@ def test_sampling_runs_and_is_reproducible(one_thread, tiny_lm):
     a = run.run(tiny_lm, "lookahead", "x y x y x y", max_new_tokens=15, sampling=cfg)
     b = run.run(tiny_lm, "lookahead", "x y x y x y", max_new_tokens=15, sampling=cfg)
     assert a.final_ids == b.final_ids and len(a.final_ids) >= 1
+
+
+# ---- the trie verification through speculative/verify.py equals the reference code's own loops ---------------
+def _reference_greedy(cands, root_logits, cand_logits):
+    """The reference's greedy rule, candidate by candidate (as hao-ai-lab/LookaheadDecoding verifies)."""
+    y0 = int(root_logits.argmax())
+    best, best_a, lens = -1, 0, []
+    for g, (cnd, lg) in enumerate(zip(cands, cand_logits)):
+        pred = lg.argmax(-1).tolist()
+        a = 0
+        if cnd[0] == y0:
+            a = 1
+            while a < len(cnd) and cnd[a] == pred[a - 1]:
+                a += 1
+        lens.append(a)
+        if a > best_a:
+            best, best_a = g, a
+    if best < 0:
+        return -1, 0, [y0], lens
+    pred = cand_logits[best].argmax(-1).tolist()
+    return best, best_a, list(cands[best][:best_a]) + [pred[best_a - 1]], lens
+
+
+def _reference_sampled(cands, root_logits, cand_logits, cfg, gen):
+    """The reference's sampled rule: per depth, the alive candidates' distinct tokens in turn, accept x
+    with probability p(x), zero it in p on a rejection; none accepted -> draw from what is left."""
+    from engine import sampling as S
+    p = S.warp(root_logits, cfg).softmax(-1)
+    alive, hits, tests, best = list(range(len(cands))), [], [], -1
+    for d in range(len(cands[0]) if cands else 0):
+        acc, tried = None, set()
+        for g in alive:
+            x = cands[g][d]
+            if x in tried:
+                continue
+            tried.add(x)
+            u = float(torch.rand((), generator=gen))
+            tests.append((d, int(x), round(float(p[x]), 6), round(u, 6), u < float(p[x])))
+            if u < float(p[x]):
+                acc = x
+                break
+            p = p.clone()
+            p[x] = 0.0
+            p = p / p.sum()
+        if acc is None:
+            hits.append(int(S.sample(p, gen)))
+            break
+        hits.append(int(acc))
+        alive = [g for g in alive if cands[g][d] == acc]
+        best = alive[0]
+        p = S.warp(cand_logits[best][d], cfg).softmax(-1)
+    else:
+        hits.append(int(S.sample(p, gen)))
+    return best, len(hits) - 1, hits, tests
+
+
+def _random_case(seed: int, V: int = 6, G: int = 5, depth: int = 3):
+    """Candidates over a small vocabulary (so prefixes repeat), sharp logits so acceptance happens."""
+    g = torch.Generator().manual_seed(seed)
+    cands = [tuple(int(x) for x in torch.randint(0, 3, (depth,), generator=g)) for _ in range(G)]
+    root = torch.randn(V, generator=g) * 3
+    cand_logits = [torch.randn(depth, V, generator=g) * 3 for _ in cands]
+    for g_, cnd in enumerate(cands):           # same prefix, same context: the same logits
+        for h in range(g_):
+            for d in range(depth):
+                if cands[h][:d + 1] == cnd[:d + 1]:
+                    cand_logits[g_][d] = cand_logits[h][d]
+    return cands, root, cand_logits
+
+
+def test_candidate_trie_shares_prefixes():
+    tree, src = candidate_trie([(1, 2, 3), (1, 2, 4), (5, 6, 7), (1, 9, 9)])
+    assert tree.tokens[1:] == [1, 2, 3, 4, 5, 6, 7, 9, 9]
+    assert tree.parents[1:] == [0, 1, 2, 2, 0, 5, 6, 1, 8]
+    assert src[1:] == [(0, 0), (0, 1), (0, 2), (1, 2), (2, 0), (2, 1), (2, 2), (3, 1), (3, 2)]
+
+
+def test_trie_verification_equals_the_reference_rules():
+    from engine.sampling import SamplingConfig as SC
+    greedy, sampled = SC(), SC(temperature=0.9, top_k=4)
+    accepted_some = 0
+    for seed in range(200):
+        cands, root, cl = _random_case(seed)
+        best, a, committed, lens, tests = verify(cands, root, cl, greedy, None)
+        assert (best, a, committed, lens) == _reference_greedy(cands, root, cl) and tests is None
+        g1, g2 = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+        best, a, committed, lens, tests = verify(cands, root, cl, sampled, g1)
+        r_best, r_a, r_hits, r_tests = _reference_sampled(cands, root, cl, sampled, g2)
+        assert (best, a, committed) == (r_best, r_a, r_hits), seed
+        assert [(t["depth"], t["token"], round(t["p"], 6), round(t["u"], 6), t["accepted"]) for t in tests] == r_tests
+        assert lens == [next((n for n in range(a) if c[n] != committed[n]), a) for c in cands]
+        accepted_some += a > 0
+    assert accepted_some > 20      # the cases exercise acceptance, not only the root token

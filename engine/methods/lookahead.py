@@ -19,6 +19,7 @@ model's own next token: the output is identical to autoregressive greedy decodin
 depth tries the surviving candidates' distinct tokens in turn and accepts x with probability p(x) (the
 draft is a point mass); a rejected token is zeroed in p and p renormalised; if all are rejected the token
 is drawn from what is left of p (the reference code's rule, which keeps the output distribution exact).
+Both rules run through speculative/verify.py: the candidates form one trie of point-mass drafts (`verify`).
 
 The KV cache keeps only the committed tokens: the accepted candidate's entries are moved next to the
 prefix and everything after them is cropped. The lookahead branch always uses argmax (as the reference).
@@ -31,9 +32,10 @@ import torch
 from transformers import DynamicCache
 
 from engine import attention, kvcache
-from engine import sampling as S
 from engine.methods import Job, register
 from engine.methods.jacobi import texts
+from engine.methods.speculative import verify as V
+from engine.methods.speculative.trees import DraftTree
 from engine.options import Opt
 from engine.trace import clean_float
 from kernels import dispatch as KD
@@ -123,67 +125,51 @@ def keep_accepted_kv(cache: DynamicCache, cache_len: int, k: int, src_offset: in
     kvcache.keep(cache, cache_len, list(range(k)) + list(range(src_offset, src_offset + a)))
 
 
-def verify_greedy(cands, root_logits: torch.Tensor, cand_logits: list[torch.Tensor]) -> tuple[int, int, list[int], list[int]]:
-    """Longest candidate prefix equal to the argmax chain. Returns (best index or -1, accepted length,
-    committed tokens, accepted length of every candidate)."""
-    y0 = int(root_logits.argmax())
-    best, best_a, lens = -1, 0, []
-    for g, (cnd, lg) in enumerate(zip(cands, cand_logits)):
-        pred = lg.argmax(-1).tolist()
-        a = 0
-        if cnd[0] == y0:
-            a = 1
-            while a < len(cnd) and cnd[a] == pred[a - 1]:
-                a += 1
-        lens.append(a)
-        if a > best_a:
-            best, best_a = g, a
-    if best < 0:
-        return -1, 0, [y0], lens
-    pred = cand_logits[best].argmax(-1).tolist()
-    return best, best_a, list(cands[best][:best_a]) + [pred[best_a - 1]], lens
+def candidate_trie(cands) -> tuple[DraftTree, list[tuple[int, int]]]:
+    """The verification branch's n-grams as one trie under the last committed token (a point-mass draft tree,
+    siblings in the candidates' order). Also, per node, the first candidate with that prefix and the depth:
+    whose logits the node reads (candidates with the same prefix see the same context)."""
+    tree = DraftTree.rooted(-1)
+    src: list[tuple[int, int]] = [(-1, -1)]
+    index: dict[tuple[int, int], int] = {}
+    for g, cnd in enumerate(cands):
+        node = 0
+        for d, x in enumerate(cnd):
+            key = (node, int(x))
+            if key not in index:
+                index[key] = tree.add(int(x), node)
+                src.append((g, d))
+            node = index[key]
+    return tree, src
 
 
-def verify_sampled(cands, root_logits, cand_logits, cfg, gen) -> tuple[int, int, list[int], list[int], list[dict]]:
-    """Multi-candidate speculative sampling with point-mass drafts (the reference's rule)."""
-    p = S.warp(root_logits, cfg).softmax(-1)
-    alive = list(range(len(cands)))
-    hits, tests, best = [], [], -1
-    depth = len(cands[0]) if cands else 0
-    for d in range(depth):
-        acc, tried = None, set()
-        for g in alive:
-            x = cands[g][d]
-            if x in tried:
-                continue
-            tried.add(x)
-            u = float(torch.rand((), generator=gen))
-            px = float(p[x])
-            tests.append({"depth": d, "token": int(x), "p": clean_float(px), "u": clean_float(u), "accepted": u < px})
-            if u < px:
-                acc = x
-                break
-            p = p.clone()
-            p[x] = 0.0
-            s = float(p.sum())
-            if s <= 0:
-                break
-            p = p / s
-        if acc is None:
-            hits.append(int(S.sample(p, gen)))
-            break
-        hits.append(int(acc))
-        alive = [g for g in alive if cands[g][d] == acc]
-        best = alive[0]
-        p = S.warp(cand_logits[best][d], cfg).softmax(-1)
-    else:
-        hits.append(int(S.sample(p, gen)))
-    a = len(hits) - 1
-    lens = [0] * len(cands)
-    for g in range(len(cands)):
-        while lens[g] < a and cands[g][lens[g]] == hits[lens[g]]:
-            lens[g] += 1
-    return best, a, hits, lens, tests
+def verify(cands, root_logits: torch.Tensor, cand_logits: list[torch.Tensor], cfg, gen):
+    """Verify the candidates as a trie with the speculative rules (engine/methods/speculative/verify.py):
+    greedy, the longest prefix equal to the argmax chain; sampling, each depth tries the surviving candidates'
+    distinct tokens in turn, accepting x with probability p(x) (point-mass drafts), a rejection zeroes x in p,
+    and with none accepted the token is drawn from what is left (the reference code's rule).
+    Returns (the accepted candidate or -1, accepted length, committed tokens, accepted length of every
+    candidate, the sampling tests in the order they were made (None when greedy))."""
+    tree, src = candidate_trie(cands)
+    node_logits = [root_logits] + [cand_logits[g][d] for g, d in src[1:]]
+    rows = V.Rows(None, logits=torch.stack(node_logits), cfg=cfg)
+    verdict = V.greedy(tree, rows) if cfg.greedy else V.sampling(tree, rows, gen)
+    path = verdict.path
+    a = len(path) - 1
+    committed = [tree.nodes[i].token for i in path[1:]] + [int(verdict.token)]
+    best = src[path[-1]][0] if a else -1
+    lens = []
+    for cnd in cands:
+        n = 0
+        while n < a and cnd[n] == committed[n]:
+            n += 1
+        lens.append(n)
+    tests = None
+    if not cfg.greedy:
+        tried = sorted((tree.nodes[i].depth, i) for i in range(1, len(tree)) if verdict.u[i] is not None)
+        tests = [{"depth": d - 1, "token": int(tree.nodes[i].token), "p": clean_float(verdict.ratio[i]),
+                  "u": clean_float(verdict.u[i]), "accepted": verdict.status[i] == "accepted"} for d, i in tried]
+    return best, a, committed, lens, tests
 
 
 def check(o: dict, ctx) -> None:
@@ -257,11 +243,7 @@ def _run(job: Job, W: int, N: int, G: int, pool_from_prompt: bool):
                 level_out = logits[1:1 + len(levels[f])].argmax(-1).tolist()
                 cand_logits = [logits[1 + len(levels[f]) + g * (N - 1): 1 + len(levels[f]) + (g + 1) * (N - 1)]
                                for g in range(len(cands))]
-                tests = None
-                if cfg.greedy:
-                    best, a, committed, lens = verify_greedy(cands, root, cand_logits)
-                else:
-                    best, a, committed, lens, tests = verify_sampled(cands, root, cand_logits, cfg, gen)
+                best, a, committed, lens, tests = verify(cands, root, cand_logits, cfg, gen)
                 keep_accepted_kv(cache, cache_len, k, lay["cand_offsets"][best] if a else 0, a)
 
                 # window update: harvest n-grams (steady state), move up one level
