@@ -23,7 +23,6 @@ class Verdict:
     status: list[str]
     u: list[float | None] = field(default_factory=list)
     ratio: list[float | None] = field(default_factory=list)   # acceptance probability tested
-    token_p: float | None = None        # target probability of the appended token
 
 
 def _blank(tree):
@@ -138,8 +137,7 @@ def sampling(tree, rows: Rows, gen) -> Verdict:
         if nxt is None:
             tok = int(S.sample(p_cur, gen))
             rejected = any(status[c] == "rejected" for c in kids[cur])
-            return Verdict(path, tok, "resampled" if rejected else "bonus", status, us, ratios,
-                           float(p_node[tok]))
+            return Verdict(path, tok, "resampled" if rejected else "bonus", status, us, ratios)
         path.append(nxt)
         cur = nxt
 
@@ -171,4 +169,4 @@ def typical(tree, rows: Rows, gen, epsilon: float, alpha: float) -> Verdict:
             status[c] = "accepted" if c in on_path else "rejected"
     last = path[-1]
     tok = int(S.sample(p[last], gen))
-    return Verdict(path, tok, "corrected" if kids[last] else "bonus", status, us, ratios, float(p[last][tok]))
+    return Verdict(path, tok, "corrected" if kids[last] else "bonus", status, us, ratios)
