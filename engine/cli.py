@@ -38,6 +38,11 @@ def _typed(kind, what: str, lo=None, hi=None, lo_open=False):
     return parse
 
 
+def models_placements() -> tuple:
+    from engine.models import PLACEMENTS
+    return PLACEMENTS
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m engine", description="The decoding lab's engine.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -48,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
     g.add_argument("--dtype", default=None, choices=["auto", *DTYPES])
     g.add_argument("--trust-remote-code", action="store_true", help="allow the model repository's own code")
+    g.add_argument("--device-map", default=None, choices=list(models_placements()),
+                   help="place a big model across the GPUs (and CPU / disk offload) with accelerate")
+    g.add_argument("--quantization", default=None, choices=["8bit", "4bit"],
+                   help="load the weights in 8 or 4 bits (bitsandbytes, CUDA GPU)")
     g.add_argument("--max-new-tokens", type=_typed(int, f"an integer in 1..{methods.MAX_NEW_TOKENS}", 1,
                                                    methods.MAX_NEW_TOKENS), default=64)
     g.add_argument("--no-chat", action="store_true", help="do not apply the chat template")
@@ -131,7 +140,8 @@ def cmd_generate(a) -> int:
     temperature = 0.0 if a.greedy else a.temperature
     cfg = SamplingConfig(temperature=temperature, top_k=a.top_k, top_p=a.top_p, min_p=a.min_p,
                          typical_p=a.typical_p, seed=a.seed)
-    lm = models.load(a.model, device=a.device, dtype=a.dtype, trust_remote_code=a.trust_remote_code)
+    lm = models.load(a.model, device=a.device, dtype=a.dtype, trust_remote_code=a.trust_remote_code,
+                     device_map=a.device_map, quantization=a.quantization)
     trace = run.run(lm, a.method, a.prompt, max_new_tokens=a.max_new_tokens, sampling=cfg, options=opts,
                     chat=False if a.no_chat else None, ignore_eos=a.ignore_eos)
     c = trace.counters.as_dict()

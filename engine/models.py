@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -199,8 +200,63 @@ def _first_line(e: BaseException) -> str:
     return (text.splitlines()[0][:300] if text else type(e).__name__)
 
 
-def load(name_or_path: str = EMBEDDED, device=None, dtype=None, trust_remote_code: bool = False) -> LM:
-    """Load a causal LM and its tokenizer. Raises ModelLoadError with a readable message."""
+PLACEMENTS = ("auto", "balanced", "balanced_low_0", "sequential")   # accelerate's device_map strategies
+QUANTIZATIONS = ("8bit", "4bit")                                     # bitsandbytes weights
+
+
+def check_placement(device_map=None, quantization=None, max_memory=None) -> None:
+    """Validate the big-model options before anything is read (ModelLoadError).
+    device_map: None (the whole model on one device), one of PLACEMENTS, or {module name: device} with devices
+    "cpu", "disk" (offloaded to the cache folder, loaded layer by layer), a GPU index or "cuda:N";
+    quantization: None, "8bit" or "4bit" (bitsandbytes; a CUDA GPU); max_memory: {device: "10GiB", ...}."""
+    if device_map is not None:
+        if isinstance(device_map, str):
+            if device_map not in PLACEMENTS:
+                raise ModelLoadError(f"device_map {shorten(device_map)} is not known: use "
+                                     f"{', '.join(PLACEMENTS)}, or a mapping of module names to devices.")
+        elif isinstance(device_map, dict):
+            if not device_map or len(device_map) > 10_000:
+                raise ModelLoadError("device_map must map between 1 and 10,000 module names to devices.")
+            for k, v in device_map.items():
+                if not isinstance(k, str) or len(k) > 200:
+                    raise ModelLoadError(f"device_map keys are module names, got {shorten(k)}.")
+                if isinstance(v, bool) or not (v in ("cpu", "disk") or (isinstance(v, int) and v >= 0)
+                                               or (isinstance(v, str) and v.startswith("cuda"))):
+                    raise ModelLoadError(f"device_map[{shorten(k)}] = {shorten(v)}: use cpu, disk, a GPU index "
+                                         "or cuda:N.")
+                if (isinstance(v, int) or (isinstance(v, str) and v.startswith("cuda"))):
+                    auto_device(f"cuda:{v}" if isinstance(v, int) else v)   # the GPU exists (else a message)
+        else:
+            raise ModelLoadError(f"device_map must be text or a mapping, got {type(device_map).__name__}.")
+    if max_memory is not None:
+        if not isinstance(max_memory, dict) or not max_memory or device_map is None:
+            raise ModelLoadError("max_memory is a mapping {device: size} and needs a device_map.")
+    if quantization is not None:
+        if quantization not in QUANTIZATIONS:
+            raise ModelLoadError(f"quantization {shorten(quantization)} is not known: use 8bit or 4bit.")
+        if not torch.cuda.is_available():
+            raise ModelLoadError(f"quantization={quantization} (bitsandbytes) needs a CUDA GPU; this machine has "
+                                 "none. Load the model unquantized, in bfloat16 or float32.")
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise ModelLoadError(f"quantization={quantization} needs the bitsandbytes package: "
+                                 "pip install bitsandbytes (then restart the app).")
+
+
+def _input_device(model) -> torch.device:
+    """Where input ids go for a model placed by a device_map: its input embeddings' execution device."""
+    dm = getattr(model, "hf_device_map", None) or {}
+    embed = [v for k, v in dm.items() if "embed" in k] or list(dm.values())
+    where = embed[0] if embed else "cpu"
+    if where in ("cpu", "disk", "meta"):
+        return torch.device("cpu")
+    return torch.device(f"cuda:{where}" if isinstance(where, int) else where)
+
+
+def load(name_or_path: str = EMBEDDED, device=None, dtype=None, trust_remote_code: bool = False,
+         device_map=None, quantization: str | None = None, max_memory=None) -> LM:
+    """Load a causal LM and its tokenizer. Raises ModelLoadError with a readable message.
+    device_map / quantization / max_memory: big models placed across GPUs (and CPU / disk offload) by
+    accelerate, weights in 8 or 4 bits by bitsandbytes (check_placement says what is accepted)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     if name_or_path is not None and not isinstance(name_or_path, str):
@@ -213,8 +269,24 @@ def load(name_or_path: str = EMBEDDED, device=None, dtype=None, trust_remote_cod
         raise ModelLoadError(f"{shorten(name)} is not a model id or a directory.")
     if not isinstance(trust_remote_code, bool):
         raise ModelLoadError("trust_remote_code must be true or false.")
+    check_placement(device_map, quantization, max_memory)
+    if quantization is not None and device_map is None:
+        device_map = "auto"
     dev = auto_device(device)
     dt = auto_dtype(dev, dtype)
+    placed = {}
+    if device_map is not None:
+        placed = {"device_map": device_map}
+        if max_memory is not None:
+            placed["max_memory"] = max_memory
+        if device_map == "auto" or (isinstance(device_map, dict) and "disk" in device_map.values()):
+            folder = cache_dir() / "offload" / re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[-100:]
+            folder.mkdir(parents=True, exist_ok=True)
+            placed["offload_folder"] = str(folder)
+    if quantization is not None:
+        from transformers import BitsAndBytesConfig
+        placed["quantization_config"] = (BitsAndBytesConfig(load_in_8bit=True) if quantization == "8bit" else
+                                         BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=dt))
     if name == EMBEDDED:
         path = str(prepare_embedded())
     else:
@@ -243,13 +315,14 @@ def load(name_or_path: str = EMBEDDED, device=None, dtype=None, trust_remote_cod
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         try:
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dt, trust_remote_code=trust_remote_code)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dt, trust_remote_code=trust_remote_code,
+                                                         **placed)
         except ValueError:
             if not trust_remote_code:
                 raise
             # some diffusion LMs' own code registers only AutoModel (Dream-v0): it still returns logits
             from transformers import AutoModel
-            model = AutoModel.from_pretrained(path, dtype=dt, trust_remote_code=True)
+            model = AutoModel.from_pretrained(path, dtype=dt, trust_remote_code=True, **placed)
     except torch.cuda.OutOfMemoryError as e:
         raise ModelLoadError(f"Out of GPU memory loading '{name}': choose a smaller model or dtype.") from e
     except MemoryError as e:
@@ -261,10 +334,13 @@ def load(name_or_path: str = EMBEDDED, device=None, dtype=None, trust_remote_cod
     except Exception as e:  # corrupt weights (SafetensorError, HeaderTooLarge ...), a broken config, remote code
         raise ModelLoadError(f"'{name}' could not be loaded ({type(e).__name__}: {_first_line(e)}). "
                              "Are its files complete?") from e
-    try:
-        model.to(dev)
-    except torch.cuda.OutOfMemoryError as e:
-        raise ModelLoadError(f"Out of GPU memory moving '{name}' to {dev}.") from e
+    if placed:
+        dev = _input_device(model)        # accelerate placed it (and keeps each layer where it put it)
+    else:
+        try:
+            model.to(dev)
+        except torch.cuda.OutOfMemoryError as e:
+            raise ModelLoadError(f"Out of GPU memory moving '{name}' to {dev}.") from e
     model.eval()
     attention.install(model)  # once, here: the per-call attention dispatcher (engine/attention.py)
     is_instruct = bool(getattr(tokenizer, "chat_template", None))

@@ -27,7 +27,9 @@ if os.environ.get("TRITON_INTERPRET") == "1":
     import triton  # noqa: F401 -- under the interpreter (make test-interp) a missing triton is a failure, not a skip
 else:
     pytest.importorskip("triton")
-pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
+# DECODING_LAB_KERNEL_DEVICE=cuda (benchmarks/gpu_check.py): the kernel-vs-reference tests compiled on a GPU
+DEVICE = os.environ.get("DECODING_LAB_KERNEL_DEVICE", "cpu")
+pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1" and DEVICE == "cpu",
                                 reason="needs TRITON_INTERPRET=1 from process start: make test-interp")
 
 ATOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
@@ -41,7 +43,7 @@ def kernel_path(monkeypatch):
 
 def rand(*shape, dtype=torch.float32, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=g).to(dtype)
+    return torch.randn(*shape, generator=g).to(dtype).to(DEVICE)
 
 
 # ---------------------------------------------------------------------------------------------
