@@ -5,8 +5,10 @@ import inspect
 import time
 from typing import Iterator
 
+import torch
+
 from engine import methods
-from engine.errors import MethodError, SamplingError
+from engine.errors import MethodError, PromptError, SamplingError
 from engine.methods import MAX_NEW_TOKENS, CheckContext, Job
 from engine.options import Opt
 from engine.sampling import SamplingConfig
@@ -19,7 +21,7 @@ IGNORE_EOS = Opt(False, "keep decoding after an end-of-text token: exactly max_n
 
 def prepare(lm, method: str, prompt: str, max_new_tokens: int = 64, sampling: SamplingConfig | None = None,
             options: dict | None = None, record: bool = True, chat: bool | None = None,
-            ignore_eos: bool = False) -> tuple[Trace, Iterator[dict]]:
+            ignore_eos: bool = False, prompt_ids: list[int] | None = None) -> tuple[Trace, Iterator[dict]]:
     """Validate everything up front; return the (empty) trace and an iterator that fills it.
 
     Raises MethodError / OptionError / PromptError / SamplingError before any model work when an input
@@ -36,7 +38,10 @@ def prepare(lm, method: str, prompt: str, max_new_tokens: int = 64, sampling: Sa
     if options is not None and not isinstance(options, dict):
         raise MethodError(f"options must be a dict of option name -> value, got {type(options).__name__}.")
     opts = spec.values(options)
-    input_ids = lm.encode(prompt, chat)              # PromptError: empty, not text, longer than the context
+    if prompt_ids is None:
+        input_ids = lm.encode(prompt, chat)          # PromptError: empty, not text, longer than the context
+    else:
+        input_ids = _checked_ids(lm, prompt_ids)
     ctx = CheckContext(lm, sampling, int(input_ids.shape[1]), max_new_tokens, lm.context_length)
     ctx.need_positions(ctx.prompt_len + max_new_tokens, f"A prompt of {ctx.prompt_len} tokens + {max_new_tokens} new tokens")
     if spec.check is not None:
@@ -91,6 +96,17 @@ def prepare(lm, method: str, prompt: str, max_new_tokens: int = 64, sampling: Sa
             yield rec
 
     return trace, steps()
+
+
+def _checked_ids(lm, ids) -> torch.Tensor:
+    if not isinstance(ids, (list, tuple)) or not ids or len(ids) > 1_000_000:
+        raise PromptError("prompt_ids must be a non-empty list of token ids.")
+    vocab = int(getattr(lm.model.config, "vocab_size", 0) or len(lm.tokenizer))
+    if any(isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab for t in ids):
+        raise PromptError(f"prompt_ids must be token ids in 0..{vocab - 1}.")
+    if lm.context_length and len(ids) >= lm.context_length:
+        raise PromptError(f"The input is {len(ids)} tokens; the model's context is {lm.context_length}.")
+    return torch.tensor([list(ids)], device=lm.device)
 
 
 def run(lm, method: str, prompt: str, **kw) -> Trace:
