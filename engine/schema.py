@@ -351,7 +351,7 @@ TEXTS = List(TOKEN_TEXT, MAX_OUTPUT)
 
 TOTALS = Obj({}, {"tokens": COUNT, "target_forwards": COUNT, "draft_forwards": COUNT, "compute_s": SECONDS,
                   "wall": Float(0.0, 1e11)})
-COMMON = {"kind": Enum(("ar", "speculative", "kv", "jacobi", "lookahead", "diffusion")),
+COMMON = {"kind": Enum(("ar", "speculative", "kv", "jacobi", "lookahead", "diffusion", "beam")),
           "index": Int(0, MAX_STEPS), "new_ids": IDS}
 COMMON_OPTIONAL = {"new_text": TEXT, "confidence": Maybe(PROB), "events": List(Str(64), MAX_EVENTS),
                    "compute_s": Maybe(SECONDS), "totals": TOTALS}
@@ -411,7 +411,8 @@ CANDIDATE = Obj({"id": ID, "text": TOKEN_TEXT}, {"p_raw": Maybe(PROB), "p_warped
                 name="every candidate")
 AR_FIELDS = {"token_id": ID, "token_text": TOKEN_TEXT}
 AR_OPTIONAL = {"position": POSITION, "prob": Maybe(PROB), "prob_warped": Maybe(PROB), "entropy": Maybe(NATS),
-               "entropy_warped": Maybe(NATS), "candidates": List(CANDIDATE, MAX_CANDIDATES)}
+               "entropy_warped": Maybe(NATS), "candidates": List(CANDIDATE, MAX_CANDIDATES),
+               "logits_f16": Str(1_400_000)}   # base64 of the step's full logits (record_logits; engine/rewarp.py)
 
 # ---- speculative -----------------------------------------------------------------------------
 NODE = Obj({"id": Int(0, MAX_NODES), "parent": Int(-1, MAX_NODES), "depth": Int(0, MAX_NODES),
@@ -613,6 +614,40 @@ def _diffusion_steps(steps: list) -> None:
     _grid(steps, n, "positions")
 
 
+# ---- beam (search) -----------------------------------------------------------------------------
+MAX_BEAMS = 64              # beams per step (engine: <= 32)
+MAX_BEAM_CANDIDATES = 1_024  # pruned continuations recorded per step (engine: <= 512)
+BEAM_SLOT = Int(-1, MAX_BEAMS - 1)   # a beam of the previous step (-1: the prompt, at step 0)
+BEAM_CAND = Obj({"parent": BEAM_SLOT, "token": ID, "text": TOKEN_TEXT, "score": FINITE},
+                {"group": Int(0, MAX_BEAMS - 1), "logprob": Maybe(Float(-1e5, 0.0)), "penalty": Maybe(Float(0.0, 1e9)),
+                 "norm_score": Maybe(FINITE), "length": Int(1, MAX_OUTPUT), "kept": Bool(), "eos": Bool()},
+                name="every beam candidate")
+NBEST_REF = Obj({"step": Int(0, MAX_STEPS), "slot": Int(0, MAX_BEAMS - 1)},
+                {"score": Maybe(FINITE), "group": Int(0, MAX_BEAMS - 1)}, name="every n-best entry")
+BEAM = record("beam", {"beams": List(BEAM_CAND, MAX_BEAMS)}, {
+    "pruned": List(BEAM_CAND, MAX_BEAM_CANDIDATES), "finished": List(BEAM_CAND, MAX_BEAMS),
+    "nbest": List(NBEST_REF, MAX_BEAMS), "length": Int(1, MAX_OUTPUT), "groups": Int(1, MAX_BEAMS),
+    "group_size": Int(1, MAX_BEAMS), "done": Bool(), "stop": Str(64), "kv_bytes": BYTES})
+
+
+def _beam_steps(steps: list) -> None:
+    """Parents name a beam of the step before (the prompt, -1, at step 0); n-best entries name a finished
+    hypothesis of this step or an earlier one."""
+    for i, s in enumerate(steps):
+        n_prev = len(steps[i - 1]["beams"]) if i else 0
+        for f in ("beams", "pruned", "finished"):
+            for j, c in enumerate(s.get(f, [])):
+                ok = c["parent"] == -1 if i == 0 else 0 <= c["parent"] < n_prev
+                _need(ok, "must be -1 (the prompt) at step 0" if i == 0 else
+                      f"must be a beam of the step before (0..{n_prev - 1}), got {c['parent']}",
+                      "steps", i, f, j, "parent")
+        for j, r in enumerate(s.get("nbest", [])):
+            _need(r["step"] <= i, f"must be a step up to {i}, got {r['step']}", "steps", i, "nbest", j, "step")
+            n_fin = len(steps[r["step"]].get("finished", []))
+            _need(r["slot"] < n_fin, f"must name one of step {r['step']}'s {n_fin} finished hypotheses, got "
+                  f"{r['slot']}", "steps", i, "nbest", j, "slot")
+
+
 STEPS: dict[str, Kind] = {
     "ar": Kind(record("ar", AR_FIELDS, AR_OPTIONAL)),
     "speculative": Kind(SPECULATIVE, _speculative),
@@ -620,6 +655,7 @@ STEPS: dict[str, Kind] = {
     "jacobi": Kind(JACOBI, _jacobi, _jacobi_steps),
     "lookahead": Kind(LOOKAHEAD, _lookahead),
     "diffusion": Kind(DIFFUSION, _diffusion, _diffusion_steps),
+    "beam": Kind(BEAM, check_steps=_beam_steps),
 }
 assert set(STEPS) == set(COMMON["kind"].values)
 

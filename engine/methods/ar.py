@@ -1,10 +1,13 @@
 """Autoregressive decoding with a KV cache: the baseline every other method is compared with."""
 from __future__ import annotations
 
+import base64
+
 import torch
 from transformers import DynamicCache
 
 from engine import sampling as S
+from engine.errors import OptionError
 from engine.methods import Job, register
 from engine.options import Opt
 from engine.trace import clean_float
@@ -32,15 +35,33 @@ def candidates_record(lm, logits: torch.Tensor, cfg: S.SamplingConfig, chosen: i
     }
 
 
+def encode_logits(logits: torch.Tensor) -> str:
+    """A step's full logits as base64 float16 (what engine/rewarp.py decodes)."""
+    return base64.b64encode(logits.detach().float().clamp(-6e4, 6e4).half().cpu().numpy().tobytes()).decode("ascii")
+
+
 def prefill(lm, input_ids: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
     """Run the prompt through the model; return the last position's logits [1, V]."""
     out = lm.model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
     return out.logits[:, -1, :].float()
 
 
+MAX_LOGIT_STEPS = 512   # record_logits keeps ~2 bytes per vocabulary entry per step (100 KB for SmolLM2)
+
+
+def check(o: dict, ctx) -> None:
+    if o["record_logits"] and ctx.max_new_tokens > MAX_LOGIT_STEPS:
+        raise OptionError(f"record_logits keeps every step's full logits (~{2 * len(ctx.lm.tokenizer) // 1000} KB a "
+                          f"step): at most {MAX_LOGIT_STEPS} new tokens with it, got {ctx.max_new_tokens}.")
+
+
 @register("ar", "autoregressive", "One token per forward with a KV cache (greedy or sampled).",
-          options={"top_candidates": Opt(10, "candidates recorded per step", min=1, max=100)})
-def generate(job: Job, top_candidates: int = 10):
+          options={"top_candidates": Opt(10, "candidates recorded per step", min=1, max=100),
+                   "record_logits": Opt(False, "also record each step's full logits (float16), so that other "
+                                               "sampling settings can be applied to the recorded steps exactly "
+                                               "(engine/rewarp.py); ~2 bytes per vocabulary entry per step")},
+          check=check)
+def generate(job: Job, top_candidates: int = 10, record_logits: bool = False):
     lm, cfg, c = job.lm, job.sampling, job.counters
     gen = cfg.generator(lm.device) if not cfg.greedy else None
     cache = DynamicCache()
@@ -57,6 +78,8 @@ def generate(job: Job, top_candidates: int = 10):
             if job.record:
                 with c.recording():
                     rec.update(candidates_record(lm, logits[0], cfg, tok, top_candidates))
+                    if record_logits:
+                        rec["logits_f16"] = encode_logits(logits[0])
                     rec["new_text"], rec["confidence"] = rec["token_text"], rec["prob"]
             else:
                 rec["token_id"] = tok
