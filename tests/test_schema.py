@@ -47,6 +47,7 @@ CASES = [  # (method, options, sampling); options a method does not declare are 
     ("jacobi", {"block_size": 3, "variant": "hybrid", "hybrid_length": 4}, SAMPLED),
     ("lookahead", {}, GREEDY), ("lookahead", {"window_size": 3, "level": 3}, SAMPLED),
     ("diffusion", {}, GREEDY), ("diffusion", {"block_length": 4, "steps": 8, "rule": "threshold"}, GREEDY),
+    ("beam", {"num_beams": 3}, GREEDY), ("beam", {"num_beams": 4, "num_beam_groups": 2}, GREEDY),
 ]
 
 
@@ -120,6 +121,12 @@ def render_viz(tr: T.Trace, cursors) -> None:
                 diffusion.denoising_grid(steps, cur, graded=graded)
             diffusion.confidence_figure(step)
             diffusion.tokens_per_step_figure(steps, cur)
+        elif kind == "beam":
+            from viz import beam
+            beam.tree_figure(steps, cur)
+            beam.scores_figure(steps, cur)
+            beam.beam_rows(steps, cur)
+            beam.nbest_rows(steps, cur)
 
 
 def _render_kv(steps, cur) -> None:
@@ -451,8 +458,22 @@ def repair_diffusion(draw, steps):
         s["block_range"] = [lo, draw(hs.integers(lo, n))]
 
 
+def repair_beam(draw, steps):
+    for i, s in enumerate(steps):
+        n_prev = len(steps[i - 1]["beams"]) if i else 0
+        for f in ("beams", "pruned", "finished"):
+            if f in s:
+                s[f] = [dict(c, parent=-1 if i == 0 else c["parent"] % n_prev) for c in s[f] if i == 0 or n_prev]
+        if "nbest" in s:
+            refs = [(j, len(steps[j].get("finished", []))) for j in range(i + 1)]
+            refs = [(j, n) for j, n in refs if n]
+            s["nbest"] = [dict(r, step=refs[k % len(refs)][0], slot=r["slot"] % refs[k % len(refs)][1])
+                          for k, r in enumerate(s["nbest"])] if refs else []
+
+
 REPAIR = {"ar": lambda draw, steps: None, "speculative": repair_speculative, "kv": repair_kv,
-          "jacobi": repair_jacobi, "lookahead": repair_lookahead, "diffusion": repair_diffusion}
+          "jacobi": repair_jacobi, "lookahead": repair_lookahead, "diffusion": repair_diffusion,
+          "beam": repair_beam}
 
 
 @hs.composite

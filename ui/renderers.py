@@ -10,7 +10,8 @@ from viz import window as W
 
 # step kind -> module under ui/ whose render(r, prefix) draws one step of a trace
 MODULES = {"ar": "ui.render_ar", "speculative": "ui.render_speculative", "kv": "ui.render_kv",
-           "jacobi": "ui.render_jacobi", "lookahead": "ui.render_jacobi", "diffusion": "ui.render_diffusion"}
+           "jacobi": "ui.render_jacobi", "lookahead": "ui.render_jacobi", "diffusion": "ui.render_diffusion",
+           "beam": "ui.render_beam"}
 
 
 def renderer(kind: str):
