@@ -62,3 +62,33 @@ def plan_splits(keys: int, programs: int, block_n: int, min_split: int = 256, ta
     split = max(min_split, -(-keys // want))
     split = -(-split // block_n) * block_n
     return split, -(-keys // split)
+
+
+# A helper the kernels call by name: jitted once, at import, in this process's mode (compiled, or interpreted
+# when TRITON_INTERPRET=1 was set before the import, as make test-interp does).
+if HAVE_TRITON:
+    @triton.jit
+    def online_softmax_tile(q, k_base, v_base, cols, col_ok, allowed, dims, dim_ok, skt, skd, svt, svd, qk_scale,
+                                m_i, l_i, acc, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+        """One key tile of flash attention's online softmax, shared by the decode and tree kernels: load the
+        tile's K and V, scores in log2 units, mask (`allowed`: [rows, cols]), rescale the running max / sum /
+        weighted values. Returns the new (m_i, l_i, acc)."""
+        kt = tl.load(k_base + cols[None, :] * skt + dims[:, None] * skd, mask=col_ok[None, :] & dim_ok[:, None],
+                     other=0.0)
+        if UPCAST:
+            kt = kt.to(tl.float32)
+        s = tl.dot(q, kt, input_precision=DOT_PRECISION) * qk_scale
+        s = tl.where(allowed, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_use)
+        p = tl.exp2(s - m_use[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        vt = tl.load(v_base + cols[:, None] * svt + dims[None, :] * svd, mask=col_ok[:, None] & dim_ok[None, :],
+                     other=0.0)
+        if UPCAST:
+            vt = vt.to(tl.float32)
+        acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt, input_precision=DOT_PRECISION)
+        return m_new, l_i, acc
+else:  # pragma: no cover
+    online_softmax_tile = None

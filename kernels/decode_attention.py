@@ -21,7 +21,8 @@ import math
 
 import torch
 
-from kernels._triton import HAVE_TRITON, LOG2E, dot_precision, jitted, next_pow2, plan_splits, tl, upcast_dot
+from kernels._triton import (HAVE_TRITON, LOG2E, dot_precision, jitted, next_pow2, online_softmax_tile, plan_splits,
+                             tl, upcast_dot)
 
 
 def check_shapes(q, k, v) -> None:
@@ -95,23 +96,8 @@ def _decode_partial_kernel(
     for start in range(lo, hi, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
         col_ok = cols < hi
-        kt = tl.load(k_base + cols[None, :] * skt + dims[:, None] * skd,
-                     mask=col_ok[None, :] & dim_ok[:, None], other=0.0)
-        if UPCAST:
-            kt = kt.to(tl.float32)
-        s = tl.dot(q, kt, input_precision=DOT_PRECISION) * qk_scale
-        s = tl.where(col_ok[None, :] & (cols[None, :] <= last_key[:, None]), s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m_i - m_use)
-        p = tl.exp2(s - m_use[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        vt = tl.load(v_base + cols[:, None] * svt + dims[None, :] * svd,
-                     mask=col_ok[:, None] & dim_ok[None, :], other=0.0)
-        if UPCAST:
-            vt = vt.to(tl.float32)
-        acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt, input_precision=DOT_PRECISION)
-        m_i = m_new
+        m_i, l_i, acc = online_softmax_tile(q, k_base, v_base, cols, col_ok, col_ok[None, :] & (cols[None, :] <= last_key[:, None]), dims, dim_ok, skt, skd, svt, svd,
+                                            qk_scale, m_i, l_i, acc, DOT_PRECISION, UPCAST)
 
     # partials laid out [B * Hkv, NUM_SPLITS, ROWS_PAD(, D)]
     base = (pid_bh.to(tl.int64) * NUM_SPLITS + split) * ROWS_PAD

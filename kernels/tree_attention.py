@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from kernels._triton import (HAVE_TRITON, LOG2E, dot_precision, jitted, next_pow2, plan_splits, tl,
+from kernels._triton import (HAVE_TRITON, LOG2E, dot_precision, jitted, next_pow2, online_softmax_tile, plan_splits, tl,
                              upcast_dot)
 
 
@@ -153,23 +153,8 @@ def _tree_attention_kernel(
     for start in range(lo, hi, BLOCK_N):
         cols = start + tl.arange(0, BLOCK_N)
         col_ok = cols < hi
-        kt = tl.load(k_base + cols[None, :] * skt + dims[:, None] * skd,
-                     mask=col_ok[None, :] & dim_ok[:, None], other=0.0)
-        if UPCAST:
-            kt = kt.to(tl.float32)
-        s = tl.dot(q, kt, input_precision=DOT_PRECISION) * qk_scale
-        s = tl.where(col_ok[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m_i - m_use)
-        p = tl.exp2(s - m_use[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        vt = tl.load(v_base + cols[:, None] * svt + dims[None, :] * svd,
-                     mask=col_ok[:, None] & dim_ok[None, :], other=0.0)
-        if UPCAST:
-            vt = vt.to(tl.float32)
-        acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt, input_precision=DOT_PRECISION)
-        m_i = m_new
+        m_i, l_i, acc = online_softmax_tile(q, k_base, v_base, cols, col_ok, col_ok[None, :], dims, dim_ok, skt, skd, svt, svd,
+                                            qk_scale, m_i, l_i, acc, DOT_PRECISION, UPCAST)
 
     # 2) the tree's own nodes (last split only): ancestors and self
     tree_end = tl.where(split == NUM_SPLITS - 1, T, 0)
@@ -186,23 +171,8 @@ def _tree_attention_kernel(
             allowed = ((words >> (knode[None, :] % 32)) & 1) != 0
         allowed = allowed & col_ok[None, :]
         cols = P + knode
-        kt = tl.load(k_base + cols[None, :] * skt + dims[:, None] * skd,
-                     mask=col_ok[None, :] & dim_ok[:, None], other=0.0)
-        if UPCAST:
-            kt = kt.to(tl.float32)
-        s = tl.dot(q, kt, input_precision=DOT_PRECISION) * qk_scale
-        s = tl.where(allowed, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m_i - m_use)
-        p = tl.exp2(s - m_use[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        vt = tl.load(v_base + cols[:, None] * svt + dims[None, :] * svd,
-                     mask=col_ok[:, None] & dim_ok[None, :], other=0.0)
-        if UPCAST:
-            vt = vt.to(tl.float32)
-        acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt, input_precision=DOT_PRECISION)
-        m_i = m_new
+        m_i, l_i, acc = online_softmax_tile(q, k_base, v_base, cols, col_ok, allowed, dims, dim_ok, skt, skd, svt, svd,
+                                            qk_scale, m_i, l_i, acc, DOT_PRECISION, UPCAST)
 
     if SPLIT:  # partials laid out [B * Hkv, NUM_SPLITS, ROWS_PAD(, D)], as the decode kernel's
         base = (pid_bh.to(tl.int64) * NUM_SPLITS + split) * ROWS_PAD
