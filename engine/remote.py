@@ -12,14 +12,15 @@ UI side (this module imports no streamlit):
     r = dec.start(lm, method, prompt, breakpoints=..., start_paused=..., max_new_tokens=..., ...)
         # -> RemoteRunner (the Runner interface over a mirrored Trace); LabError at once if refused
     dec.task(lm, "vs_autoregressive", meta=..., final_ids=...)   # model work a page asks for
+    r.watch(viewed)      # a page started it: cancelled if it computes with no page to show it (HEARTBEAT_*)
 Decoder side: `python -m engine.remote FD` serves one UI process over a socket pair, holds the models
 (loaded once, shared by every session) and runs each run in an engine.runner.Runner.
 
 Messages (pickled tuples):
-    UI -> decoder   (call_id, op, kwargs)
+    UI -> decoder   (call_id, op, kwargs)             call_id 0: no reply (heartbeat, forget)
     decoder -> UI   ("reply", call_id, ok, value)      value: a result, or an encoded exception
                     ("step", run_id, payload)          a step record, counters, summary, output tail
-                    ("state", run_id, snapshot)        state, breakpoint reason, error
+                    ("state", run_id, snapshot)        state, working, breakpoint / stop reason, error
                     ("end", run_id, final)             final text, token texts, finished time
 If the decoder process dies, every pending call fails with DecoderError, every run ends in "error"
 with that message, and the next call starts a new process.
@@ -46,6 +47,13 @@ from engine.trace import Counters, Trace
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CALL_TIMEOUT_S = 600.0     # a model load on a slow disk, a long teacher-forcing task
 START_TIMEOUT_S = 120.0
+# A run the UI watches (RemoteRunner.watch: a browser page started it) is cancelled by the decoder once no
+# heartbeat came for HEARTBEAT_TIMEOUT_S while it computes: its page is gone (a closed tab), and nobody should
+# wait behind it for the shared model. The UI sends a heartbeat every HEARTBEAT_EVERY_S for each watched run
+# whose page is still there. A paused run is kept (it holds no model lock: engine.run locks one step at a time).
+# Runs started without a UI (engine API, CLI, tests) are never watched, so never cancelled this way.
+HEARTBEAT_EVERY_S = 1.0
+HEARTBEAT_TIMEOUT_S = float(os.environ.get("DECODING_LAB_HEARTBEAT_S", 5.0))
 
 
 class DecoderError(LabError, RuntimeError):
@@ -106,6 +114,9 @@ class RemoteRunner(Runner):
         self.token_texts: list[str] = []  # per output token, sent when the run ends
         self.listener = None
         self.started_at = time.time()
+        self.stop_reason = None           # why the decoder cancelled the run on its own (no heartbeat)
+        self._working = False             # the decoder's runner computes a step, or has one pending
+        self._viewed = None               # watch(): is the run's page still there?
         self._cursor = None
         self._changed = threading.Condition()
         self._ended = False
@@ -128,6 +139,8 @@ class RemoteRunner(Runner):
             if not (self.state == CANCELLED and s["state"] != ERROR):
                 self.state = s["state"]
             self.break_reason = s.get("break_reason")
+            self._working = bool(s.get("working"))
+            self.stop_reason = s.get("stop_reason") or self.stop_reason
             if s.get("error") is not None:
                 self.error = s["error"]
                 self.exception = decode_exception(s["exception"])
@@ -150,6 +163,7 @@ class RemoteRunner(Runner):
                 self.state, self.error = ERROR, message
                 self.exception = DecoderError(message)
             self._ended = True
+            self._working = False
             self._changed.notify_all()
 
     # -- controls --------------------------------------------------------------------------------------
@@ -162,6 +176,16 @@ class RemoteRunner(Runner):
     @property
     def alive(self) -> bool:
         return not self.finished
+
+    @property
+    def working(self) -> bool:
+        """The decoder's runner is computing a step or has one pending (as of its last message)."""
+        return self._working and not self.finished
+
+    def watch(self, viewed, timeout_s: float = HEARTBEAT_TIMEOUT_S) -> None:
+        """Arm the heartbeat: while `viewed()` is true the UI sends heartbeats; once none came for `timeout_s`
+        the decoder cancels the run if it is computing (its page is gone)."""
+        self._dec.watch(self, viewed, timeout_s)
 
     def pause(self):
         if not self.finished:
@@ -185,6 +209,7 @@ class RemoteRunner(Runner):
         self._cursor = None
         if not self.finished:
             self.state = PAUSED
+            self._working = True
             self._control("step")
 
     def step_back(self):
@@ -237,8 +262,9 @@ class RemoteRunner(Runner):
 
     def wait_idle(self, timeout: float = 30.0) -> None:
         """Block until the decoder's runner has no pending single steps and is paused or ended. Every
-        step record it sent before is applied here by then (one ordered channel)."""
-        if self.finished:
+        step record it sent before is applied here by then (one ordered channel). After Pause or Cancel that
+        includes the step that was in progress."""
+        if self.finished and not self._working:
             return
         try:
             self._dec.call("control", run_id=self.run_id, action="wait_idle", timeout=timeout,
@@ -265,6 +291,8 @@ class Decoder:
         self._ids = itertools.count(1)
         self._pending: dict[int, list] = {}     # call id -> [event, ok, value]
         self._runs: "weakref.WeakValueDictionary[int, RemoteRunner]" = weakref.WeakValueDictionary()
+        self._watched: "weakref.WeakValueDictionary[int, RemoteRunner]" = weakref.WeakValueDictionary()
+        self._beats: threading.Thread | None = None
         self._lock = threading.Lock()
         self.dead: str | None = None
         self._reader = threading.Thread(target=self._read, daemon=True, name="decoder-reader")
@@ -360,6 +388,36 @@ class Decoder:
         self.call("control", run_id=run_id, action="go")   # the decoder holds its messages until now
         return r
 
+    def watch(self, run: RemoteRunner, viewed, timeout_s: float = HEARTBEAT_TIMEOUT_S) -> None:
+        """See RemoteRunner.watch. One thread sends every watched run's heartbeat, in one message a second."""
+        run._viewed = viewed
+        self.call("control", run_id=run.run_id, action="watch", timeout=float(timeout_s))
+        with self._lock:
+            self._watched[run.run_id] = run
+            if self._beats is None:
+                self._beats = threading.Thread(target=self._beat, daemon=True, name="decoder-heartbeat")
+                self._beats.start()
+
+    def _beat(self):
+        while not self.dead:
+            time.sleep(HEARTBEAT_EVERY_S)
+            ids = []
+            for rid, run in list(self._watched.items()):
+                if run.finished:
+                    self._watched.pop(rid, None)
+                    continue
+                try:
+                    if run._viewed():
+                        ids.append(rid)
+                except Exception:  # noqa: BLE001 -- a failing check counts as "not viewed"
+                    pass
+            if ids and not self.dead:
+                try:
+                    with self._send_lock:
+                        self.conn.send((0, "heartbeat", {"run_ids": ids}))
+                except (OSError, EOFError, BrokenPipeError):
+                    return
+
     def _forget(self, run_id: int):
         if not self.dead:
             try:
@@ -416,12 +474,14 @@ class _Run:
         self.runner, self.trace = runner, trace
         self.sent_ids = 0
         self.go = threading.Event()
+        self.heartbeat_s: float | None = None    # armed by a "watch" control (a UI page started the run)
+        self.last_beat = time.monotonic()
 
 
 class Server:
     """The decoder process: models, runs, tasks; one thread reads calls, slow ones go to a pool."""
 
-    FAST = {"control", "forget", "ping"}
+    FAST = {"control", "forget", "ping", "heartbeat"}
 
     def __init__(self, conn: Connection):
         from concurrent.futures import ThreadPoolExecutor
@@ -431,6 +491,8 @@ class Server:
         self.models_lock = threading.Lock()
         self.runs: dict[int, _Run] = {}
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="decoder-call")
+        self.state_lock = threading.Lock()   # a state snapshot is taken and sent in one piece (never reordered)
+        threading.Thread(target=self._watchdog, daemon=True, name="decoder-watchdog").start()
 
     def send(self, msg) -> None:
         with self.send_lock:
@@ -492,6 +554,8 @@ class Server:
 
     def _streamed(self, run_id: int, entry: _Run, lm, steps):
         entry.go.wait(60)     # the UI has registered the run (its messages have somewhere to go)
+        if entry.runner is not None and getattr(entry.runner, "_cancel", False):
+            return            # cancelled before it began: no prefill for nobody
         trace = entry.trace
         for rec in steps:
             tail = trace.final_ids[entry.sent_ids:]
@@ -506,15 +570,17 @@ class Server:
                                    "meta": {k: trace.meta[k] for k in ("finished", "lossless") if k in trace.meta}}))
 
     def _state(self, run_id: int, r: Runner) -> None:
-        snap = {"state": r.state, "break_reason": r.break_reason, "error": r.error,
-                "exception": encode_exception(r.exception) if r.exception is not None else None}
-        if r.exception is not None and r.traceback:
-            snap["exception"] = (snap["exception"][0], snap["exception"][1], r.traceback)
-        try:
-            self.send(("state", run_id, snap))
-        except (OSError, EOFError, BrokenPipeError):
-            pass
-        if r.finished:
+        with self.state_lock:
+            snap = {"state": r.state, "break_reason": r.break_reason, "error": r.error, "working": r.working,
+                    "stop_reason": getattr(r, "stop_reason", None),
+                    "exception": encode_exception(r.exception) if r.exception is not None else None}
+            if r.exception is not None and r.traceback:
+                snap["exception"] = (snap["exception"][0], snap["exception"][1], r.traceback)
+            try:
+                self.send(("state", run_id, snap))
+            except (OSError, EOFError, BrokenPipeError):
+                pass
+        if r.finished and not r.working:   # (a cancelled run's step in progress has come back)
             self.runs.pop(run_id, None)   # the UI holds the mirror; nothing here needs it any more
 
     def op_control(self, run_id: int, action: str, **kw):
@@ -522,6 +588,7 @@ class Server:
         if entry is None:
             return None                   # ended (and forgotten) already
         r = entry.runner
+        entry.last_beat = time.monotonic()    # the UI acted on the run: its page is there
         if action == "go":
             entry.go.set()
         elif action == "pause":
@@ -534,7 +601,9 @@ class Server:
             r.cancel()
             entry.go.set()
         elif action == "breakpoints":
-            r.breakpoints = list(kw["breakpoints"])
+            r.set_breakpoints(kw["breakpoints"])
+        elif action == "watch":
+            entry.heartbeat_s = float(kw["timeout"])
         elif action == "wait_idle":
             r.wait_idle(timeout=float(kw.get("timeout", 30)))
         else:
@@ -542,6 +611,31 @@ class Server:
         if action != "wait_idle":
             self._state(run_id, r)
         return None
+
+    def op_heartbeat(self, run_ids: list[int]):
+        now = time.monotonic()
+        for rid in run_ids:
+            entry = self.runs.get(rid)
+            if entry is not None:
+                entry.last_beat = now
+
+    def _watchdog(self) -> None:
+        """Cancel a watched run that computes with no heartbeat for its timeout (its page is gone)."""
+        while True:
+            time.sleep(0.25)
+            now = time.monotonic()
+            for rid, entry in list(self.runs.items()):
+                r = entry.runner
+                if entry.heartbeat_s is None or r is None or r.finished:
+                    continue
+                quiet = now - entry.last_beat
+                if quiet > entry.heartbeat_s and (r.state == RUNNING or r.working):
+                    r.stop_reason = (f"cancelled by the server: no open page has shown this run for {quiet:.0f} s "
+                                     "(the tab was closed or lost its connection)")
+                    print(f"decoder: run {rid} {r.stop_reason}", file=sys.stderr, flush=True)
+                    r.cancel()
+                    entry.go.set()
+                    self._state(rid, r)
 
     def op_forget(self, run_id: int):
         entry = self.runs.pop(run_id, None)

@@ -22,7 +22,7 @@ from engine.errors import LabError
 
 IDLE, RUNNING, PAUSED, DONE, CANCELLED, ERROR = "idle", "running", "paused", "done", "cancelled", "error"
 EVENTS = {"draft_rejected": "a draft token is rejected", "kv_evicted": "a KV entry is evicted",
-          "remasked": "a position is remasked", "changed": "a Jacobi guess changes"}
+          "remasked": "a committed token is remasked", "changed": "a Jacobi guess changes"}
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,7 @@ class Runner:
         self.exception: BaseException | None = None   # what the run stopped with (ERROR)
         self.traceback: str | None = None
         self.break_reason: str | None = None
+        self.stop_reason: str | None = None   # why it was cancelled, when not by a person (engine.remote)
         self._cursor: int | None = None  # None: follow the newest step
         self._pending_steps = 0
         self._paused = start_paused
@@ -146,12 +147,13 @@ class Runner:
         return not self._thread.is_alive()
 
     def wait_idle(self, timeout: float = 30.0) -> None:
-        """Block until the worker has no pending single steps and is paused or ended."""
+        """Block until the worker has no pending single steps and is paused or ended, and no step is being
+        computed (a step in progress when the run was paused or cancelled has been recorded by then)."""
         import time
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             with self._cond:
-                if self.finished or (self._paused and self._pending_steps == 0 and not self._busy):
+                if not self._busy and (self.finished or (self._paused and self._pending_steps == 0)):
                     return
             time.sleep(0.01)
 
@@ -163,6 +165,18 @@ class Runner:
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()
+
+    @property
+    def working(self) -> bool:
+        """True while a step is being computed (also after Pause or Cancel, until the step in progress comes
+        back) or a single step is pending."""
+        busy, pending = getattr(self, "_busy", False), getattr(self, "_pending_steps", 0)
+        return bool(busy or (pending and not self.finished))
+
+    def set_breakpoints(self, breakpoints) -> None:
+        """Breakpoints changed while the run is live take effect from the next step."""
+        with self._cond:
+            self.breakpoints = list(breakpoints)
 
     def pause(self):
         with self._cond:
@@ -241,7 +255,7 @@ class TraceView(Runner):
         self.breakpoints = []
         self.state = DONE
         self.error = self.exception = self.traceback = None
-        self.break_reason = None
+        self.break_reason = self.stop_reason = None
         self._cursor = None
         if cursor is not None:
             self.jump(cursor)
@@ -283,3 +297,6 @@ class TraceView(Runner):
 
     def cancel(self):
         pass
+
+    def set_breakpoints(self, breakpoints) -> None:
+        self.breakpoints = list(breakpoints)
