@@ -20,7 +20,7 @@ def main():
                                       "(to watch long runs; the text after it is not an answer)")
         opts = option_widgets("ar", "ar")
     cfg = common.sampling_controls("ar")
-    bps = controls.breakpoint_controls("ar")
+    bps = controls.breakpoint_controls("ar", keys=KEY)
     prompt = common.prompt_box("ar_prompt")
 
     c1, c2, _ = st.columns([1, 1, 4])

@@ -27,7 +27,7 @@ def main():
         with st.expander("Draft length and verification"):
             opts.update(option_widgets("speculative", P, st.container(), only=ADVANCED, fixed=opts))
     cfg = common.sampling_controls(P)
-    bps = controls.breakpoint_controls(P, events=("draft_rejected",))
+    bps = controls.breakpoint_controls(P, events=("draft_rejected",), keys=KEY)
     prompt = common.prompt_box(f"{P}_prompt", DEFAULT_PROMPT, height=140)
 
     c1, c2, c3, _ = st.columns([1, 1, 2, 3])
@@ -47,6 +47,12 @@ def main():
                           "neither recording, and compare compute-only tokens/s and the outputs"):
             controls.measure_vs_ar(lm, r)
             st.rerun()
+    elif r is not None and isinstance(r.trace.extra.get("vs_ar"), dict):
+        sp = r.trace.extra["vs_ar"]
+        ident, why = render_speculative.identical_metric(sp, r.trace.meta)
+        c3.caption(f"Measured: {sp['speedup']:.2f}x autoregressive's speed" if sp.get("speedup") else "Measured",
+                   help=why)
+        c3.caption(f"output identical to greedy: **{ident}**", help=why)
     controls.live(KEY, lambda rr: render_speculative.render(rr, P))
     controls.download_button(KEY)
 

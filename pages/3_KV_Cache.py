@@ -100,7 +100,7 @@ def main():
         "saved and how often the next-token choice still agrees with the full cache.")
     opts, opts_b, max_new, two = sidebar()
     cfg = common.sampling_controls("kv")
-    bps = controls.breakpoint_controls("kv", events=("kv_evicted",))
+    bps = controls.breakpoint_controls("kv", events=("kv_evicted",), keys=(KEY_A, KEY_B))
     prompt = common.prompt_box("kv_prompt", DEFAULT_PROMPT, height=140)
 
     ready = lm is not None and cfg is not None

@@ -23,7 +23,7 @@ def main():
         max_new = max_new_tokens_widget("jl", 48)
         options = option_widgets(method, f"jl_{method}")
     cfg = common.sampling_controls("jl")
-    bps = controls.breakpoint_controls("jl", events=("changed", "draft_rejected"))
+    bps = controls.breakpoint_controls("jl", events=("changed", "draft_rejected"), keys=KEY)
     prompt = common.prompt_box("jl_prompt", DEFAULT_PROMPT)
 
     ready = lm is not None and cfg is not None

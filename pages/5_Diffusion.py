@@ -97,7 +97,7 @@ def main():
     embedded = lm is not None and lm.name == models.EMBEDDED
     opts, gen_length = sidebar(embedded)
     cfg = common.sampling_controls("dlm")
-    bps = controls.breakpoint_controls("dlm", events=("remasked",))
+    bps = controls.breakpoint_controls("dlm", events=("remasked",), keys=KEY)
     prompt = common.prompt_box("dlm_prompt", "Write a short story about a lost cat.")
 
     ready = lm is not None and cfg is not None

@@ -34,6 +34,13 @@ def start_all(lm, chosen, avail, prompt, max_new):
     st.session_state["cmp_names"] = names
 
 
+def cancel_all():
+    for k in keys() + [REF]:
+        r = controls.runner(k)
+        if r is not None:
+            r.cancel()
+
+
 def view(lm, runs, names):
     def reference():
         for k, r in runs.items():
@@ -104,9 +111,9 @@ def main():
             start_all(lm, chosen, avail, prompt, max_new)
     runs = {k: controls.runner(k) for k in keys() if controls.runner(k)}
     names = st.session_state.get("cmp_names", {})
-    if runs and st.button("Cancel all", key="cmp_cancel"):
-        for r in runs.values():
-            r.cancel()
+    if runs:   # acts in its callback, before the page is drawn: the states shown below are the new ones
+        st.button("Cancel all", key="cmp_cancel", on_click=cancel_all,
+                  disabled=all(r.finished for r in [*runs.values(), controls.runner(REF)] if r is not None))
     if runs and lm is not None:
         view(lm, runs, names)
 

@@ -5,6 +5,12 @@ interactions (which rerun the script) never kill it and rendering never slows it
 on a timer while the run is live and stops polling once it is paused or finished. The timer adapts to
 the measured render time (a refresh costs at most ~1/RENDER_SHARE of the time between refreshes), and
 "render every N steps" (sidebar) lets a slow machine redraw less often.
+
+What a person sees is the run's state after their click: the step controls act in button callbacks (before
+the page is drawn) and wait briefly for the run to follow (Pause: the step in progress comes back); a run
+still computing after that is shown as such and polled. Breakpoints changed while a run is live apply to it
+from its next step. A run started from a page is watched (engine.remote's heartbeat): once the page's browser
+session is gone (a closed tab), the decoder cancels it within seconds.
 """
 from __future__ import annotations
 
@@ -17,7 +23,7 @@ import streamlit as st
 
 from engine import remote
 from engine.errors import LabError
-from engine.runner import DONE, ERROR, EVENTS, PAUSED, RUNNING, Breakpoint, Runner
+from engine.runner import CANCELLED, DONE, ERROR, EVENTS, PAUSED, RUNNING, Breakpoint, Runner
 from ui import common, renderers
 from viz.safe import md_text
 
@@ -34,23 +40,83 @@ MAX_REFRESH_S = 30.0
 RENDER_SHARE = 25
 LIVE_STREAM_TOKENS = 120  # the live status's token stream: the newest tokens (all of them in the figures view)
 EVERY_N_KEY = "lab_render_every_n"
+# A click acts on the run before the page is drawn (a button callback), then waits this long at most for the
+# run's state to follow, so the buttons and the status drawn after it are the run's new state. Longer steps
+# (a long prompt's prefill) show "being computed" and the status polls until the step is back.
+PAUSE_WAIT_S = 3.0    # Pause / Cancel: the step in progress comes back (an AR step takes ~0.1 s here)
+STEP_WAIT_S = 20.0    # Step: the one step is computed
+BP_OF = "lab_breakpoints_of"   # runner key -> (breakpoint widgets' prefix, events): callbacks read the widgets
+EVENT_HELP = {
+    "remasked": "Fires when a token committed at an earlier step is masked again. The shipped rules never take "
+                "back a committed token (they leave a step's low-confidence predictions masked, which is not "
+                "a remask), so with them this never fires.",
+}
 
 
-def breakpoint_controls(prefix: str, events: tuple[str, ...] = (), container=None) -> list[Breakpoint]:
+def _breakpoints_from_state(prefix: str, events: tuple[str, ...]) -> list[Breakpoint]:
+    """The breakpoints the sidebar widgets under `prefix` describe (read from the session state, so a button
+    callback sees what a person typed just before clicking)."""
+    ss = st.session_state
+    bps = []
+    text = ss.get(f"{prefix}_bp_text") or ""
+    if text:
+        bps.append(Breakpoint("token", text))
+    conf = float(ss.get(f"{prefix}_bp_conf") or 0.0)
+    if conf > 0:
+        bps.append(Breakpoint("confidence_below", conf))
+    for ev in events:
+        if ss.get(f"{prefix}_bp_{ev}"):
+            bps.append(Breakpoint("event", ev))
+    return bps
+
+
+def _apply_breakpoints(key: str) -> bool:
+    """Give the run under `key` the breakpoints its page's widgets show now; True if it is live (they apply)."""
+    r = runner(key)
+    spec = st.session_state.get(BP_OF, {}).get(key)
+    if r is None or spec is None or r.finished:
+        return False
+    bps = _breakpoints_from_state(*spec)
+    if list(r.breakpoints) != bps:
+        r.set_breakpoints(bps)
+    return True
+
+
+def breakpoint_controls(prefix: str, events: tuple[str, ...] = (), container=None, keys=()) -> list[Breakpoint]:
+    """The breakpoint widgets; their breakpoints are returned (for the next run) and given at once to the live
+    runs under `keys` (a key or a tuple of keys), which apply them from their next step."""
+    keys = (keys,) if isinstance(keys, str) else tuple(keys)
     c = container or st.sidebar
     with c.expander("Breakpoints", expanded=False):
-        bps = []
-        text = st.text_input("pause when this text appears", "", key=f"{prefix}_bp_text")
-        if text:
-            bps.append(Breakpoint("token", text))
-        conf = st.number_input("pause when confidence is below (0 = off)", 0.0, 1.0, 0.0, 0.05,
-                               key=f"{prefix}_bp_conf")
-        if conf > 0:
-            bps.append(Breakpoint("confidence_below", float(conf)))
+        st.text_input("pause when this text appears", "", key=f"{prefix}_bp_text")
+        st.number_input("pause when confidence is below (0 = off)", 0.0, 1.0, 0.0, 0.05, key=f"{prefix}_bp_conf")
         for ev in events:
-            if st.checkbox(f"pause when {EVENTS.get(ev, ev)}", key=f"{prefix}_bp_{ev}"):
-                bps.append(Breakpoint("event", ev))
+            st.checkbox(f"pause when {EVENTS.get(ev, ev)}", key=f"{prefix}_bp_{ev}", help=EVENT_HELP.get(ev))
+        bps = _breakpoints_from_state(prefix, events)
+        st.session_state.setdefault(BP_OF, {}).update({k: (prefix, tuple(events)) for k in keys})
+        live = [k for k in keys if _apply_breakpoints(k)]
+        st.caption("Changes apply to the run in progress from its next step." if live else
+                   "They apply to the next run, and to a run in progress from its next step.")
     return bps
+
+
+def _arm_heartbeat(r) -> None:
+    """A run started from a browser page is cancelled by the decoder soon after its page is gone (a closed tab):
+    while the page's session is connected, engine.remote sends the run's heartbeat. Only under `streamlit run`
+    (never in AppTest, scripts, the CLI or the engine API, whose runs are never cancelled this way)."""
+    if not hasattr(r, "watch"):
+        return
+    try:
+        from streamlit.runtime import Runtime
+        from streamlit.runtime.scriptrunner import get_script_run_ctx
+        ctx = get_script_run_ctx()
+        rt = Runtime.instance() if Runtime.exists() else None
+    except Exception:  # noqa: BLE001 -- no runtime: nothing to watch
+        return
+    if ctx is None or type(rt) is not Runtime:   # AppTest installs a mock Runtime
+        return
+    sid = ctx.session_id
+    r.watch(lambda: rt.is_active_session(sid))
 
 
 def start(key: str, lm, method: str, prompt: str, *, breakpoints=(), start_paused=False, **kw) -> Runner | None:
@@ -70,6 +136,10 @@ def start(key: str, lm, method: str, prompt: str, *, breakpoints=(), start_pause
         return None
     st.session_state[key] = r
     st.session_state.pop(f"{key}__timing", None)
+    try:
+        _arm_heartbeat(r)
+    except LabError:   # the decoder went away just now: the run reports it
+        pass
     if not start_paused and hasattr(r, "wait_steps"):
         r.wait_steps(1, timeout=FIRST_STEP_WAIT_S)   # so this very page run draws the first step's figures
     return r
@@ -80,33 +150,74 @@ def runner(key: str) -> Runner | None:
     return r if isinstance(r, Runner) else None
 
 
+def _act(key: str, action: str) -> None:
+    """A step control's callback: it runs before the page is drawn, so what is drawn after it is the run's
+    new state (a click handled inside the page run drew the buttons from the state before it)."""
+    r = runner(key)
+    if r is None:
+        return
+    with common.guard("step controls"):
+        if action in ("resume", "fwd"):
+            _apply_breakpoints(key)   # what the widgets say now, even if typed just before this click
+        if action == "back":
+            r.step_back()
+        elif action == "fwd":
+            computes = r.cursor is None or r.cursor >= len(r.trace.steps) - 1
+            r.step_forward()
+            if computes and not r.finished:
+                r.wait_idle(timeout=STEP_WAIT_S)
+        elif action == "pause":
+            r.pause()
+            r.wait_idle(timeout=PAUSE_WAIT_S)   # the step in progress comes back and is shown
+        elif action in ("resume", "last"):
+            r.resume()
+        elif action == "cancel":
+            r.cancel()
+            r.wait_idle(timeout=PAUSE_WAIT_S)
+
+
+def _jump(key: str, widget: str) -> None:
+    r = runner(key)
+    if r is not None and widget in st.session_state:
+        r.jump(int(st.session_state[widget]))
+
+
+def live_now(r) -> bool:
+    """The run computes (running, or paused / cancelled with a step still being computed): the page polls."""
+    return r.state == RUNNING or bool(getattr(r, "working", False))
+
+
 def step_controls(key: str, container=None) -> None:
-    """Pause / resume / step back / step forward / jump / cancel for the runner under `key`."""
+    """Pause / resume / step back / step forward / jump / cancel for the runner under `key`, drawn from the
+    run's state after the click (the buttons act in callbacks, before the page run)."""
     r = runner(key)
     if r is None:
         return
     c = container or st
-    cols = c.columns([1, 1, 1, 1, 1, 4])
-    running = r.state == RUNNING
-    if cols[0].button("◀ Back", key=f"{key}_back", help="show the previous step (pauses)", disabled=r.cursor in (None, 0)):
-        r.step_back()
-    if cols[1].button("Step ▶", key=f"{key}_fwd", help="next recorded step, or compute exactly one more"):
-        r.step_forward()
-        r.wait_idle(timeout=120)
-    if running:
-        if cols[2].button("Pause", key=f"{key}_pause"):
-            r.pause()
-    elif cols[2].button("Resume", key=f"{key}_resume", disabled=r.finished and r.following):
-        r.resume()
-    if cols[3].button("Cancel", key=f"{key}_cancel", disabled=r.finished):
-        r.cancel()
+    cols = c.columns([1, 1, 1.2, 1, 1, 4])
+    cols[0].button("◀ Back", key=f"{key}_back", help="show the previous step (pauses)", disabled=r.cursor in (None, 0),
+                   on_click=_act, args=(key, "back"))
+    at_newest = r.cursor is None or r.cursor >= len(r.trace.steps) - 1
+    cols[1].button("Step ▶", key=f"{key}_fwd", on_click=_act, args=(key, "fwd"),
+                   disabled=r.finished and at_newest,
+                   help="next recorded step, or compute exactly one more (pauses)")
+    if r.state == RUNNING:
+        cols[2].button("Pause", key=f"{key}_pause", on_click=_act, args=(key, "pause"),
+                       help="pause after the step in progress")
+    elif r.finished:
+        cols[2].button("Last step ⏭", key=f"{key}_resume", on_click=_act, args=(key, "last"), disabled=r.following,
+                       help="show the run's last step")
+    else:
+        cols[2].button("Resume", key=f"{key}_resume", on_click=_act, args=(key, "resume"), type="primary",
+                       help="continue decoding (from the newest step)")
+    cols[3].button("Cancel", key=f"{key}_cancel", disabled=r.finished, on_click=_act, args=(key, "cancel"),
+                   help="stop the run for good (its steps stay to inspect and download)")
     n = len(r.trace.steps)
     if n > 1 and r.state != RUNNING:
         cur = r.cursor or 0
-        new = cols[5].slider("jump to step", 0, n - 1, cur, key=f"{key}_jump_{n}_{cur}", label_visibility="collapsed")
-        if new != cur:
-            r.jump(new)
-            st.rerun()
+        widget = f"{key}_jump_{n}_{cur}"
+        cols[5].slider("jump to step", 0, n - 1, cur, key=widget, label_visibility="collapsed",
+                       on_change=_jump, args=(key, widget))
 
 
 def status_line(r: Runner) -> str:
@@ -114,8 +225,15 @@ def status_line(r: Runner) -> str:
     cur = r.cursor
     where = "no steps yet" if cur is None else f"showing step {cur} (steps 0–{n - 1})"
     s = f"**{r.state}** · {where}"
+    working = bool(getattr(r, "working", False))
+    if r.state == PAUSED and working:
+        s += f" · computing step {n}, then pausing"
+    elif r.state == CANCELLED and working:
+        s += " · the step in progress finishes, then the run stops"
     if r.break_reason and r.state == PAUSED:
         s += f" · breakpoint: {md_text(r.break_reason, 200)}"   # it quotes the breakpoint's text
+    if r.state == CANCELLED and getattr(r, "stop_reason", None):
+        s += f" · {md_text(r.stop_reason, 300)}"
     return s
 
 
@@ -178,7 +296,7 @@ def progress(r) -> None:
     t = r.trace
     n = len(t.steps)
     max_new = int(t.meta.get("params", {}).get("max_new_tokens") or 0)
-    tokens = t.counters.generated_tokens
+    tokens = tokens_so_far(t)
     frac = tokens / max_new if max_new else 0.0
     planned = planned_steps(t.meta)
     if planned:
@@ -186,15 +304,42 @@ def progress(r) -> None:
     frac = min(1.0, frac)
     parts = [f"step {n}" + (f" of about {planned}" if planned else ""), f"{tokens} / {max_new} tokens"]
     if t.counters.compute_s > 0 and tokens:
-        parts.append(f"{tokens / t.counters.compute_s:.1f} tokens/s (compute)")
+        parts.append(f"{rate(tokens / t.counters.compute_s)} tokens/s (compute)")
     started = getattr(r, "started_at", None)
     if started and 0 < frac < 1 and r.state == RUNNING:
         left = (time.time() - started) * (1 - frac) / frac
         parts.append(f"about {left:.0f} s left" if left < 120 else f"about {left / 60:.0f} min left")
     prompt_len = len(t.meta.get("prompt_ids") or [])
     if prompt_len:
-        parts.append(f"prompt {prompt_len} tokens")
+        parts.append(f"prompt {prompt_len:,} tokens" + (" (prefilling)" if not n and live_now(r) else ""))
     st.progress(frac, text=" · ".join(parts))
+
+
+def rate(x: float | None) -> str:
+    """A speed with enough digits to read: 123 · 12.3 · 1.23 · 0.0123 (never a slow run's "0.0")."""
+    if x is None:
+        return "-"
+    if x >= 100:
+        return f"{x:.0f}"
+    if x >= 10:
+        return f"{x:.1f}"
+    if x >= 1:
+        return f"{x:.2f}"
+    return f"{x:.3g}" if x > 0 else "0"
+
+
+def committed_at(step: dict) -> int:
+    """A diffusion step's committed positions (its answer's tokens are counted only when the run ends)."""
+    state = step.get("state") or []
+    return len(state) - state.count("mask")
+
+
+def tokens_so_far(t) -> int:
+    """Tokens generated so far; for a diffusion run still going, the positions committed so far."""
+    tokens = t.counters.generated_tokens
+    if not tokens and t.steps and t.steps[-1].get("kind") == "diffusion":
+        return committed_at(t.steps[-1])
+    return tokens
 
 
 def live(key: str, render: Callable[[Runner], None]) -> None:
@@ -204,7 +349,7 @@ def live(key: str, render: Callable[[Runner], None]) -> None:
     r = runner(key)
     if r is None:
         return
-    active = r.state == RUNNING
+    active = live_now(r)
     base = live_figures_s()
     timing = st.session_state.setdefault(f"{key}__timing", {"render_s": 0.0, "interval": base, "base": base})
     if timing.get("base") != base:   # the sidebar setting changed
@@ -227,9 +372,9 @@ def live(key: str, render: Callable[[Runner], None]) -> None:
                     st.markdown(html, unsafe_allow_html=True)   # viz builders escape every trace string
             if rr.state == ERROR:
                 show_error(rr)
-            if not rr.trace.steps and rr.state == RUNNING:
-                st.info("Prefilling the prompt...")
-        if active and rr.state != RUNNING:
+            if not rr.trace.steps and live_now(rr):
+                st.info(prefill_message(rr))
+        if active and not live_now(rr):
             st.rerun()  # the run paused or ended: redraw the whole page once, then stop polling
         if active and not in_full_run[0] and rr.trace.steps and not timing.get("drawn"):
             st.rerun()  # a long prefill: the figures were drawn with no step yet; draw them now, once
@@ -257,6 +402,18 @@ def live(key: str, render: Callable[[Runner], None]) -> None:
     _status()
     _figures()
     in_full_run[0] = False
+
+
+def prefill_message(r) -> str:
+    """What a run shows before its first step: the prompt's length in tokens, and for how long it has been at it."""
+    n = len(r.trace.meta.get("prompt_ids") or [])
+    s = f"Prefilling the prompt ({n:,} tokens)" if n else "Prefilling the prompt"
+    started = getattr(r, "started_at", None)
+    if started and time.time() - started >= 2:
+        s += f" · {time.time() - started:.0f} s so far"
+    if n >= 2000:
+        s += " · a long prompt takes a while on a CPU"
+    return s + "..."
 
 
 def _shown(r, live: bool = False):
@@ -300,19 +457,57 @@ def download_button(key: str) -> None:
                        key=f"{key}_dl")
 
 
-def metrics_row(r: Runner, extra: dict | None = None) -> None:
-    c = r.trace.counters
+def scope_caption(r, cur: int, n: int, per_step: bool = True) -> str:
+    """Which step the metrics row counts up to: the newest one of a live run, the end, or the step shown."""
+    if n == 0:
+        return ""
+    if cur >= n - 1 and not r.finished:
+        s = f"So far: up to step {cur}, the newest (the run is {r.state})"
+    elif cur >= n - 1:
+        s = f"The whole run: {n} step{'s' if n != 1 else ''} ({r.state})"
+    else:
+        s = f"At step {cur} (of steps 0–{n - 1}): counted up to and including it"
+        if not per_step:
+            s += "; tokens, forwards and compute are the whole run's (this trace records no per-step totals)"
+    return s
+
+
+def metrics_row(r: Runner, extra: dict | None = None, tokens: int | None = None, tokens_help: str | None = None,
+                rerun: tuple[str, ...] = ()) -> None:
+    """The run's counts at the step shown (every step records the run's totals up to it), then the view's own
+    figures at that step, under a caption that says which step. `tokens`: the count to show while the run's
+    own is still 0 (diffusion: the positions committed so far); `rerun`: keys of `extra` measured on a
+    separate full run (speedup vs AR). A value may be (value, help)."""
+    t = r.trace
+    n = len(t.steps)
+    cur = r.cursor if r.cursor is not None else n - 1
+    tot = t.steps[cur].get("totals") if 0 <= cur < n else None
+    c = t.counters
+    per_step = isinstance(tot, dict) and "tokens" in tot
+    if per_step:
+        ntok, fwd, comp = int(tot.get("tokens") or 0), int(tot.get("target_forwards") or 0), float(tot.get("compute_s") or 0)
+    else:
+        ntok, fwd, comp = c.generated_tokens, c.target_forwards, c.compute_s
+    if tokens is not None and not ntok:
+        ntok = int(tokens)
     items = {
-        "tokens": c.generated_tokens,
-        "target forwards": c.target_forwards,
-        "tokens / forward": f"{c.generated_tokens / c.target_forwards:.2f}" if c.target_forwards else "-",
-        "compute s": f"{c.compute_s:.2f}",
-        "tokens/s (compute)": f"{c.generated_tokens / c.compute_s:.1f}" if c.compute_s > 0 else "-",
+        "tokens": (ntok, tokens_help),
+        "target forwards": fwd,
+        "tokens / forward": f"{ntok / fwd:.2f}" if fwd and ntok else "-",
+        "compute s": f"{comp:.2f}" if comp >= 0.01 or not comp else f"{comp:.3g}",
+        "tokens/s (compute)": rate(ntok / comp) if comp > 0 and ntok else "-",
     }
     items.update(extra or {})
+    caption = scope_caption(r, cur, n, per_step)
+    shown_rerun = [k for k in rerun if k in items]
+    if shown_rerun:
+        caption += f"; {', '.join(shown_rerun)}: measured on a separate run of the whole prompt"
+    if caption:
+        st.caption(caption)
     cols = st.columns(len(items))
     for col, (k, v) in zip(cols, items.items()):
-        col.metric(k, v)
+        v, help_ = v if isinstance(v, tuple) else (v, None)
+        col.metric(k, v, help=help_)
 
 
 __all__ = ["start", "runner", "step_controls", "live", "download_button", "breakpoint_controls", "metrics_row",

@@ -7,6 +7,10 @@ from viz import legend
 from viz.safe import md_text
 
 
+TOKENS_HELP = ("positions committed up to this step; at a finished run's last step, the answer's tokens (up to and "
+               "including its first end-of-text)")
+
+
 def render(r, prefix: str = "diffusion", compact: bool = False) -> None:
     """`r` is a Runner or a replay view: anything with .trace and .cursor."""
     steps = r.trace.steps
@@ -20,15 +24,17 @@ def render(r, prefix: str = "diffusion", compact: bool = False) -> None:
     if compact:
         if summ.get("model"):
             st.caption(f"{md_text(summ['model'])} · rule {md_text(summ.get('rule', '?'))}")
+        st.caption(controls.scope_caption(r, cur, len(steps)))
+        compute = (step.get("totals") or {}).get("compute_s", r.trace.counters.compute_s)
         cols = st.columns(4)
-        for col, (k, v) in zip(cols, {**extra, "compute s": f"{r.trace.counters.compute_s:.2f}"}.items()):
+        for col, (k, v) in zip(cols, {**extra, "compute s": f"{compute:.2f}"}.items()):
             col.metric(k, v)
     else:
-        controls.metrics_row(r, extra)
+        controls.metrics_row(r, extra, tokens=s["tokens"], tokens_help=TOKENS_HELP)
     lo, hi = step["block_range"]
     st.markdown(f"block {step.get('block', '?')} (positions {lo}–{hi - 1}) · "
                 f"step {step.get('step_in_block', '?')} of the block · committed {len(step['new_ids'])} · "
-                f"remasked {step.get('remasked', 0)}"
+                f"predicted but left masked {step.get('remasked', 0)}"
                 + (f" · threshold {step['threshold']:g}" if step.get("threshold") is not None else ""))
     if not renderers.live(r):
         st.markdown(vz.text_html(step), unsafe_allow_html=True)

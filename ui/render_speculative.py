@@ -8,6 +8,19 @@ from viz import speculative as vz
 from viz.safe import md_text
 
 
+def identical_metric(vs_ar: dict, meta: dict) -> tuple[str, str]:
+    """engine.measure.vs_autoregressive's verdict on the output, as a metric and its help."""
+    ident = vs_ar.get("identical")
+    if ident is True:
+        return "yes", "the re-run's output equals greedy autoregressive decoding token for token"
+    if ident is False:
+        return "NO", "the re-run's output differs from greedy autoregressive decoding (a bug for a lossless rule)"
+    why = ("sampling: outputs are draws, not expected to be identical"
+           if (meta.get("params", {}).get("sampling") or {}).get("temperature") else
+           "a lossy acceptance rule: not expected to equal greedy")
+    return "n/a", why
+
+
 def render(r, prefix: str = "spec") -> None:
     """`r` is a Runner or a replay view: anything with .trace and .cursor."""
     steps = r.trace.steps
@@ -18,9 +31,14 @@ def render(r, prefix: str = "spec") -> None:
              "acceptance": "-" if s["acceptance"] is None else f"{s['acceptance']:.0%}",
              "draft forwards": s["draft_forwards"]}
     sp = r.trace.extra.get("vs_ar")
-    if sp and sp.get("speedup"):
-        extra["speedup vs AR"] = f"{sp['speedup']:.2f}x"
-    controls.metrics_row(r, extra)
+    rerun = ()
+    if isinstance(sp, dict):
+        if sp.get("speedup"):
+            extra["speedup vs AR"] = (f"{sp['speedup']:.2f}x", "compute-only tokens/s against autoregressive decoding "
+                                      "of the same prompt, both re-run without recording")
+        extra["same as greedy"] = identical_metric(sp, r.trace.meta)
+        rerun = ("speedup vs AR", "same as greedy")
+    controls.metrics_row(r, extra, rerun=rerun)
     summ = r.trace.extra.get("summary", {})
     lossy = summ.get("lossless") is False or step.get("lossless") is False
     st.caption(f"rule: **{md_text(step.get('rule', '?'))}**{' (lossy: typical acceptance)' if lossy else ' (lossless)'}"
