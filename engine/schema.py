@@ -409,10 +409,12 @@ def _grid(steps: list, width: int, what: str) -> None:
 # ---- ar --------------------------------------------------------------------------------------
 CANDIDATE = Obj({"id": ID, "text": TOKEN_TEXT}, {"p_raw": Maybe(PROB), "p_warped": Maybe(PROB)},
                 name="every candidate")
+LENS_ROW = Obj({"id": ID, "text": TOKEN_TEXT, "p": PROB}, {"p_chosen": Maybe(PROB)}, name="every logit-lens row")
 AR_FIELDS = {"token_id": ID, "token_text": TOKEN_TEXT}
 AR_OPTIONAL = {"position": POSITION, "prob": Maybe(PROB), "prob_warped": Maybe(PROB), "entropy": Maybe(NATS),
                "entropy_warped": Maybe(NATS), "candidates": List(CANDIDATE, MAX_CANDIDATES),
-               "logits_f16": Str(1_400_000)}   # base64 of the step's full logits (record_logits; engine/rewarp.py)
+               "logits_f16": Str(1_400_000),   # base64 of the step's full logits (record_logits; engine/rewarp.py)
+               "lens": List(LENS_ROW, MAX_LAYERS + 1)}  # logit lens: one row per layer, first layer first
 
 # ---- speculative -----------------------------------------------------------------------------
 NODE = Obj({"id": Int(0, MAX_NODES), "parent": Int(-1, MAX_NODES), "depth": Int(0, MAX_NODES),

@@ -35,7 +35,7 @@ EVIL = ["![x](http://example.invalid/p.png)", "<img src=x onerror=alert(1)>", "*
 # ---- traces from real runs on the tiny random model -------------------------------------------
 GREEDY, SAMPLED = {}, {"temperature": 0.8, "seed": 1}
 CASES = [  # (method, options, sampling); options a method does not declare are dropped
-    ("ar", {}, GREEDY), ("ar", {"top_candidates": 3}, SAMPLED),
+    ("ar", {}, GREEDY), ("ar", {"top_candidates": 3, "logit_lens": True}, SAMPLED),
     ("speculative", {"drafter": "trigram"}, GREEDY),
     ("speculative", {"drafter": "early_exit", "tree": "2.2", "exit_layer": 1}, GREEDY),
     ("speculative", {"drafter": "early_exit", "tree": "dynamic", "exit_layer": 1, "tree_budget": 6}, SAMPLED),
@@ -87,6 +87,7 @@ def render_viz(tr: T.Trace, cursors) -> None:
                 ar.candidates_figure(step)
             ar.prob_entropy_figure(steps, cur)
             ar.perplexity(steps[: cur + 1])
+            ar.lens_figure(steps, cur)
         elif kind == "speculative":
             speculative.summary_from_steps(steps, cur)
             speculative.stream_html(steps, cur)

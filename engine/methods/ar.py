@@ -7,7 +7,7 @@ import torch
 from transformers import DynamicCache
 
 from engine import sampling as S
-from engine.errors import OptionError
+from engine.errors import MethodError, OptionError
 from engine.methods import Job, register
 from engine.options import Opt
 from engine.trace import clean_float
@@ -46,10 +46,29 @@ def prefill(lm, input_ids: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
     return out.logits[:, -1, :].float()
 
 
+def lens_record(lm, hidden_states, chosen: int) -> list[dict]:
+    """Logit lens at the newest position: every layer's output read through the final norm and the LM head,
+    first layer first: its top token, that token's probability and the probability of the token chosen.
+    (The model's hidden_states are the embeddings, each layer's output, and the last layer's output already
+    through the final norm, which is what the model's own logits read.)"""
+    m = lm.model
+    x = hidden_states[-1][:, -1]
+    if len(hidden_states) > 2:
+        x = torch.cat([m.model.norm(torch.cat([h[:, -1] for h in hidden_states[1:-1]])), x])
+    p = m.lm_head(x).float().softmax(-1)                    # [layers, V]
+    top_p, top = p.max(-1)
+    return [{"id": int(t), "text": lm.token_text(t), "p": clean_float(tp), "p_chosen": clean_float(pc)}
+            for t, tp, pc in zip(top.tolist(), top_p.tolist(), p[:, chosen].tolist())]
+
+
 MAX_LOGIT_STEPS = 512   # record_logits keeps ~2 bytes per vocabulary entry per step (100 KB for SmolLM2)
 
 
 def check(o: dict, ctx) -> None:
+    m = ctx.lm.model
+    if o["logit_lens"] and not (hasattr(getattr(m, "model", None), "norm") and hasattr(m, "lm_head")):
+        raise MethodError("logit_lens reads each layer through the model's final norm and LM head: it needs a "
+                          "Llama-style model (model.norm, lm_head).")
     if o["record_logits"] and ctx.max_new_tokens > MAX_LOGIT_STEPS:
         raise OptionError(f"record_logits keeps every step's full logits (~{2 * len(ctx.lm.tokenizer) // 1000} KB a "
                           f"step): at most {MAX_LOGIT_STEPS} new tokens with it, got {ctx.max_new_tokens}.")
@@ -59,15 +78,24 @@ def check(o: dict, ctx) -> None:
           options={"top_candidates": Opt(10, "candidates recorded per step", min=1, max=100),
                    "record_logits": Opt(False, "also record each step's full logits (float16), so that other "
                                                "sampling settings can be applied to the recorded steps exactly "
-                                               "(engine/rewarp.py); ~2 bytes per vocabulary entry per step")},
+                                               "(engine/rewarp.py); ~2 bytes per vocabulary entry per step"),
+                   "logit_lens": Opt(False, "also record, per step, the top token after every layer read through "
+                                            "the final norm and the LM head (a head projection per layer)")},
           check=check)
-def generate(job: Job, top_candidates: int = 10, record_logits: bool = False):
+def generate(job: Job, top_candidates: int = 10, record_logits: bool = False, logit_lens: bool = False):
     lm, cfg, c = job.lm, job.sampling, job.counters
+    lens = logit_lens and job.record
+    hidden = None
     gen = cfg.generator(lm.device) if not cfg.greedy else None
     cache = DynamicCache()
     with torch.inference_mode():
         with c.compute():
-            logits = prefill(lm, job.input_ids, cache)
+            if lens:
+                out = lm.model(input_ids=job.input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1,
+                               output_hidden_states=True)
+                logits, hidden = out.logits[:, -1, :].float(), out.hidden_states
+            else:
+                logits = prefill(lm, job.input_ids, cache)
         c.target_forwards += 1
         step = 0
         while True:
@@ -80,6 +108,8 @@ def generate(job: Job, top_candidates: int = 10, record_logits: bool = False):
                     rec.update(candidates_record(lm, logits[0], cfg, tok, top_candidates))
                     if record_logits:
                         rec["logits_f16"] = encode_logits(logits[0])
+                    if lens:
+                        rec["lens"] = lens_record(lm, hidden, tok)
                     rec["new_text"], rec["confidence"] = rec["token_text"], rec["prob"]
             else:
                 rec["token_id"] = tok
@@ -90,6 +120,6 @@ def generate(job: Job, top_candidates: int = 10, record_logits: bool = False):
                 return
             with c.compute():
                 out = lm.model(input_ids=torch.tensor([[tok]], device=lm.device), past_key_values=cache,
-                               use_cache=True)
-                logits = out.logits[:, -1, :].float()
+                               use_cache=True, output_hidden_states=lens)
+                logits, hidden = out.logits[:, -1, :].float(), out.hidden_states
             c.target_forwards += 1
