@@ -25,6 +25,7 @@ PRESETS = [
     Preset("KV StreamingLLM (budget 64)", "kv", {"policy": "streaming_llm", "budget": 64}),
     Preset("diffusion low_confidence", "diffusion", {"rule": "low_confidence"}),
     Preset("diffusion Fast-dLLM threshold 0.9", "diffusion", {"rule": "threshold", "threshold": 0.9}),
+    Preset("beam search (4 beams)", "beam", {"num_beams": 4}),
 ]
 
 

@@ -198,7 +198,7 @@ def generate(job, num_beams: int = 4, num_beam_groups: int = 1, diversity_penalt
     job.extra["nbest"] = [{"ids": h.ids, "text": lm.decode(h.ids), "score": clean_float(h.score),
                            "total": clean_float(h.total), "group": h.group, "length": len(h.ids)} for h in nbest]
     job.extra["summary"] = {"num_beams": B, "num_beam_groups": G, "hypotheses": len(nbest),
-                            "kv_bytes_peak": kv_peak, "forwarded_tokens": 1 + B * (c.target_forwards - 1)}
+                            "kv_bytes_peak": kv_peak, "forwarded_tokens": L + B * (c.target_forwards - 1)}
 
 
 def _backtrack(back: list[tuple[list[int], list[int]]], slot: int, upto: int) -> list[int]:
