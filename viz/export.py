@@ -52,6 +52,9 @@ def step_figures(trace, cursor: int | None = None) -> list[tuple[str, go.Figure]
         from viz import jacobi
         return [("lookahead window", jacobi.lookahead_window_figure(step, trace.final_ids)),
                 ("tokens vs forwards", jacobi.progress_figure(steps, cur))]
+    if kind == "beam":
+        from viz import beam
+        return [("beam tree", beam.tree_figure(steps, cur)), ("scores", beam.scores_figure(steps, cur))]
     if kind == "diffusion":
         from viz import diffusion
         return [("denoising grid", diffusion.denoising_grid(steps, cur)),
