@@ -96,6 +96,7 @@ def denoising_grid(steps: list[dict], upto: int, graded: bool = True, max_rows: 
     code, scale = _grid_colours()
     labelled = k == 1 and W.hover_per_cell(len(rows) * n)
     shown: dict[str, tuple[str, str]] = {}  # token text -> (cell label, hover text): rows repeat tokens
+    size, chars = L.grid_text(n if k == 1 else 0)
     fig = go.Figure()
     z, text, hover = [], [], []
     ghost_x, ghost_y, ghost_t = [], [], []
@@ -109,7 +110,7 @@ def denoising_grid(steps: list[dict], upto: int, graded: bool = True, max_rows: 
                 continue
             t = s["texts"][j]
             if t not in shown:
-                shown[t] = (_short(t), plot_text(repr(t)))
+                shown[t] = (_short(t, chars), plot_text(repr(t)))
             label, quoted = shown[t]
             hr.append(_cell_tip(s, j, quoted))
             if st == "mask":
@@ -123,7 +124,6 @@ def denoising_grid(steps: list[dict], upto: int, graded: bool = True, max_rows: 
         text.append(tr)
         hover.append(hr)
     ys = [s["index"] for s in rows]
-    size = L.grid_font_size(n if k == 1 else 0)
     if labelled:
         cell_text = dict(text=np.array(text, dtype=str), texttemplate="%{text}",
                          textfont={"size": size, "color": "#111111"}, customdata=np.array(hover, dtype=str),
@@ -217,7 +217,8 @@ def text_html(step: dict, mask_glyph: str = "▒") -> str:
     for st, t, conf in zip(step["state"][start:end], step["texts"][start:end], step["conf"][start:end]):
         esc = html_text(t, newline="↵<br>")
         if st == "mask":
-            parts.append(f'<span style="background:{legend.MASK};color:{GHOST_TEXT};border-radius:2px" '
+            parts.append(f'<span style="background:{legend.MASK};color:{GHOST_TEXT};border-radius:2px;'
+                         f'box-shadow:0 0 0 1px {legend.SWATCH_HALO}" '
                          f'title="ghost prediction, p={conf if conf is not None else 0:.2f}">{esc or mask_glyph}</span>')
         else:
             bg = legend.COMMITTED_NOW if st == "new" else legend.COMMITTED_EARLIER

@@ -113,6 +113,7 @@ def trajectory_grid(steps: list[dict], upto: int | None = None, final_ids: list[
     row_cells = [cells(s) for s in rows]
     lo, hi = _grid_columns(row_cells)
     width = hi - lo + 1
+    size, chars = L.grid_text(width, max_chars=7)
     labelled = W.hover_per_cell(len(rows) * width)
     final = final_ids or []
     out_so_far = _committed_before(steps, first_row, lo)
@@ -125,14 +126,14 @@ def trajectory_grid(steps: list[dict], upto: int | None = None, final_ids: list[
             if lo <= pos <= hi:
                 zr[pos - lo] = STATES.index("earlier")
                 if labelled:
-                    tr[pos - lo], hr[pos - lo] = tok(t), plot_text(f"position {pos}: {t!r} (committed earlier)")
+                    tr[pos - lo], hr[pos - lo] = tok(t, chars), plot_text(f"position {pos}: {t!r} (committed earlier)")
         for c in cs:
             if c["pos"] < lo:
                 continue
             i = c["pos"] - lo
             zr[i] = STATES.index(c["state"])
             if labelled:
-                tr[i] = tok(c["text"])
+                tr[i] = tok(c["text"], chars)
                 g = "" if c["guess_id"] is None else f"<br>input guess {plot_text(repr(c['guess_text']))}"
                 hr[i] = (f"iteration {s['index']}, position {c['pos']}<br>token {plot_text(repr(c['text']))}{g}"
                          f"<br>{STATE_LABEL[c['state']]}")
@@ -151,7 +152,6 @@ def trajectory_grid(steps: list[dict], upto: int | None = None, final_ids: list[
     scale = []
     for i, k in enumerate(STATES):
         scale += [[i / n, STATE_COLOUR[k]], [(i + 1) / n, STATE_COLOUR[k]]]
-    size = L.grid_font_size(width, 7)
     if labelled:
         cell_text = dict(text=np.array(text, dtype=str), texttemplate="%{text}",
                          hovertext=np.array(hover, dtype=str), hoverinfo="text", textfont=dict(size=size))
@@ -171,7 +171,7 @@ def trajectory_grid(steps: list[dict], upto: int | None = None, final_ids: list[
                       yaxis=dict(tickmode="array", tickvals=list(range(len(rows))), ticktext=labels,
                                  autorange="reversed"))
     L.title(fig, "Jacobi trajectory: iteration × output position", note.strip(" ·") or None, legend_above=True)
-    L.legend_above(fig)
+    L.legend_above(fig, boxed=True)
     L.themed(fig)
     return fig
 
@@ -256,7 +256,7 @@ def dependency_graph(steps: list[dict], upto: int | None = None, first_row: int 
                       xaxis=dict(title="output position"), yaxis=dict(title="iteration", autorange="reversed", dtick=1))
     L.title(fig, f"Dependency graph: {g.number_of_nodes()} nodes, {g.number_of_edges()} edges",
             W.steps_note(first_row, upto, len(steps), "iterations").strip(" ·") or None, legend_above=True)
-    L.legend_above(fig)
+    L.legend_above(fig, boxed=True)
     L.themed(fig)
     return fig
 
@@ -383,7 +383,7 @@ def lookahead_window_figure(step: dict, final_ids: list[int] | None = None) -> g
     ys = [lab for lab, _ in rows]
     columns = hi - lo + 1
     cell = int(max(30, min(44, L.GRID_WIDTH_PX / columns * 0.9)))
-    size = L.grid_font_size(columns, 6, hi=12) if cell > 30 else 9
+    size = int(max(9, min(12, cell / 3.6)))        # a 6-character label inside its square
     for y, (lab, cs) in enumerate(rows):
         if not cs:
             continue
@@ -413,11 +413,14 @@ def lookahead_window_figure(step: dict, final_ids: list[int] | None = None) -> g
             yl.append(1 + len(window))
             fig.add_scatter(x=xs, y=yl, mode="lines", line=dict(color=L.FAINT, width=1),
                             hoverinfo="skip", showlegend=col == 0, name="harvested n-gram (one per column)")
-    fig.update_layout(height=90 + (cell + 4) * len(rows), margin=dict(l=10, r=10, t=40, b=10),
+    fig.update_layout(margin=dict(l=10, r=10, t=40, b=10),
                       xaxis=dict(title="output position", range=[lo - 0.7, hi + 0.7], dtick=1),
-                      yaxis=dict(tickmode="array", tickvals=list(range(len(ys))), ticktext=ys, autorange="reversed"))
+                      yaxis=dict(tickmode="array", tickvals=list(range(len(ys))), ticktext=ys,
+                                 range=[len(ys) - 0.5, -0.5]))
     L.title(fig, f"Step {step.get('index')}: window, predictions, verified n-grams",
             f"{len(shown)} of {len(candidates)} candidates shown" if len(shown) < len(candidates) else None)
+    # a row as tall as its squares (+6 px), whatever the margins
+    fig.update_layout(height=fig.layout.margin.t + L.LEGEND_BELOW_PX + (cell + 6) * len(rows))
     L.legend_below(fig)
     L.themed(fig)
     return fig

@@ -2,8 +2,10 @@
 secondary axes, and backgrounds that work in the light and the dark theme.
 
 - A title is short (at most TITLE_CHARS characters a line); details go in a note in smaller type under it,
-  wrapped at SUBTITLE_CHARS. Plotly does not wrap a title: a longer line is cut at the figure's edge (in a half-width
-  column of a 1,500-pixel window at about 8 pixels a character, 60 characters fit).
+  wrapped at SUBTITLE_CHARS. Plotly does not wrap a title: a longer line is cut at the figure's edge. The
+  narrowest figures (two side by side in a column pair, 408 px in a 1,500-pixel window) hold ~58 title
+  characters (15 px bold, 6.6 px each) and ~76 note characters (12 px, 5.2 px each), measured in chromium
+  (tests/test_browser_polish.py checks every title's drawn width against its figure's).
 - Paper and plot are transparent, so Streamlit's theme shows through; cell colours come from viz.legend,
   and lines drawn on the background use NEUTRAL (mid grey, visible on white and on near-black).
 - An overlaying axis gets tickmode "auto": plotly's default for it ("sync") lines its ticks up with the
@@ -15,14 +17,15 @@ import html
 import re
 import textwrap
 
-TITLE_CHARS = 60
-SUBTITLE_CHARS = 80
+TITLE_CHARS = 56
+SUBTITLE_CHARS = 72
 TITLE_SIZE = 15
 SUBTITLE_SIZE = 12
 LINE_PX = {TITLE_SIZE: 20, SUBTITLE_SIZE: 16}
 TRANSPARENT = "rgba(0,0,0,0)"
 NEUTRAL = "#888888"          # cursor lines, outlines and edges drawn over the theme's background
 FAINT = "rgba(128,128,128,0.35)"
+LEGEND_BOX = "rgba(255,255,255,0.88)"
 
 
 SEP = " · "
@@ -61,9 +64,12 @@ def title(fig, text: str, sub: str | None = None, *, legend_above: bool = False,
     lines = wrap(text, TITLE_CHARS)
     sub_lines = wrap(sub, SUBTITLE_CHARS) if sub else []
     body = "<br>".join(lines + [f'<span style="font-size:{SUBTITLE_SIZE}px">{ln}</span>' for ln in sub_lines])
-    t = dict(text=body, font={"size": TITLE_SIZE}, x=0.0, xanchor="left", xref="paper",
-             y=1.0, yanchor="top", yref="container", pad={"t": 8})
-    height = 16 + LINE_PX[TITLE_SIZE] * len(lines) + LINE_PX[SUBTITLE_SIZE] * len(sub_lines)
+    # plotly anchors a title of several lines 11 px higher than one of one line (measured in chromium: its
+    # top at -7 px, cut off): pad it down by as much
+    pad = 8 if len(lines) + len(sub_lines) == 1 else 19
+    t = dict(text=body, font={"size": TITLE_SIZE}, x=0.0, xanchor="left", xref="container",
+             y=1.0, yanchor="top", yref="container", pad={"t": pad, "l": 8})
+    height = 8 + pad + LINE_PX[TITLE_SIZE] * len(lines) + LINE_PX[SUBTITLE_SIZE] * len(sub_lines)
     if legend_above:
         height += 26
     if axis_on_top:          # an x axis drawn above the plot: its tick labels and title
@@ -85,10 +91,15 @@ def themed(fig):
     return fig
 
 
-def legend_above(fig) -> None:
+def legend_above(fig, boxed: bool = False) -> None:
     """A horizontal legend between the title and the plot, right-aligned (title() with legend_above=True
-    leaves the room)."""
-    fig.update_layout(legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="right", x=1.0))
+    leaves the room). `boxed`: on a light box with dark text, for a legend with black marks (a black line
+    keeps its meaning on a dark page; on a white page the box does not show)."""
+    box = dict(bgcolor=LEGEND_BOX, font=dict(color="#111111")) if boxed else {}
+    fig.update_layout(legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="right", x=1.0, **box))
+
+
+LEGEND_BELOW_PX = 24 + 22 + 22 + 6    # legend_below's bottom margin: tick labels, axis title, one legend row
 
 
 def legend_below(fig, axis_title: bool = True, rows: int = 1) -> None:
@@ -118,15 +129,22 @@ def text_on(colour: str) -> str:
     return "#111111" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "#FFFFFF"
 
 
-GRID_WIDTH_PX = 1000   # a full-width grid's plot area in a 1,500-pixel window, about
+GRID_WIDTH_PX = 800    # a full-width grid's plot area in a 1,500-pixel window with the sidebar open, about
 
 
-def grid_font_size(columns: int, chars: int = 6, lo: int = 9, hi: int = 14) -> int:
-    """Cell text size for a grid of `columns` labelled columns across the page, labels of up to `chars`
-    characters (~0.6 em each): as large as the cells allow, lo to hi px."""
+def grid_text(columns: int, lo: int = 9, hi: int = 14, max_chars: int = 6) -> tuple[int, int]:
+    """(font size, label characters) for a grid of `columns` labelled columns across the page: the largest
+    type that leaves a label of at least 3 characters (~0.6 em each) inside its cell. 32 columns: 10 px,
+    4 characters (the full token is in the hover); 12 columns: 14 px, 6 characters."""
     if columns <= 0:
-        return lo
-    return int(max(lo, min(hi, GRID_WIDTH_PX / columns / (0.6 * chars))))
+        return lo, max_chars
+    cell = GRID_WIDTH_PX / columns
+    size = int(max(lo, min(hi, cell / 2.5)))
+    return size, int(max(3, min(max_chars, cell // (0.6 * size))))
+
+
+def grid_font_size(columns: int, lo: int = 9, hi: int = 14) -> int:
+    return grid_text(columns, lo, hi)[0]
 
 
 def haloed_line(fig, x, y, colour: str = "#000000", width: float = 2.5, **kw) -> None:
