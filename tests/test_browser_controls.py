@@ -95,10 +95,10 @@ def test_buttons_and_status_after_each_click(session):
     assert "cancelled" in text and "running" not in text.split("showing")[0]
     assert button(page, "Cancel").first.is_disabled()
     assert button(page, "Resume").count() == 0
-    assert button(page, "Last step ⏭").first.is_enabled()     # the view is at step k - 1
-    click(page, "Last step ⏭")
+    assert button(page, "Last step ▶▶").first.is_enabled()     # the view is at step k - 1
+    click(page, "Last step ▶▶")
     assert shows(page, f"showing step {k} (steps 0–{k})")
-    assert button(page, "Last step ⏭").first.is_disabled() and button(page, "Step ▶").first.is_disabled()
+    assert button(page, "Last step ▶▶").first.is_disabled() and button(page, "Step ▶").first.is_disabled()
 
 
 def test_a_breakpoint_added_while_paused_stops_the_run(session):

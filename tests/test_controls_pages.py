@@ -73,7 +73,7 @@ def test_buttons_and_status_follow_each_click(embedded_lm):
     assert status(at).startswith("**cancelled**")
     assert at.button(key="runner_ar_cancel").disabled
     last = at.button(key="runner_ar_resume")
-    assert last.label == "Last step ⏭" and last.disabled     # already showing it
+    assert last.label == "Last step ▶▶" and last.disabled     # already showing it
     assert at.button(key="runner_ar_fwd").disabled
     at.button(key="runner_ar_back").click().run()
     assert not at.button(key="runner_ar_resume").disabled and not at.button(key="runner_ar_fwd").disabled

@@ -205,7 +205,7 @@ def step_controls(key: str, container=None) -> None:
         cols[2].button("Pause", key=f"{key}_pause", on_click=_act, args=(key, "pause"),
                        help="pause after the step in progress")
     elif r.finished:
-        cols[2].button("Last step ⏭", key=f"{key}_resume", on_click=_act, args=(key, "last"), disabled=r.following,
+        cols[2].button("Last step ▶▶", key=f"{key}_resume", on_click=_act, args=(key, "last"), disabled=r.following,
                        help="show the run's last step")
     else:
         cols[2].button("Resume", key=f"{key}_resume", on_click=_act, args=(key, "resume"), type="primary",
@@ -302,7 +302,8 @@ def progress(r) -> None:
     if planned:
         frac = max(frac, n / planned)
     frac = min(1.0, frac)
-    parts = [f"step {n}" + (f" of about {planned}" if planned else ""), f"{tokens} / {max_new} tokens"]
+    parts = [f"{n} of about {planned} steps" if planned else f"{n} step{'s' if n != 1 else ''}",
+             f"{tokens} / {max_new} tokens"]
     if t.counters.compute_s > 0 and tokens:
         parts.append(f"{rate(tokens / t.counters.compute_s)} tokens/s (compute)")
     started = getattr(r, "started_at", None)
@@ -461,7 +462,9 @@ def scope_caption(r, cur: int, n: int, per_step: bool = True) -> str:
     """Which step the metrics row counts up to: the newest one of a live run, the end, or the step shown."""
     if n == 0:
         return ""
-    if cur >= n - 1 and not r.finished:
+    if getattr(r, "live", False) and r.state == RUNNING:   # the figures of a live run, redrawn every few s
+        s = f"So far: up to step {cur}, the newest when this was drawn (the run goes on; the status above is current)"
+    elif cur >= n - 1 and not r.finished:
         s = f"So far: up to step {cur}, the newest (the run is {r.state})"
     elif cur >= n - 1:
         s = f"The whole run: {n} step{'s' if n != 1 else ''} ({r.state})"
