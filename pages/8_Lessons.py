@@ -96,6 +96,7 @@ def _page_file(page: str) -> str:
 
 
 def main():
+    common.app_navigation()        # the sidebar of app.py's navigation, also on a fresh server's first request
     st.set_page_config(page_title="Lessons · decoding lab", layout="wide")
     lesson, notes = choose()
     if st.session_state.get("lesson_presenter"):

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import gc
 import logging
+import re
 import secrets
 import threading
 import traceback
 from contextlib import contextmanager
+from pathlib import Path
 
 import streamlit as st
 
@@ -77,8 +79,93 @@ def model_name() -> str:
     return st.session_state.get(MODEL_KEY, models.EMBEDDED)
 
 
+# ---- the model in the address bar -----------------------------------------------------------------------
+# ?model=<name> keeps the chosen model across a reload and in a shared link. A link never loads a model by
+# itself: a name that differs from the session's is offered with a button, loaded without trust_remote_code
+# (that stays a tick on the home page), and a name that is not a model id or path is refused with a message.
+MODEL_PARAM = "model"
+DECLINED_KEY = "lab_model_link_declined"
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9_~/.][A-Za-z0-9_.\-/~]{0,199}$")
+
+
+def model_name_problem(name: str) -> str | None:
+    """Why `name` (from a link) is not a model id or directory path, or None when it is one."""
+    if not name or len(name) > 200:
+        return "it is empty or longer than 200 characters"
+    if not _MODEL_NAME.match(name):
+        return "it has characters a Hugging Face id or a directory path does not have"
+    if ".." in name.split("/"):
+        return "it climbs out of a directory (..)"
+    return None
+
+
+def _set_model_param(name: str) -> None:
+    qp = st.query_params
+    if name == models.EMBEDDED or model_name_problem(name):
+        if MODEL_PARAM in qp:
+            del qp[MODEL_PARAM]
+    elif qp.get_all(MODEL_PARAM) != [name]:
+        qp[MODEL_PARAM] = name
+
+
+def _use_model(name: str) -> None:
+    """Callback: switch the session to `name` (trust_remote_code off), e.g. back to the embedded model."""
+    st.session_state[MODEL_KEY] = name
+    st.session_state[TRUST_KEY] = False
+    st.session_state["home_model_input"] = name
+    st.session_state.pop(DECLINED_KEY, None)
+    _set_model_param(name)
+
+
+def _decline(name: str) -> None:
+    st.session_state[DECLINED_KEY] = name
+    _set_model_param(model_name())
+
+
+def link_model() -> None:
+    """The link's ?model=: offered (a click loads it), refused with a reason, or already the session's."""
+    values = st.query_params.get_all(MODEL_PARAM)
+    want = values[0].strip() if values else None
+    current = model_name()
+    if want is None or want == current or st.session_state.get(DECLINED_KEY) == want:
+        return
+    problem = model_name_problem(want)
+    if problem:
+        st.warning(f"This link asks for the model “{md_text(want, 80)}”, which is not loaded: {problem}. "
+                   f"The page uses {md_text(current, 200)}.")
+        st.session_state[DECLINED_KEY] = want
+        return
+    box = st.container(border=True)
+    box.warning(f"This link asks for the model **{md_text(want, 200)}**. A link never loads a model by itself: "
+                f"load it only if you expect it (from this machine's Hugging Face cache or a local directory, "
+                f"without remote code). Until then the page uses {md_text(current, 200)}.")
+    a, b, _ = box.columns([2, 2, 3])
+    a.button(f"Load {want[:60]}", key="lab_link_load", type="primary", on_click=_use_model, args=(want,))
+    b.button(f"Keep {current[:60]}", key="lab_link_keep", on_click=_decline, args=(want,))
+
+
+def sync_model_param() -> None:
+    """The address bar names the session's model (nothing for the embedded one), unless a link's model is
+    waiting for its click."""
+    qp = st.query_params
+    values = qp.get_all(MODEL_PARAM)
+    current = model_name()
+    if values and values[0].strip() != current and st.session_state.get(DECLINED_KEY) != values[0].strip():
+        return                                   # the offer above is still open
+    _set_model_param(current)
+
+
+def back_to_embedded_button(key: str = "lab_model_back") -> None:
+    """After a failed load: the way back."""
+    if model_name() != models.EMBEDDED:
+        st.button("Back to the embedded model", key=key, on_click=_use_model, args=(models.EMBEDDED,),
+                  help=f"load {models.EMBEDDED} (the default) in this session")
+
+
 def get_lm(name: str | None = None, trust_remote_code: bool | None = None) -> remote.ModelHandle | None:
-    """The current model, loaded once per process; shows a clear error and returns None on failure."""
+    """The current model, loaded once per process; shows a clear error (and the way back to the embedded
+    model) and returns None on failure."""
+    chosen = name is None
     name = name or model_name()
     trust = st.session_state.get(TRUST_KEY, False) if trust_remote_code is None else trust_remote_code
     try:
@@ -90,6 +177,8 @@ def get_lm(name: str | None = None, trust_remote_code: bool | None = None) -> re
         st.error("The decoder process is not available: " + md_text(e, 1000))
     except Exception as e:  # never crash the page
         report_internal_error(e, f"loading of the model {name[:100]!r}")
+    if chosen:
+        back_to_embedded_button()
     return None
 
 
@@ -99,11 +188,34 @@ def run_page(main, where: str = "page") -> None:
         main()
 
 
+def app_navigation() -> None:
+    """Run a page under app.py's st.navigation (the sidebar's "Home", not "app") from a server's first request.
+
+    Streamlit decides per process: until some run has called st.navigation, a page URL opened directly
+    (/Replay on a fresh server) runs the page the pages/-directory way, whose sidebar names the home page
+    after its file, "app". The first page run of such a process turns that off and reruns once, so app.py's
+    navigation draws the sidebar. Only under `streamlit run app.py` (an AppTest of a page file is left alone)."""
+    try:
+        from streamlit.runtime.pages_manager import PagesManager
+        from streamlit.runtime.scriptrunner import get_script_run_ctx
+        ctx = get_script_run_ctx()
+        main = ctx.pages_manager.main_script_path if ctx is not None else ""
+    except Exception:  # noqa: BLE001 -- another Streamlit: its own navigation
+        return
+    if not PagesManager.uses_pages_directory or Path(main).name != "app.py":
+        return
+    PagesManager.uses_pages_directory = False
+    st.rerun()
+
+
 def page_header(title: str, caption: str) -> remote.ModelHandle | None:
+    app_navigation()
     st.set_page_config(page_title=f"{title} · decoding lab", layout="wide")
     st.title(title)
     st.caption(caption)
+    link_model()
     lm = get_lm()
+    sync_model_param()
     from ui import controls
     controls.render_every_n_widget()
     if lm is not None:
