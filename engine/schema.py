@@ -629,7 +629,8 @@ NBEST_REF = Obj({"step": Int(0, MAX_STEPS), "slot": Int(0, MAX_BEAMS - 1)},
 BEAM = record("beam", {"beams": List(BEAM_CAND, MAX_BEAMS)}, {
     "pruned": List(BEAM_CAND, MAX_BEAM_CANDIDATES), "finished": List(BEAM_CAND, MAX_BEAMS),
     "nbest": List(NBEST_REF, MAX_BEAMS), "length": Int(1, MAX_OUTPUT), "groups": Int(1, MAX_BEAMS),
-    "group_size": Int(1, MAX_BEAMS), "done": Bool(), "stop": Str(64), "kv_bytes": BYTES})
+    "group_size": Int(1, MAX_BEAMS), "done": Bool(), "stop": Str(64), "kv_bytes": BYTES,
+    "length_penalty": Float(-10.0, 10.0)})   # the engine option's range: length ** it stays finite
 
 
 def _beam_steps(steps: list) -> None:

@@ -207,7 +207,7 @@ def tree_layout(g: nx.DiGraph) -> dict:
     return {n: (pos[n][0], y[n]) for n in g}
 
 
-def tree_figure(steps: list[dict], cur: int, window: int = TREE_STEPS, height: int = 460) -> go.Figure:
+def tree_figure(steps: list[dict], cur: int, window: int = TREE_STEPS, height: int | None = None) -> go.Figure:
     fig = go.Figure()
     if not steps:
         return fig
@@ -232,7 +232,7 @@ def tree_figure(steps: list[dict], cur: int, window: int = TREE_STEPS, height: i
         fig.add_scatter(
             x=[pos[n][0] for n in nodes], y=[pos[n][1] for n in nodes], mode="markers+text", name=LABELS[kind],
             showlegend=kind != "root", text=[plot_text(g.nodes[n]["label"]) for n in nodes],
-            textposition="top center", textfont=dict(size=10 if kind == "pruned" else 12),
+            textposition="middle right", textfont=dict(size=10 if kind == "pruned" else 12),
             marker=dict(size=9 if kind == "pruned" else 15, color=COLOURS[kind],
                         symbol="star" if finished else "circle", line=dict(color=L.NEUTRAL, width=1)),
             hovertext=[g.nodes[n]["hover"] for n in nodes], hoverinfo="text")
@@ -241,29 +241,46 @@ def tree_figure(steps: list[dict], cur: int, window: int = TREE_STEPS, height: i
     note += W.steps_note(first, cur, len(steps))
     if len({c.get("group", 0) for c in steps[cur].get("beams", [])}) > 1:
         note += " · hover a node for its group and diversity penalty"
+    per_layer: dict[int, int] = {}
+    for _, d in g.nodes(data=True):
+        per_layer[d["layer"]] = per_layer.get(d["layer"], 0) + 1
+    if height is None:
+        height = max(360, 170 + 20 * max(per_layer.values(), default=1))
     fig.update_layout(height=height, margin=dict(l=10, r=10, t=40, b=10), hovermode="closest",
                       xaxis=dict(visible=False), yaxis=dict(visible=False))
-    L.title(fig, plot_text(f"Beam tree at step {cur}: {summary(steps, cur)['beams']} beams kept"), note)
+    s = summary(steps, cur)
+    head = f"done ({s['stop']})" if s["stop"] else f"{s['beams']} beams kept"
+    L.title(fig, plot_text(f"Beam tree at step {cur}: {head}"), note)
     L.legend_below(fig, axis_title=False, rows=2)
     L.themed(fig)
     return fig
 
 
 # ---- scores over the steps ----------------------------------------------------------------------------
-def scores_figure(steps: list[dict], cur: int, height: int = 300) -> go.Figure:
-    """The best running beam's score and the best finished hypothesis's normalised score at every step."""
+def scores_figure(steps: list[dict], cur: int, height: int = 320) -> go.Figure:
+    """Per step: the best running beam's score if it ended now (sum of log p / length ** length_penalty, the
+    bound early stopping judges it by), and the best and the worst hypothesis of the n-best list."""
     xs = list(range(cur + 1))
-    run = [max((b["score"] for b in s.get("beams", [])), default=None) for s in steps[: cur + 1]]
-    fin = [(s.get("nbest") or [{}])[0].get("score") for s in steps[: cur + 1]]
+    run, best, worst = [], [], []
+    for t, s in enumerate(steps[: cur + 1]):
+        lp = s.get("length_penalty", 1.0)
+        top = max((b["score"] for b in s.get("beams", [])), default=None)
+        run.append(None if top is None else top / max(1, s.get("length", t + 1)) ** lp)
+        nb = s.get("nbest") or []
+        best.append(nb[0].get("score") if nb else None)
+        worst.append(nb[-1].get("score") if nb else None)
     fig = go.Figure()
-    for name, ys, colour in (("best running beam (sum of log p)", run, ON_PATH),
-                             ("best finished (normalised)", fin, IN_NBEST)):
+    for name, ys, colour, dash in (("best running beam, if it ended now", run, ON_PATH, "solid"),
+                                   ("best finished", best, IN_NBEST, "solid"),
+                                   ("worst finished in the n-best", worst, IN_NBEST, "dot")):
         px, py = W.line_points(xs, ys, keep=cur)
-        fig.add_scatter(x=px, y=py, mode="lines+markers", name=name, line=dict(color=colour),
+        fig.add_scatter(x=px, y=py, mode="lines+markers", name=name, line=dict(color=colour, dash=dash),
                         marker=dict(size=5), connectgaps=False)
     fig.add_vline(x=cur, line=dict(color=L.NEUTRAL, dash="dot"))
-    fig.update_layout(height=height, margin=dict(l=10, r=10, t=40), xaxis_title="step", yaxis_title="score")
-    L.title(fig, "Scores per step", "a finished hypothesis wins once no running beam can beat it"
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=40), xaxis_title="step",
+                      yaxis_title="normalised score")
+    L.title(fig, "Scores per step", "score / length ** length_penalty · with early_stopping false and the n-best "
+            "list full, the search stops once the running line is below the dotted one"
             + W.downsampled_note(len(xs), len(W.line_points(xs, run, keep=cur)[0])))
     L.legend_below(fig)
     L.themed(fig)

@@ -171,6 +171,7 @@ def generate(job, num_beams: int = 4, num_beam_groups: int = 1, diversity_penalt
                 job.output_ids[:] = _backtrack(back, int(torch.argmax(new_scores.reshape(-1))), len(back))
             c.generated_tokens = len(job.output_ids)
             rec = {"kind": "beam", "index": t, "length": t + 1, "groups": G, "group_size": g,
+                   "length_penalty": length_penalty,
                    "done": bool(stop), "kv_bytes": B * (L + t) * per_token}
             if stop:
                 rec["stop"] = ("token budget" if last else "every continuation ended" if all_end else
