@@ -626,10 +626,10 @@ BEAM_CAND = Obj({"parent": BEAM_SLOT, "token": ID, "text": TOKEN_TEXT, "score": 
                 name="every beam candidate")
 NBEST_REF = Obj({"step": Int(0, MAX_STEPS), "slot": Int(0, MAX_BEAMS - 1)},
                 {"score": Maybe(FINITE), "group": Int(0, MAX_BEAMS - 1)}, name="every n-best entry")
-BEAM = record("beam", {"beams": List(BEAM_CAND, MAX_BEAMS)}, {
-    "pruned": List(BEAM_CAND, MAX_BEAM_CANDIDATES), "finished": List(BEAM_CAND, MAX_BEAMS),
-    "nbest": List(NBEST_REF, MAX_BEAMS), "length": Int(1, MAX_OUTPUT), "groups": Int(1, MAX_BEAMS),
-    "group_size": Int(1, MAX_BEAMS), "done": Bool(), "stop": Str(64), "kv_bytes": BYTES,
+BEAM = record("beam", {}, {   # an unrecorded run (record=False) keeps none of them
+    "beams": List(BEAM_CAND, MAX_BEAMS), "pruned": List(BEAM_CAND, MAX_BEAM_CANDIDATES),
+    "finished": List(BEAM_CAND, MAX_BEAMS), "nbest": List(NBEST_REF, MAX_BEAMS), "length": Int(1, MAX_OUTPUT),
+    "groups": Int(1, MAX_BEAMS), "group_size": Int(1, MAX_BEAMS), "done": Bool(), "stop": Str(64), "kv_bytes": BYTES,
     "length_penalty": Float(-10.0, 10.0)})   # the engine option's range: length ** it stays finite
 
 
@@ -637,7 +637,7 @@ def _beam_steps(steps: list) -> None:
     """Parents name a beam of the step before (the prompt, -1, at step 0); n-best entries name a finished
     hypothesis of this step or an earlier one."""
     for i, s in enumerate(steps):
-        n_prev = len(steps[i - 1]["beams"]) if i else 0
+        n_prev = len(steps[i - 1].get("beams", [])) if i else 0
         for f in ("beams", "pruned", "finished"):
             for j, c in enumerate(s.get(f, [])):
                 ok = c["parent"] == -1 if i == 0 else 0 <= c["parent"] < n_prev

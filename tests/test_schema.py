@@ -461,7 +461,7 @@ def repair_diffusion(draw, steps):
 
 def repair_beam(draw, steps):
     for i, s in enumerate(steps):
-        n_prev = len(steps[i - 1]["beams"]) if i else 0
+        n_prev = len(steps[i - 1].get("beams", [])) if i else 0
         for f in ("beams", "pruned", "finished"):
             if f in s:
                 s[f] = [dict(c, parent=-1 if i == 0 else c["parent"] % n_prev) for c in s[f] if i == 0 or n_prev]
