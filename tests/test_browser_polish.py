@@ -205,7 +205,7 @@ def test_home_is_named_home_and_a_linked_model_waits_for_a_click(light):
     nav = page.locator("[data-testid='stSidebarNav']").first.inner_text()
     assert "Home" in nav and not re.search(r"^\s*app\s*$", nav, re.M), nav
     assert "smollm2-135m-instruct" in main_text(page), "the embedded model stays until the click"
-    assert page.get_by_role("button", name=re.compile("^Load HuggingFaceTB")).count() == 1
+    assert page.get_by_role("button", name="Load the linked model").count() == 1
     no_exception(page)
     page.mouse.move(5, 5)
     page.screenshot(path=os.path.join(SHOTS, "home_model_link.png"), full_page=False)

@@ -139,9 +139,11 @@ def link_model() -> None:
     box.warning(f"This link asks for the model **{md_text(want, 200)}**. A link never loads a model by itself: "
                 f"load it only if you expect it (from this machine's Hugging Face cache or a local directory, "
                 f"without remote code). Until then the page uses {md_text(current, 200)}.")
-    a, b, _ = box.columns([2, 2, 3])
-    a.button(f"Load {want[:60]}", key="lab_link_load", type="primary", on_click=_use_model, args=(want,))
-    b.button(f"Keep {current[:60]}", key="lab_link_keep", on_click=_decline, args=(want,))
+    with box.container(horizontal=True):
+        st.button("Load the linked model", key="lab_link_load", type="primary", on_click=_use_model, args=(want,),
+                  help=f"load {want[:200]} in this session")
+        st.button("Keep the current model", key="lab_link_keep", on_click=_decline, args=(want,),
+                  help=f"stay with {current[:200]}")
 
 
 def sync_model_param() -> None:
