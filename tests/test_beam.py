@@ -24,7 +24,7 @@ PROMPTS = ["What is 2 + 2? Answer with a number only.", "Reply with only the wor
 N = 16
 
 
-def hf_beams(lm, prompt, n, return_all=False, **kw):
+def hf_beams(lm, prompt, n, **kw):
     ids = lm.encode(prompt)
     with torch.inference_mode():
         out = lm.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
@@ -33,20 +33,21 @@ def hf_beams(lm, prompt, n, return_all=False, **kw):
     return out, ids.shape[1]
 
 
-@pytest.mark.parametrize("prompt,length_penalty,early_stopping", [
-    (PROMPTS[0], 1.0, "false"), (PROMPTS[1], 1.0, "false"), (PROMPTS[2], 1.0, "false"),
-    (PROMPTS[0], 0.0, "false"), (PROMPTS[1], 0.0, "false"), (PROMPTS[2], 0.0, "false"),
-    (PROMPTS[1], 2.0, "never"), (PROMPTS[0], 1.0, "true")])
-def test_beam_search_equals_hf_generate(embedded_lm, one_thread, prompt, length_penalty, early_stopping):
+@pytest.mark.parametrize("prompt,length_penalty,early_stopping,num_beams", [
+    (PROMPTS[0], 1.0, "false", 4), (PROMPTS[1], 1.0, "false", 4), (PROMPTS[2], 1.0, "false", 4),
+    (PROMPTS[0], 0.0, "false", 4), (PROMPTS[1], 0.0, "false", 4), (PROMPTS[2], 0.0, "false", 4),
+    (PROMPTS[1], 2.0, "never", 4), (PROMPTS[0], 1.0, "true", 4), (PROMPTS[1], 1.0, "true", 5),
+    (PROMPTS[0], 0.5, "never", 3)])
+def test_beam_search_equals_hf_generate(embedded_lm, one_thread, prompt, length_penalty, early_stopping, num_beams):
     lm = embedded_lm
     tr = run.run(lm, "beam", prompt, max_new_tokens=N, options={
-        "num_beams": 4, "length_penalty": length_penalty, "early_stopping": early_stopping})
+        "num_beams": num_beams, "length_penalty": length_penalty, "early_stopping": early_stopping})
     hf_stop = {"false": False, "true": True}.get(early_stopping, early_stopping)
-    out, L = hf_beams(lm, prompt, N, num_beams=4, num_return_sequences=4, length_penalty=length_penalty,
-                      early_stopping=hf_stop)
+    out, L = hf_beams(lm, prompt, N, num_beams=num_beams, num_return_sequences=num_beams,
+                      length_penalty=length_penalty, early_stopping=hf_stop)
     nbest = tr.extra["nbest"]
     assert tr.final_ids == nbest[0]["ids"]
-    assert len(nbest) == 4
+    assert len(nbest) == num_beams
     pad = lm.tokenizer.eos_token_id
     for h, row, score in zip(nbest, out.sequences, out.sequences_scores):
         gen = row[L:].tolist()
@@ -54,7 +55,8 @@ def test_beam_search_equals_hf_generate(embedded_lm, one_thread, prompt, length_
         assert h["score"] == pytest.approx(float(score), abs=1e-4)
     # the answer alone (num_return_sequences=1): the tokens HF returns, EOS included
     best = lm.model.generate(lm.encode(prompt), attention_mask=torch.ones_like(lm.encode(prompt)), max_new_tokens=N,
-                             num_beams=4, do_sample=False, length_penalty=length_penalty, early_stopping=hf_stop,
+                             num_beams=num_beams, do_sample=False, length_penalty=length_penalty,
+                             early_stopping=hf_stop,
                              pad_token_id=pad, eos_token_id=sorted(lm.eos_ids))
     assert tr.final_ids == best[0, L:].tolist()
     assert tr.counters.target_forwards == len(tr.steps)      # the prefill, then one forward per step for all beams
