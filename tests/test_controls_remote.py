@@ -76,18 +76,19 @@ def test_in_process_runner_takes_breakpoints_while_live():
     r.cancel()
 
 
-def test_a_watched_run_whose_page_is_gone_is_cancelled(handle):
-    r = remote.decoder().start(handle, "ar", PROMPT, **LONG)
+def test_a_watched_run_whose_page_is_gone_is_cancelled(handle, monkeypatch):
+    monkeypatch.setattr(remote, "HEARTBEAT_EVERY_S", 0.1)   # quicker than the app's 1 s / 5 s: the tiny run is fast
+    r = remote.decoder().start(handle, "ar", PROMPT, max_new_tokens=2000, ignore_eos=True)
     viewed = [True]
-    r.watch(lambda: viewed[0], timeout_s=1.5)
-    time.sleep(3.0)        # heartbeats every second keep it going
+    r.watch(lambda: viewed[0], timeout_s=0.6)
+    time.sleep(1.5)        # heartbeats keep it going
     assert r.state in (RUNNING, DONE), r.stop_reason
     if r.state == DONE:
         pytest.skip("the tiny run finished before its page could go away")
     viewed[0] = False      # the tab was closed
     t = time.time()
     assert wait_for(lambda: r.finished, 10)
-    assert r.state == CANCELLED and time.time() - t < 6
+    assert r.state == CANCELLED and time.time() - t < 3, (r.state, time.time() - t)
     assert "no open page" in r.stop_reason
 
 
