@@ -608,9 +608,8 @@ class Server:
             r.wait_idle(timeout=float(kw.get("timeout", 30)))
         else:
             raise ValueError(f"unknown control {action!r}")
-        if action != "wait_idle":
-            self._state(run_id, r)
-        return None
+        self._state(run_id, r)   # before the reply: the caller sees the state this control left (after
+        return None              # wait_idle, no step in progress: the worker's own notice may come later)
 
     def op_heartbeat(self, run_ids: list[int]):
         now = time.monotonic()
