@@ -6,10 +6,20 @@
    Held-out text = SmolLM2-135M-Instruct answers (temperature 0.8, top-p 0.95, seed 1234) to
    instructions on topics never used in training (training/prompts.py HELDOUT_TOPICS).
 2. 64-token samples (low_confidence, steps = 64) on held-out instructions, judged by SmolLM2-135M:
-   median perplexity of the answer given the prompt, and distinct-2 (unique / total bigrams over
-   all samples), against SmolLM2's own samples and the same samples with tokens shuffled.
+   median perplexity of the answer given the prompt, distinct-2 (unique / total bigrams over
+   all samples), and loops: the share of answers that repeat a run of four words
+   (engine.quality.loops, "A sea of light, a sea of light, ...") with the mean share of words inside
+   such repeats (engine.quality.repeated_share), against SmolLM2's own samples and the same samples
+   with tokens shuffled.
+3. `--settings`: a few page settings (rule, temperature, block length, weights) on the same few
+   held-out instructions, each answer printed so that it can be read, with the same measures; the
+   Diffusion page's defaults are the best of these (pages/5_Diffusion.py).
+4. `--prefix-cache`: how many answer positions the Fast-dLLM prefix cache changes (same settings,
+   cache on vs off).
 
     python benchmarks/diffusion_quality.py [--n-heldout 32] [--n-samples 12]
+    python benchmarks/diffusion_quality.py --skip-accuracy --skip-samples --settings all --n-settings 6
+    python benchmarks/diffusion_quality.py --skip-accuracy --skip-samples --prefix-cache --n-settings 4
 """
 from __future__ import annotations
 
@@ -149,6 +159,21 @@ def judged(judge, samples, eos_ids):
     return statistics.median(ppl) if ppl else float("nan"), distinct2([a for _, a in samples], eos_ids)
 
 
+def answer_texts(lm, samples, eos_ids):
+    """Each answer's text, up to (not including) its first EOS."""
+    out = []
+    for _, a in samples:
+        n = answer_len(a, eos_ids)
+        out.append(lm.decode([t for t in a[:n] if t not in eos_ids]))
+    return out
+
+
+def repetition(lm, samples, eos_ids):
+    """(share of answers that loop, mean share of words inside a repeated 4-gram): engine.quality."""
+    texts = answer_texts(lm, samples, eos_ids)
+    return quality.loop_share(texts), statistics.mean(quality.repeated_share(t) for t in texts)
+
+
 def shuffled(samples, eos_ids, seed=0):
     rng = random.Random(seed)
     out = []
@@ -169,6 +194,10 @@ def main(argv=None):
     ap.add_argument("--temperature", type=float, default=0.0, help="diffusion sampling temperature")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-accuracy", action="store_true", help="only the judged samples")
+    ap.add_argument("--skip-samples", action="store_true", help="skip the 64-token sample table")
+    ap.add_argument("--settings", default="", help="comma-separated names of SETTINGS to compare, or 'all'")
+    ap.add_argument("--n-settings", type=int, default=6, help="instructions per setting (--settings, --prefix-cache)")
+    ap.add_argument("--prefix-cache", action="store_true", help="count the positions the prefix cache changes")
     ap.add_argument("--weights", choices=list(smol.VARIANTS), default="default",
                     help="the embedded delta: " + "; ".join(f"{k}: {d}" for k, (_, d) in smol.VARIANTS.items()))
     ap.add_argument("--delta", default=None,
@@ -186,7 +215,17 @@ def main(argv=None):
     print(f"# Embedded diffusion model quality ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})\n")
     if not a.skip_accuracy:
         accuracy_table(lm, dlm, base, a.n_heldout)
-    sample_tables(lm, a, t0)
+    if not a.skip_samples:
+        sample_tables(lm, a, t0)
+    if a.settings:
+        names = list(SETTINGS) if a.settings == "all" else [x.strip() for x in a.settings.split(",") if x.strip()]
+        unknown = [x for x in names if x not in SETTINGS]
+        if unknown:
+            raise SystemExit(f"--settings: unknown {unknown}; choose among {', '.join(SETTINGS)}")
+        settings_table(lm, names, a.n_settings)
+    if a.prefix_cache:
+        prefix_cache_table(lm, a.n_settings)
+    print(f"\n(total {time.time() - t0:.0f} s, torch threads {a.threads})")
 
 
 def accuracy_table(lm, dlm, base, n_heldout):
@@ -217,18 +256,93 @@ def sample_tables(lm, a, t0):
             ("SmolLM2-135M own samples (AR, greedy)", own_greedy),
             ("shuffled-token baseline (SmolLM2 T=0.8 samples, tokens shuffled)", shuffled(own, eos_ids))]
     print(f"\n## 64-token samples on {len(prompts)} held-out instructions, judged by SmolLM2-135M\n")
-    print("| samples | median judged perplexity | distinct-2 | mean answer tokens |")
-    print("|---|---|---|---|")
+    print("| samples | median judged perplexity | distinct-2 | loops (answers repeating 4 words) | words in "
+          "repeats | mean answer tokens |")
+    print("|---|---|---|---|---|---|")
     for name, s in rows:
         ppl, d2 = judged(lm, s, eos_ids)
+        loop, rep = repetition(lm, s, eos_ids)
         mean_len = statistics.mean(answer_len(x, eos_ids) for _, x in s)
-        print(f"| {name} | {ppl:.1f} | {d2:.2f} | {mean_len:.1f} |", flush=True)
+        print(f"| {name} | {ppl:.1f} | {d2:.2f} | {loop:.0%} | {rep:.0%} | {mean_len:.1f} |", flush=True)
     print(f"\nDiffusion sampling: {stats['steps']:.1f} steps and {stats['nfe']:.1f} NFE per sample, "
           f"{stats['tokens'] / max(stats['compute_s'], 1e-9):.1f} tokens/s (compute).")
     print("\nExamples:")
     for (p, x), prompt in list(zip(dsamples, prompts))[:3]:
         print(f"- {prompt!r} -> {lm.decode(x[:answer_len(x, eos_ids)])!r}")
-    print(f"\n(total {time.time() - t0:.0f} s, torch threads {a.threads})")
+
+
+# name -> (diffusion options, sampling): the page's knobs. gen_length 64, one token per step unless said.
+GREEDY = SamplingConfig()
+WARM = SamplingConfig(temperature=0.7, top_p=0.95, seed=0)
+SETTINGS = {
+    "default, low_confidence, one block, greedy (the page before)": ({"rule": "low_confidence"}, GREEDY),
+    "default, low_confidence, blocks of 16, greedy": ({"rule": "low_confidence", "block_length": 16}, GREEDY),
+    "default, low_confidence, blocks of 8, greedy": ({"rule": "low_confidence", "block_length": 8}, GREEDY),
+    "default, maskgit_plus, one block, T=0.7 top-p 0.95": ({"rule": "maskgit_plus"}, WARM),
+    "default, maskgit_plus, blocks of 8, T=0.7 top-p 0.95": ({"rule": "maskgit_plus", "block_length": 8}, WARM),
+    "par, low_confidence, one block, greedy": ({"rule": "low_confidence", "adapter": "embedded-par"}, GREEDY),
+    "par, low_confidence, blocks of 8, greedy": ({"rule": "low_confidence", "block_length": 8,
+                                                  "adapter": "embedded-par"}, GREEDY),
+    "fast, threshold 0.7, one block, greedy (the ~2x preset)": ({"rule": "threshold", "threshold": 0.7,
+                                                                 "adapter": "embedded-fast"}, GREEDY),
+}
+
+
+def settings_table(lm, names, n):
+    eos_ids = lm.eos_ids
+    prompts = heldout_prompts(n, seed=23)
+    print(f"\n## Page settings on {len(prompts)} held-out instructions (gen_length {GEN}), judged by SmolLM2-135M\n")
+    print("| setting | median judged perplexity | distinct-2 | loops | words in repeats | steps | answers |")
+    print("|---|---|---|---|---|---|---|")
+    read = []
+    for name in names:
+        opts, samp = SETTINGS[name]
+        opts = {"steps": GEN, "gen_length": GEN, **opts}
+        t = time.time()
+        samples, stats = diffusion_samples(lm, prompts, opts, samp)
+        ppl, d2 = judged(lm, samples, eos_ids)
+        loop, rep = repetition(lm, samples, eos_ids)
+        texts = answer_texts(lm, samples, eos_ids)
+        flags = " ".join("L" if quality.loops(x) else "." for x in texts)
+        print(f"| {name} | {ppl:.1f} | {d2:.2f} | {loop:.0%} | {rep:.0%} | {stats['steps']:.1f} | {flags} |",
+              flush=True)
+        read.append((name, texts, time.time() - t))
+    own = smollm_answers(lm, prompts, temperature=0.0)
+    ppl, d2 = judged(lm, own, eos_ids)
+    loop, rep = repetition(lm, own, eos_ids)
+    texts = answer_texts(lm, own, eos_ids)
+    print(f"| SmolLM2-135M itself (AR, greedy) | {ppl:.1f} | {d2:.2f} | {loop:.0%} | {rep:.0%} | - | "
+          f"{' '.join('L' if quality.loops(x) else '.' for x in texts)} |")
+    read.append(("SmolLM2-135M itself (AR, greedy)", texts, 0.0))
+    print("\n(answers: L = loops, . = does not; in prompt order)\n")
+    print("### The answers, to read\n")
+    for i, p in enumerate(prompts):
+        print(f"**{p}**\n")
+        for name, texts, _ in read:
+            print(f"- {name}: {texts[i]!r}")
+        print()
+
+
+def prefix_cache_table(lm, n):
+    """Same prompts and settings with the prefix cache off and on: answer positions that differ."""
+    prompts = heldout_prompts(n, seed=23)
+    print(f"\n## Prefix KV cache on vs off ({len(prompts)} held-out instructions, greedy)\n")
+    print("| setting | positions that differ | of | answers changed |")
+    print("|---|---|---|---|")
+    for gen, block, rule in ((32, 8, "low_confidence"), (32, 8, "threshold")):
+        diff = total = changed = 0
+        for p in prompts:
+            outs = []
+            for cache in (False, True):
+                tr = run.run(lm, "diffusion", p, max_new_tokens=gen, record=False,
+                             options={"rule": rule, "gen_length": gen, "block_length": block, "steps": gen,
+                                      "prefix_cache": cache, "stop_at_eos": False})
+                outs.append(tr.final_ids)
+            a, b = (o + [-1] * (gen - len(o)) for o in outs)
+            d = sum(x != y for x, y in zip(a, b))
+            diff, total, changed = diff + d, total + gen, changed + (d > 0)
+        print(f"| {rule}, gen_length {gen}, blocks of {block} | {diff} | {total} | {changed} of {len(prompts)} |",
+              flush=True)
 
 
 if __name__ == "__main__":

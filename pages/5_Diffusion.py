@@ -18,6 +18,14 @@ INTRO = ("A masked diffusion LM writes the whole answer at once: it starts from 
          "trade diversity for parallelism (what each costs is in its help). LLaDA-8B-Instruct and "
          "Dream-v0-Instruct-7B run here too when loaded on the home page (tick 'trust remote code' only if you "
          "trust their code).")
+LIMITS = ("What the 135M diffusion model can and cannot do (benchmarks/diffusion_quality.py --settings all, 6 "
+          "held-out instructions, 64 tokens): it writes fluent-looking sentences on everyday topics, but it loops. "
+          "In every setting measured, 50-83% of its answers repeat a run of four words ('A fox in the snow, A fox in "
+          "the snow, ...'); SmolLM2-135M itself, greedy, does too (67%), so this is the size of the model more than "
+          "the decoder. Poems and lists loop almost always; longer answers drift into filler and broken words "
+          "('the last wis of the sun'). No rule, temperature (0.7, top-p 0.95) or block length (64, 16, 8) fixed it; "
+          "the par and fast weights repeat the fewest words (25-29% of the words inside a repeat vs 36-57% with the "
+          "default weights). Treat the text as a picture of how diffusion decoding proceeds, not as answers.")
 WEIGHTS_HELP = (
     "Fast-dLLM threshold 0.9 vs one token per step, and one-block greedy samples' distinct-2 (quality bar >= 0.5). "
     "default: 1.4x fewer steps with one block, distinct-2 0.62. cf (certainty-forcing distillation): 1.56x with "
@@ -30,6 +38,13 @@ WEIGHTS_HELP = (
     "threshold 0.7 with one block (gen_length 64, block_length 0), 2.06x fewer steps at +6% judged perplexity "
     "over 48 prompts, distinct-2 0.69")
 SIDEBAR = ("rule", "threshold", "steps", "block_length", "prefix_cache", "stop_at_eos")
+PREFIX_CACHE_HELP = (
+    "Fast-dLLM's prefix KV cache: the keys / values of the committed blocks are computed once and reused. "
+    "It CHANGES THE OUTPUT on this model: the cached prefix was computed while the later positions were still "
+    "[MASK], and with bidirectional attention it never sees what was committed after it. Measured "
+    "(benchmarks/diffusion_quality.py --prefix-cache; low_confidence, gen_length 32, blocks of 8, greedy): 21, 0 "
+    "and 1 of 32 answer positions differed on three held-out instructions. It saves compute (fewer tokens "
+    "forwarded per step), not steps; exact only for a causal model or one step per block")
 
 
 def weights_choices() -> list[str]:
@@ -67,7 +82,7 @@ def sidebar(embedded: bool):
             fixed.update(opts)
         gen_length = max_new_tokens_widget("dlm", 32, hi=methods.get("diffusion").options["gen_length"].max,
                                            key="dlm_gen_length", label="gen_length (answer tokens)")
-        opts = option_widgets("diffusion", "dlm", only=SIDEBAR, fixed=fixed)
+        opts = option_widgets("diffusion", "dlm", only=SIDEBAR, fixed=fixed, helps={"prefix_cache": PREFIX_CACHE_HELP})
         with st.expander("More rule parameters"):
             opts.update(option_widgets("diffusion", "dlm", st.container(), skip=SIDEBAR + ("adapter", "gen_length"),
                                        fixed=opts))
@@ -94,6 +109,7 @@ def side_options(opts: dict, rule: str, adapter: str | None) -> dict:
 
 def main():
     lm = common.page_header("Diffusion", INTRO)
+    st.caption(LIMITS)
     embedded = lm is not None and lm.name == models.EMBEDDED
     opts, gen_length = sidebar(embedded)
     cfg = common.sampling_controls("dlm")
