@@ -71,7 +71,7 @@ def comparison_row(trace, reference=None, finished: bool = True) -> dict:
     return {
         "tokens": c.generated_tokens, "target forwards": c.target_forwards, "draft forwards": c.draft_forwards,
         "tokens / forward (tau)": round(c.generated_tokens / c.target_forwards, 2) if c.target_forwards else None,
-        "compute s": round(c.compute_s, 2), "tokens/s": round(tps, 1) if tps else None,
+        "compute s": round(c.compute_s, 2), "tokens/s": (round(tps, 1) if tps >= 10 else float(f"{tps:.3g}")) if tps else None,
         "speedup vs AR": round(sp, 2) if sp else None,
         "identical to greedy": ("n/a (lossy)" if not trace.meta.get("lossless") else
                                 ("yes" if ident else "NO" if ident is False else "…")),

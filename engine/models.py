@@ -252,11 +252,21 @@ def _input_device(model) -> torch.device:
     return torch.device(f"cuda:{where}" if isinstance(where, int) else where)
 
 
+_LOAD_LOCK = threading.Lock()   # transformers' from_pretrained is not thread-safe (its meta-device init is
+                                # process-wide): two threads loading at once got "Cannot copy out of meta tensor"
+
+
 def load(name_or_path: str = EMBEDDED, device=None, dtype=None, trust_remote_code: bool = False,
          device_map=None, quantization: str | None = None, max_memory=None) -> LM:
     """Load a causal LM and its tokenizer. Raises ModelLoadError with a readable message.
     device_map / quantization / max_memory: big models placed across GPUs (and CPU / disk offload) by
-    accelerate, weights in 8 or 4 bits by bitsandbytes (check_placement says what is accepted)."""
+    accelerate, weights in 8 or 4 bits by bitsandbytes (check_placement says what is accepted).
+    Thread-safe: loads run one at a time."""
+    with _LOAD_LOCK:
+        return _load(name_or_path, device, dtype, trust_remote_code, device_map, quantization, max_memory)
+
+
+def _load(name_or_path, device, dtype, trust_remote_code, device_map, quantization, max_memory) -> LM:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     if name_or_path is not None and not isinstance(name_or_path, str):

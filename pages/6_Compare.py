@@ -77,7 +77,8 @@ def view(lm, runs, names):
             rows = [{"configuration": names.get(k, k), "state": r.state,
                      **measure.comparison_row(r.trace, ref.trace if ref else None, finished=r.finished)}
                     for k, r in runs.items()]
-            st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+            st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
+                         column_config={"judged perplexity": st.column_config.NumberColumn(width="medium")})
             series = {names.get(k, k): r.trace.steps for k, r in runs.items()}
             a, b = st.columns(2)
             a.plotly_chart(vc.tokens_vs(series, "target_forwards", "Tokens vs target forwards (NFE)",

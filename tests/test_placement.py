@@ -88,3 +88,25 @@ def test_placement_options_are_checked_before_anything_is_read(kw, words):
     # the model does not exist: the placement error comes first, before any lookup
     with pytest.raises(ModelLoadError, match=words):
         models.load("/nonexistent/model/dir", **kw)
+
+
+def test_two_threads_load_at_once(tiny_dir, whole):
+    """from_pretrained is not thread-safe; load() serialises it (two threads got meta tensors before)."""
+    import threading
+    out, errors = [], []
+
+    def one():
+        try:
+            out.append(models.load(tiny_dir, device="cpu"))
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+    threads = [threading.Thread(target=one) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(out) == 3
+    ids = torch.tensor([[1, 5, 9]])
+    with torch.inference_mode():
+        for lm in out:
+            torch.testing.assert_close(lm.model(ids).logits, whole.model(ids).logits)

@@ -141,7 +141,8 @@ def start(key: str, lm, method: str, prompt: str, *, breakpoints=(), start_pause
     except LabError:   # the decoder went away just now: the run reports it
         pass
     if not start_paused and hasattr(r, "wait_steps"):
-        r.wait_steps(1, timeout=FIRST_STEP_WAIT_S)   # so this very page run draws the first step's figures
+        r.wait_steps(1, timeout=FIRST_STEP_WAIT_S)   # so this very page run shows the first step's status
+        st.session_state[f"{key}__fresh"] = True     # ... but not its figures: see live()
     return r
 
 
@@ -357,6 +358,11 @@ def live(key: str, render: Callable[[Runner], None]) -> None:
         timing.update(interval=base, base=base)
     interval = timing["interval"] if active else None
     status_every = REFRESH_S if active else None
+    # The page run that starts a run draws its status and newest tokens, not its figures: mounting a view's
+    # plotly charts costs a browser on the same machine ~1 s of CPU (measured in headless chromium, 2 cores),
+    # right when the decoder starts (an AR run of 128 tokens: 20.7 tok/s watched with the figures drawn at
+    # the start, 26.9 without, 31 unwatched). The figures follow on their timer, or when the run pauses / ends.
+    fresh = bool(st.session_state.pop(f"{key}__fresh", False)) and r.state == RUNNING
 
     @st.fragment(run_every=status_every)
     def _status():
@@ -384,6 +390,12 @@ def live(key: str, render: Callable[[Runner], None]) -> None:
     def _figures():
         rr = runner(key)
         if rr is None or not rr.trace.steps:
+            return
+        if fresh and in_full_run[0]:
+            timing["drawn"] = True
+            st.caption(f"The figures are drawn every {interval:.0f} s while the run is live (sidebar: Live view), "
+                       "and in full when it pauses or ends; the status and the newest tokens above update every "
+                       f"{REFRESH_S:g} s.")
             return
         t0 = time.perf_counter()
         with common.guard("live view"):
@@ -454,8 +466,14 @@ def download_button(key: str) -> None:
     if r is None or r.state == RUNNING or not r.trace.steps:
         return
     name = f"trace_{r.trace.meta.get('method', 'run')}_{len(r.trace.steps)}steps.json"
-    st.download_button("Download trace JSON", r.trace.to_json(), file_name=name, mime="application/json",
-                       key=f"{key}_dl")
+    a, b, _ = st.columns([1, 1, 3])
+    a.download_button("Download trace JSON", r.trace.to_json(), file_name=name, mime="application/json",
+                      key=f"{key}_dl")
+    from viz import export   # the figures of the step shown, one offline HTML file, built only on click
+    trace, cursor = r.trace, r.cursor
+    b.download_button("Download figures (HTML)", lambda: export.trace_html(trace, cursor),
+                      file_name=name.replace(".json", f"_step{cursor or 0}.html"), mime="text/html",
+                      key=f"{key}_dl_fig")
 
 
 def scope_caption(r, cur: int, n: int, per_step: bool = True) -> str:
@@ -507,10 +525,13 @@ def metrics_row(r: Runner, extra: dict | None = None, tokens: int | None = None,
         caption += f"; {', '.join(shown_rerun)}: measured on a separate run of the whole prompt"
     if caption:
         st.caption(caption)
-    cols = st.columns(len(items))
-    for col, (k, v) in zip(cols, items.items()):
-        v, help_ = v if isinstance(v, tuple) else (v, None)
-        col.metric(k, v, help=help_)
+    pairs = list(items.items())
+    per_row = 5 if len(pairs) > 6 else max(1, len(pairs))   # more than 6 a row cut their labels ("tokens/s (com...")
+    for i in range(0, len(pairs), per_row):
+        cols = st.columns(per_row)
+        for col, (k, v) in zip(cols, pairs[i:i + per_row]):
+            v, help_ = v if isinstance(v, tuple) else (v, None)
+            col.metric(k, v, help=help_)
 
 
 __all__ = ["start", "runner", "step_controls", "live", "download_button", "breakpoint_controls", "metrics_row",

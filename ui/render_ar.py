@@ -25,3 +25,5 @@ def render(r, prefix: str = "ar") -> None:
     if step.get("candidates"):
         a.plotly_chart(vz.candidates_figure(step), key=f"{prefix}_cands", width="stretch")
     b.plotly_chart(vz.prob_entropy_figure(steps, cur), key=f"{prefix}_pe", width="stretch")
+    if step.get("lens"):   # recorded with the logit_lens option: each layer's top token at every step
+        st.plotly_chart(vz.lens_figure(steps, cur), key=f"{prefix}_lens", width="stretch")
