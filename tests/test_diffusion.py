@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from engine import run
-from engine.diffusion import rules as R
 from engine.diffusion.adapters import DiffusionAdapter
 from engine.methods import MethodError
 from engine.sampling import SamplingConfig

@@ -176,7 +176,6 @@ def test_lazy_eviction_tracks_recurrence_intervals():
     rows = []
     for qp in (5, 6, 7):
         r = [0.0] * n
-        vis = qp + 1
         r[0] = 0.5
         if qp in (5, 7):
             r[2] = 0.3

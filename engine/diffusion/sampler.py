@@ -11,7 +11,6 @@ default) or Dream's (`dream_transfer_count`, the rule option schedule="dream").
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Iterator
 
