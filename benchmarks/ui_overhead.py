@@ -148,12 +148,13 @@ def watched(url, b, path: str, prompt: str, max_new: int, setup, timeout_s: floa
     page.set_default_timeout(180_000)
     page.goto(f"{url}/{path}")
     go = "Run both on the prompt" if pair else "Generate"
-    page.get_by_role("button", name=go).first.wait_for()
+    page.get_by_role("button", name="Generate").first.wait_for()     # the first tab's (the pair's is hidden)
     wait_for_idle(page)
     if pair:
         page.get_by_role("button", name="Use the measured ~2x setting").first.click()
         wait_for_idle(page)
         page.get_by_role("tab", name="Two rules side by side").first.click()
+        page.get_by_role("button", name=go).first.wait_for()
     else:
         set_spin(page, "max new tokens" if path != "Diffusion" else "gen_length", max_new)
     apply_setup(page, setup)
@@ -244,7 +245,9 @@ def main(argv=None) -> int:
             label = f"ar, {a.long} steps (ignore end-of-text)" if name == "long" else LABELS[name]
             results.append((label, rows))
             print(f"{label}: " + "; ".join(f"{fmt(r['ref'], 1)} vs {fmt(r['got'], 1)} tok/s "
-                                           f"({', '.join(f'{x:.2f}' for x in r['ratios'])})" for r in rows), flush=True)
+                                           f"({', '.join(f'{x:.2f}' for x in r['ratios'])}), first step shown after "
+                                           f"{fmt(r['first'])} s, figures render {r['early']} ms early / "
+                                           f"{r['late']} ms at step {r['late_step']}" for r in rows), flush=True)
     print(f"\n## UI overhead ({time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPU cores, headless chromium on the "
           f"same machine; medians of {a.repeats} alternating pairs)\n")
     print("| row | unwatched tokens/s | watched tokens/s | ratio (median) | first step shown after | figures render, "

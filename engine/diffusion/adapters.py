@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import threading
+from collections import OrderedDict
 
 import torch
 
@@ -104,8 +105,9 @@ class DiffusionAdapter:
 
 
 # ----------------------------------------------------------------------------------------------
-_EMBEDDED: dict[tuple[int, str], DiffusionAdapter] = {}
+_EMBEDDED: "OrderedDict[tuple, DiffusionAdapter]" = OrderedDict()
 _EMBEDDED_LOCK = threading.Lock()
+MAX_EMBEDDED = 2   # each adapter is a merged copy of the base model (540 MB for SmolLM2-135M in fp32)
 
 
 def embedded(lm, variant: str = "default") -> DiffusionAdapter:
@@ -118,8 +120,12 @@ def embedded(lm, variant: str = "default") -> DiffusionAdapter:
         raise MethodError(f"Unknown embedded diffusion variant '{variant}': choose {', '.join(smol.VARIANTS)}.")
     delta_dir, name = smol.VARIANTS[variant]
     with _EMBEDDED_LOCK:
-        key = (id(lm.model), variant)
-        if key not in _EMBEDDED:
+        # keyed by what the copy is made of (never by id(): a freed model's id can be reused), at most
+        # MAX_EMBEDDED copies, the least recently used dropped first
+        key = (lm.name, str(lm.device), str(lm.dtype), sum(p.numel() for p in lm.model.parameters()), variant)
+        if key in _EMBEDDED:
+            _EMBEDDED.move_to_end(key)
+        else:
             if not (delta_dir / "delta.safetensors").exists():
                 raise MethodError(f"The embedded diffusion weights are missing ({delta_dir}): "
                                   "train them with `python -m training.train_diffusion`.")
@@ -128,6 +134,8 @@ def embedded(lm, variant: str = "default") -> DiffusionAdapter:
             model.eval()
             _EMBEDDED[key] = DiffusionAdapter(model, smol.MASK_ID, shift=True, bidirectional=True, style="hf",
                                               name=name, eos_ids=lm.eos_ids)
+            while len(_EMBEDDED) > MAX_EMBEDDED:
+                _EMBEDDED.popitem(last=False)
         return _EMBEDDED[key]
 
 
@@ -178,28 +186,3 @@ def for_lm(lm, adapter: str = "auto", mask_id: int = -1) -> DiffusionAdapter:
                                 style=adapter if remote else "hf", name=f"{lm.name} ({adapter}-style)",
                                 eos_ids=lm.eos_ids)
     raise MethodError(f"Unknown adapter '{adapter}': choose auto, {', '.join(variants)}, llada or dream.")
-
-
-def load_remote(name: str, trust_remote_code: bool = False, device=None, dtype=None):
-    """Load LLaDA-8B-Instruct / Dream-v0-Instruct-7B (or a local copy) as an engine LM.
-
-    Both ship their own modelling code: nothing loads unless the user ticks that they trust it.
-    Dream registers only AutoModel in its config, so this falls back to AutoModel when
-    AutoModelForCausalLM has no mapping (engine.models.load covers the causal-LM case)."""
-    from engine import models
-    if not trust_remote_code:
-        raise models.ModelLoadError(f"'{name}' runs its own modelling code: tick 'trust remote code' only if you "
-                                    "trust its authors.")
-    try:
-        return models.load(name, device=device, dtype=dtype, trust_remote_code=True)
-    except models.ModelLoadError as first:
-        from transformers import AutoModel, AutoTokenizer
-        dev = models.auto_device(device)
-        dt = models.auto_dtype(dev, dtype)
-        try:
-            tok = AutoTokenizer.from_pretrained(name, trust_remote_code=True)
-            model = AutoModel.from_pretrained(name, dtype=dt, trust_remote_code=True).to(dev).eval()
-        except Exception as e:  # noqa: BLE001 - report both attempts
-            raise models.ModelLoadError(f"Could not load '{name}': {first}; AutoModel: {e}") from e
-        return models.LM(model=model, tokenizer=tok, name=name, device=dev, dtype=dt,
-                         is_instruct=bool(getattr(tok, "chat_template", None)))

@@ -50,7 +50,6 @@ WINDOW = Opt(-1, "recent window always kept", min=0, max=MAX_BUDGET, special={-1
 class Policy:
     name = "base"
     needs_attention = False
-    per_head = True
     # per-entry state: name -> fill value for new entries (tensors [b, Hkv, *, n])
     entry_state: dict[str, float] = {}
 
@@ -136,7 +135,6 @@ class Random(Policy):
                    options={"n_sink": N_SINK})
 class StreamingLLM(Policy):
     name = "streaming_llm"
-    per_head = False
 
     def scores(self, layer, keys, pos, latest):
         # score = recency; sinks protected
@@ -208,7 +206,6 @@ class SnapKV(Policy):
 class TOVA(Policy):
     name = "tova"
     needs_attention = True
-    per_head = False
     entry_state = {"last": 0.0}
 
     def observe(self, layer, probs, q_pos, visible, pos):
