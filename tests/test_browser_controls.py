@@ -130,6 +130,12 @@ def test_diffusion_metrics_are_counted_while_live(session):
     box.fill("64")    # one token per step: 64 steps, long enough to look at it live
     box.press("Enter")
     wait_for_idle(page)
+    # the figures (and their metrics row) of a live run are redrawn on a timer, 15 s by default: 2 s here
+    page.get_by_text("Live view", exact=True).first.click()
+    every = page.get_by_role("spinbutton", name=re.compile("redraw the figures every")).first
+    every.fill("2")
+    every.press("Enter")
+    wait_for_idle(page)
     button(page, "Generate").first.click()
     assert until(lambda: "running" in main_text(page) and "tokens" in metrics(page), 90), main_text(page)[:800]
     live = metrics(page)

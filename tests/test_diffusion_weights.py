@@ -21,12 +21,12 @@ def test_both_deltas_ship_and_are_small():
 
 def test_certainty_forced_delta_is_more_confident(embedded_lm, one_thread):
     base = adapters.for_lm(embedded_lm, "embedded")
+    assert base is adapters.for_lm(embedded_lm)  # auto = the default delta (the cache keeps the 2 newest)
     cf = adapters.for_lm(embedded_lm, "embedded-cf")
     cal = adapters.for_lm(embedded_lm, "embedded-cal")
     div = adapters.for_lm(embedded_lm, "embedded-div")
     par = adapters.for_lm(embedded_lm, "embedded-par")
     fast = adapters.for_lm(embedded_lm, "embedded-fast")
-    assert base is adapters.for_lm(embedded_lm)  # auto = the default delta
     assert cf is not base and cf.name != base.name and "cf" in cf.name
     assert "sd" not in smol.VARIANTS  # the looping self-distilled delta no longer ships
     prompt = embedded_lm.encode("Write a short story about a fox in the snow.")[0]
