@@ -36,6 +36,25 @@ def make_tiny_lm(seed: int = 0, layers: int = 2, hidden: int = 64, heads: int = 
                      dtype=torch.float32, is_instruct=True, lock=threading.RLock())
 
 
+def save_tiny(tmp_path_factory, name: str, **kw) -> str:
+    """A tiny random Llama saved like any local model (loaded by path: the decoder process, device maps)."""
+    lm = make_tiny_lm(**kw)
+    d = tmp_path_factory.mktemp(name)
+    lm.model.save_pretrained(d)
+    lm.tokenizer.save_pretrained(d)
+    return str(d)
+
+
+# every family whose state at a step is its committed prefix, with small options (forks, device maps)
+PREFIX_FAMILIES = [
+    ("ar", {}),
+    ("speculative", {"drafter": "prompt_lookup"}),
+    ("speculative", {"drafter": "token_recycling", "tree": "2.2"}),
+    ("jacobi", {}),
+    ("lookahead", {"window_size": 3, "level": 3, "guess_set_size": 3}),
+]
+
+
 @pytest.fixture(scope="session")
 def tiny_lm():
     return make_tiny_lm()

@@ -9,6 +9,7 @@ import torch
 from engine import fork, run
 from engine.errors import InputError, OptionError
 from engine.sampling import SamplingConfig
+from tests.conftest import PREFIX_FAMILIES
 
 PROMPT = "a b a b a b c d"
 N = 16
@@ -27,13 +28,7 @@ def _greedy_reference(lm, ids: list[int], n: int) -> list[int]:
     return out[0, len(ids):].tolist()
 
 
-@pytest.mark.parametrize("method,options", [
-    ("ar", {}),
-    ("speculative", {"drafter": "prompt_lookup"}),
-    ("speculative", {"drafter": "token_recycling", "tree": "2.2"}),
-    ("jacobi", {}),
-    ("lookahead", {"window_size": 3, "level": 3, "guess_set_size": 3}),
-])
+@pytest.mark.parametrize("method,options", PREFIX_FAMILIES)
 def test_a_fork_without_edit_continues_as_the_original(one_thread, lm, method, options):
     orig = run.run(lm, method, PROMPT, max_new_tokens=N, options=options, ignore_eos=True)
     for k in (0, 1, len(orig.steps) // 2, len(orig.steps) - 1):

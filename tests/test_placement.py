@@ -6,18 +6,14 @@ import torch
 
 from engine import models, run
 from engine.errors import ModelLoadError
-from tests.conftest import make_tiny_lm
+from tests.conftest import PREFIX_FAMILIES, save_tiny
 
 PROMPT = "a b a b a b c"
 
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    lm = make_tiny_lm(seed=11, layers=4)
-    d = tmp_path_factory.mktemp("tiny-split")
-    lm.model.save_pretrained(d)
-    lm.tokenizer.save_pretrained(d)
-    return str(d)
+    return save_tiny(tmp_path_factory, "tiny-split", seed=11, layers=4)
 
 
 @pytest.fixture(scope="module")
@@ -48,12 +44,7 @@ def test_same_logits(whole, split):
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("method,options", [
-    ("ar", {}),
-    ("speculative", {"drafter": "prompt_lookup"}),
-    ("speculative", {"drafter": "token_recycling", "tree": "2.2"}),
-    ("jacobi", {}),
-    ("lookahead", {"window_size": 3, "level": 3, "guess_set_size": 3}),
+@pytest.mark.parametrize("method,options", PREFIX_FAMILIES + [
     ("kv", {"policy": "h2o", "budget": 8}),
     ("kv", {"policy": "streaming_llm", "budget": 8}),
 ])

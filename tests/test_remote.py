@@ -10,7 +10,7 @@ import torch
 from engine import remote, run
 from engine.errors import OptionError, PromptError
 from engine.runner import CANCELLED, DONE, ERROR, PAUSED, Breakpoint, Runner
-from tests.conftest import make_tiny_lm
+from tests.conftest import save_tiny
 
 PROMPT = "Once upon a time"
 
@@ -18,11 +18,7 @@ PROMPT = "Once upon a time"
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     """A tiny random Llama saved like any local model, so the decoder process loads it by path."""
-    lm = make_tiny_lm(seed=7)
-    d = tmp_path_factory.mktemp("tiny-model")
-    lm.model.save_pretrained(d)
-    lm.tokenizer.save_pretrained(d)
-    return str(d)
+    return save_tiny(tmp_path_factory, "tiny-model", seed=7)
 
 
 @pytest.fixture(scope="module")
