@@ -12,7 +12,7 @@ if ! "$PY" -c "import torch, transformers, triton, pytest" >/dev/null 2>&1; then
   echo "[gpu_check] installing the requirements (torch==2.13.0 first)"
   "$PY" -m pip install -q torch==2.13.0 && "$PY" -m pip install -q -r requirements.txt
 fi
-"$PY" -c "import engine" >/dev/null 2>&1 || "$PY" -m pip install -q --no-deps --no-build-isolation -e . >/dev/null
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"   # the repository's packages, installed or not
 # the smoke run takes the kernel paths through Triton's interpreter, which must be on before triton is imported
 for arg in "$@"; do [ "$arg" = "--cpu-smoke" ] && export TRITON_INTERPRET=1; done
 exec "$PY" -m benchmarks.gpu_check "$@"
