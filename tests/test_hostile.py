@@ -487,7 +487,7 @@ ALLOWED_HTML = {
     "ui/render_ar.py": ("legend.legend_html", "vz.token_stream_html"),
     "pages/8_Lessons.py": ("fig", "PRESENTER_CSS"),
     "pages/6_Compare.py": ("vc.diff_html",),
-    "ui/controls.py": ("html",),   # renderers.stream_html: the viz token-stream builders above
+    "ui/live.py": ("html",),   # renderers.stream_html: the viz token-stream builders above
 }
 
 

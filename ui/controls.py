@@ -14,32 +14,16 @@ session is gone (a closed tab), the decoder cancels it within seconds.
 """
 from __future__ import annotations
 
-import math
-import os
-import time
-from typing import Callable
 
 import streamlit as st
 
 from engine import remote
 from engine.errors import LabError
-from engine.runner import CANCELLED, DONE, ERROR, EVENTS, PAUSED, RUNNING, Breakpoint, Runner
-from ui import common, renderers
+from engine.runner import CANCELLED, DONE, EVENTS, PAUSED, RUNNING, Breakpoint, Runner
+from ui import common
 from viz.safe import md_text
 
-# While a run is live: the status, progress and token stream refresh every REFRESH_S (cheap for the browser);
-# the figures every FIGURES_S or longer, up to MAX_REFRESH_S, at least RENDER_SHARE times their measured
-# server render time. Measured in headless chromium on this 2-core machine: redrawing the AR view's two
-# plotly charts costs the browser ~0.25 s of CPU, i.e. a quarter of a core at one redraw per second, CPU the
-# decoder needs; the token stream and metrics cost it ~5%.
-REFRESH_S = float(os.environ.get("DECODING_LAB_REFRESH_S", 1.0))
-FIGURES_S = float(os.environ.get("DECODING_LAB_FIGURES_S", 15.0))
-FIGURES_KEY = "lab_live_figures_s"
 FIRST_STEP_WAIT_S = 1.5  # a started run's first step is usually ready by then (the prompt's prefill)
-MAX_REFRESH_S = 30.0
-RENDER_SHARE = 25
-LIVE_STREAM_TOKENS = 120  # the live status's token stream: the newest tokens (all of them in the figures view)
-EVERY_N_KEY = "lab_render_every_n"
 # A click acts on the run before the page is drawn (a button callback), then waits this long at most for the
 # run's state to follow, so the buttons and the status drawn after it are the run's new state. Longer steps
 # (a long prompt's prefill) show "being computed" and the status polls until the step is back.
@@ -251,192 +235,6 @@ def show_error(r) -> None:
     st.error(f"The run stopped: {md_text(r.error, 500)}")
 
 
-class _Shown:
-    """A run seen at another cursor (render every N steps) and/or drawn live (the live status already shows
-    its token stream): the renderers read .trace, .cursor and .live."""
-
-    def __init__(self, r, cursor: int | None, live: bool = False):
-        self._r, self.cursor, self.live = r, cursor, live
-
-    def __getattr__(self, name):
-        return getattr(self._r, name)
-
-
-def render_every_n() -> int:
-    return max(1, int(st.session_state.get(EVERY_N_KEY, 1) or 1))
-
-
-def live_figures_s() -> float:
-    return float(st.session_state.get(FIGURES_KEY, FIGURES_S) or FIGURES_S)
-
-
-def render_every_n_widget() -> None:
-    with st.sidebar.expander("Live view", expanded=False):
-        st.number_input("redraw the figures every (seconds)", 1.0, 120.0, step=1.0, key=FIGURES_KEY,
-                        help="While a run is live, the status, progress and token stream update every second; "
-                             "the figures every this many seconds (longer when a redraw is slow: at least 25x its "
-                             "render time). A browser on the same machine spends CPU on every redraw (measured "
-                             "here: ~1 s of CPU per redraw of a full view), CPU the decoder loses: shorter is "
-                             "livelier, longer keeps the decoder's speed. Pause to inspect any step in full.",
-                        **({} if FIGURES_KEY in st.session_state else {"value": FIGURES_S}))
-        st.number_input("render every N steps", 1, 1000, step=1, key=EVERY_N_KEY,
-                        help="While a run is live, draw only every N-th step (for demos on slow machines).",
-                        **({} if EVERY_N_KEY in st.session_state else {"value": 1}))
-
-
-def planned_steps(meta: dict) -> int | None:
-    """Steps a run is expected to take when that is known up front (diffusion: its step budget)."""
-    params = meta.get("params", {}) if isinstance(meta, dict) else {}
-    if meta.get("family") == "diffusion" or meta.get("method") == "diffusion":
-        return int(params.get("steps") or params.get("gen_length") or params.get("max_new_tokens") or 0) or None
-    return None
-
-
-def progress(r) -> None:
-    """Steps and tokens done of the expected, compute tokens/s and the time left, while a run is live."""
-    t = r.trace
-    n = len(t.steps)
-    max_new = int(t.meta.get("params", {}).get("max_new_tokens") or 0)
-    tokens = tokens_so_far(t)
-    frac = tokens / max_new if max_new else 0.0
-    planned = planned_steps(t.meta)
-    if planned:
-        frac = max(frac, n / planned)
-    frac = min(1.0, frac)
-    parts = [f"{n} of about {planned} steps" if planned else f"{n} step{'s' if n != 1 else ''}",
-             f"{tokens} / {max_new} tokens"]
-    if t.counters.compute_s > 0 and tokens:
-        parts.append(f"{rate(tokens / t.counters.compute_s)} tokens/s (compute)")
-    started = getattr(r, "started_at", None)
-    if started and 0 < frac < 1 and r.state == RUNNING:
-        left = (time.time() - started) * (1 - frac) / frac
-        parts.append(f"about {left:.0f} s left" if left < 120 else f"about {left / 60:.0f} min left")
-    prompt_len = len(t.meta.get("prompt_ids") or [])
-    if prompt_len:
-        parts.append(f"prompt {prompt_len:,} tokens" + (" (prefilling)" if not n and live_now(r) else ""))
-    st.progress(frac, text=" · ".join(parts))
-
-
-def rate(x: float | None) -> str:
-    """A speed with enough digits to read: 123 · 12.3 · 1.23 · 0.0123 (never a slow run's "0.0")."""
-    if x is None:
-        return "-"
-    if x >= 100:
-        return f"{x:.0f}"
-    if x >= 10:
-        return f"{x:.1f}"
-    if x >= 1:
-        return f"{x:.2f}"
-    return f"{x:.3g}" if x > 0 else "0"
-
-
-def committed_at(step: dict) -> int:
-    """A diffusion step's committed positions (its answer's tokens are counted only when the run ends)."""
-    state = step.get("state") or []
-    return len(state) - state.count("mask")
-
-
-def tokens_so_far(t) -> int:
-    """Tokens generated so far; for a diffusion run still going, the positions committed so far."""
-    tokens = t.counters.generated_tokens
-    if not tokens and t.steps and t.steps[-1].get("kind") == "diffusion":
-        return committed_at(t.steps[-1])
-    return tokens
-
-
-def live(key: str, render: Callable[[Runner], None]) -> None:
-    """Render the runner's trace at its cursor. While the run is live two fragments refresh on their own
-    timers: a light one (status, progress, the token stream) every REFRESH_S, and the figures every
-    FIGURES_S or longer (see REFRESH_S above)."""
-    r = runner(key)
-    if r is None:
-        return
-    active = live_now(r)
-    base = live_figures_s()
-    timing = st.session_state.setdefault(f"{key}__timing", {"render_s": 0.0, "interval": base, "base": base})
-    if timing.get("base") != base:   # the sidebar setting changed
-        timing.update(interval=base, base=base)
-    interval = timing["interval"] if active else None
-    status_every = REFRESH_S if active else None
-    # The page run that starts a run draws its status and newest tokens, not its figures: mounting a view's
-    # plotly charts costs a browser on the same machine ~1 s of CPU (measured in headless chromium, 2 cores),
-    # right when the decoder starts (an AR run of 128 tokens: 20.7 tok/s watched with the figures drawn at
-    # the start, 26.9 without, 31 unwatched). The figures follow on their timer, or when the run pauses / ends.
-    fresh = bool(st.session_state.pop(f"{key}__fresh", False)) and r.state == RUNNING
-
-    @st.fragment(run_every=status_every)
-    def _status():
-        rr = runner(key)
-        if rr is None:
-            return
-        with common.guard("live status"):
-            st.markdown(status_line(rr))
-            if not rr.finished:
-                progress(rr)
-            if rr.state == RUNNING and rr.trace.steps:
-                html = renderers.stream_html(_Shown(rr, len(rr.trace.steps) - 1), LIVE_STREAM_TOKENS)
-                if html:
-                    st.markdown(html, unsafe_allow_html=True)   # viz builders escape every trace string
-            if rr.state == ERROR:
-                show_error(rr)
-            if not rr.trace.steps and live_now(rr):
-                st.info(prefill_message(rr))
-        if active and not live_now(rr):
-            st.rerun()  # the run paused or ended: redraw the whole page once, then stop polling
-        if active and not in_full_run[0] and rr.trace.steps and not timing.get("drawn"):
-            st.rerun()  # a long prefill: the figures were drawn with no step yet; draw them now, once
-
-    @st.fragment(run_every=interval)
-    def _figures():
-        rr = runner(key)
-        if rr is None or not rr.trace.steps:
-            return
-        if fresh and in_full_run[0]:
-            timing["drawn"] = True
-            st.caption(f"The figures are drawn every {interval:.0f} s while the run is live (sidebar: Live view), "
-                       "and in full when it pauses or ends; the status and the newest tokens above update every "
-                       f"{REFRESH_S:g} s.")
-            return
-        t0 = time.perf_counter()
-        with common.guard("live view"):
-            render(_shown(rr, live=rr.state == RUNNING))
-        timing["drawn"] = True
-        dt = time.perf_counter() - t0
-        timing["render_s"] = dt if not timing["render_s"] else 0.7 * timing["render_s"] + 0.3 * dt
-        if active:
-            st.caption(f"live view: redrawn in {dt * 1000:.0f} ms, every {interval:.1f} s"
-                       + (f", every {render_every_n()} steps" if render_every_n() > 1 else ""))
-            want = min(max(MAX_REFRESH_S, base), max(base, RENDER_SHARE * timing["render_s"]))
-            if rr.state == RUNNING and abs(math.log(want / interval)) > math.log(2):
-                timing["interval"] = round(want, 2)   # a full rerun re-registers the timer
-                st.rerun()
-
-    in_full_run = [True]   # the fragments below read it when their timers rerun them alone (then False)
-    _status()
-    _figures()
-    in_full_run[0] = False
-
-
-def prefill_message(r) -> str:
-    """What a run shows before its first step: the prompt's length in tokens, and for how long it has been at it."""
-    n = len(r.trace.meta.get("prompt_ids") or [])
-    s = f"Prefilling the prompt ({n:,} tokens)" if n else "Prefilling the prompt"
-    started = getattr(r, "started_at", None)
-    if started and time.time() - started >= 2:
-        s += f" · {time.time() - started:.0f} s so far"
-    if n >= 2000:
-        s += " · a long prompt takes a while on a CPU"
-    return s + "..."
-
-
-def _shown(r, live: bool = False):
-    """The run at the step to draw: its cursor, or while following a live run, the newest multiple of N."""
-    n_every = render_every_n()
-    if n_every > 1 and r.state == RUNNING and r.following and r.trace.steps:
-        return _Shown(r, (len(r.trace.steps) - 1) // n_every * n_every, live)
-    return _Shown(r, r.cursor, live) if live else r
-
-
 def measure_vs_ar(lm, r) -> None:
     """engine.measure.vs_autoregressive for a finished run, done in the decoder process; kept in its extra."""
     with st.spinner("Decoding the prompt with this method and autoregressively, neither recording..."):
@@ -533,6 +331,12 @@ def metrics_row(r: Runner, extra: dict | None = None, tokens: int | None = None,
             v, help_ = v if isinstance(v, tuple) else (v, None)
             col.metric(k, v, help=help_)
 
+
+# the live view lives in ui/live.py; pages and tests keep calling controls.live, controls.progress, ...
+from ui.live import (  # noqa: E402,F401
+    EVERY_N_KEY, FIGURES_KEY, FIGURES_S, LIVE_STREAM_TOKENS, REFRESH_S, _Shown, _shown, committed_at, live,
+    live_figures_s, planned_steps, prefill_message, progress, rate, render_every_n, render_every_n_widget,
+    tokens_so_far)
 
 __all__ = ["start", "runner", "step_controls", "live", "download_button", "breakpoint_controls", "metrics_row",
            "DONE", "RUNNING", "PAUSED"]
