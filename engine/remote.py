@@ -1,5 +1,9 @@
 """The decoder process: models and decoding runs live in a process of their own; step records stream back.
 
+(~690 lines: both ends of one channel, the UI's Decoder / RemoteRunner and the process's Server, whose
+messages must match; the next split is the Server into engine/decoder_server.py, keeping `python -m
+engine.remote` as its entry point.)
+
 Why a process. A decoding thread in the UI process shares the GIL with Streamlit's rendering. A forward
 of the 135M model is hundreds of small torch ops, and while a render thread runs Python the decoder
 waits for the GIL at every op: measured on this 2-core machine, greedy AR decoding ran at 15.4 tokens/s

@@ -1,5 +1,8 @@
 """The step-record contract: for each step kind, the fields the views read, with types and bounds.
 
+(~700 lines, one file on purpose for now: the spec types at the top and one table per kind below, read
+together; the next split is the spec types into engine/schema_types.py, the kinds staying here.)
+
 `engine.trace.from_dict` checks every trace against it (so `load`, `loads` and uploads do), and
 a trace that passes is one the views in ui/render_*.py and viz/ can draw: every field a view reads
 has the type it expects, every size a view allocates from is bounded, and what one field cannot
