@@ -419,6 +419,11 @@ AR_OPTIONAL = {"position": POSITION, "prob": Maybe(PROB), "prob_warped": Maybe(P
                "logits_f16": Str(1_400_000),   # base64 of the step's full logits (record_logits; engine/rewarp.py)
                "lens": List(LENS_ROW, MAX_LAYERS + 1)}  # logit lens: one row per layer, first layer first
 
+# AR-kind steps of search-family methods carry one extra block each (ui/render_ar.py EXTRAS draws it):
+# ---- contrastive search: AR_OPTIONAL["contrastive"] ----
+# ---- context-aware decoding: AR_OPTIONAL["cad"] ----
+# ---- grammar-constrained decoding: AR_OPTIONAL["grammar"] ----
+
 # ---- speculative -----------------------------------------------------------------------------
 NODE = Obj({"id": Int(0, MAX_NODES), "parent": Int(-1, MAX_NODES), "depth": Int(0, MAX_NODES),
             "status": Enum(NODE_STATUSES)},

@@ -1,9 +1,26 @@
 """The Autoregressive view's figures for one step of a trace (live page and replay share it)."""
+import importlib
+
 import streamlit as st
 
 from ui import controls, renderers
 from viz import ar as vz
 from viz import legend
+
+# An AR-kind step of a search-family method carries one extra block, drawn below the AR figures by
+# `render_extra(r, prefix)` of its module (imported when first needed; a missing module draws nothing).
+EXTRAS = {"contrastive": "ui.render_contrastive", "cad": "ui.render_cad", "grammar": "ui.render_grammar"}
+
+
+def render_extras(r, prefix: str) -> None:
+    step = r.trace.steps[r.cursor]
+    for field, name in EXTRAS.items():
+        if step.get(field) is not None:
+            try:
+                mod = importlib.import_module(name)
+            except ModuleNotFoundError:
+                continue
+            mod.render_extra(r, prefix)
 
 
 def render(r, prefix: str = "ar") -> None:
@@ -27,3 +44,4 @@ def render(r, prefix: str = "ar") -> None:
     b.plotly_chart(vz.prob_entropy_figure(steps, cur), key=f"{prefix}_pe", width="stretch")
     if step.get("lens"):   # recorded with the logit_lens option: each layer's top token at every step
         st.plotly_chart(vz.lens_figure(steps, cur), key=f"{prefix}_lens", width="stretch")
+    render_extras(r, prefix)
