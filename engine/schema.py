@@ -421,7 +421,17 @@ AR_OPTIONAL = {"position": POSITION, "prob": Maybe(PROB), "prob_warped": Maybe(P
 
 # AR-kind steps of search-family methods carry one extra block each (ui/render_ar.py EXTRAS draws it):
 # ---- contrastive search: AR_OPTIONAL["contrastive"] ----
+COSINE = Float(-1.0, 1.0)
+CONTRASTIVE_CAND = Obj({"id": ID, "text": TOKEN_TEXT, "chosen": Bool()},
+                       {"p": Maybe(PROB), "penalty": Maybe(COSINE), "score": Maybe(COSINE)},
+                       name="every contrastive candidate")
+AR_OPTIONAL["contrastive"] = Obj({"candidates": List(CONTRASTIVE_CAND, MAX_CANDIDATES, min_len=1)},
+                                 {"alpha": Maybe(PROB), "argmax_prob_id": ID}, name="every contrastive block")
 # ---- context-aware decoding: AR_OPTIONAL["cad"] ----
+CAD_ROW = Obj({"id": ID, "text": TOKEN_TEXT, "p_with": PROB, "p_without": PROB, "p_cad": PROB},
+              name="every context-aware decoding row")
+AR_OPTIONAL["cad"] = Obj({"rows": List(CAD_ROW, 64)}, {"alpha": Float(0.0, 1e3), "top_with": ID, "top_without": ID,
+                                                      "top_cad": ID, "kl": NATS}, name="the cad block")
 # ---- grammar-constrained decoding: AR_OPTIONAL["grammar"] ----
 
 # ---- speculative -----------------------------------------------------------------------------

@@ -63,7 +63,7 @@ def main():
             cfg = None
         else:
             opts = {**opts, **extra}
-    prompt = common.prompt_box(f"{method}_prompt")
+    prompt = common.prompt_box(f"{method}_prompt", getattr(mod, "PROMPT", common.DEFAULT_PROMPT))
 
     c1, c2, _ = st.columns([1, 1, 4])
     go_clicked = c1.button("Generate", type="primary", key=f"{method}_go", disabled=lm is None or cfg is None)

@@ -34,6 +34,11 @@ JACOBI_GUESS = "#9E9E9E"      # unchanged but not yet known to be fixed
 JACOBI_STATUS = {"fixed": JACOBI_FIXED, "changed": JACOBI_CHANGED, "committed": JACOBI_COMMITTED,
                  "unchanged": JACOBI_GUESS}
 
+# context-aware decoding / cautious next-token prediction (search)
+WITH_CONTEXT = "#1F77B4"      # the model given the context (blue)
+WITHOUT_CONTEXT = "#9E9E9E"   # the model without it (grey)
+CAD = "#2CA02C"               # the contrast the decoder uses (green); the chosen trial of a cautious step too
+
 
 def confidence_colour(c: float) -> str:
     """LLaDA's grading of newly committed tokens by confidence."""
