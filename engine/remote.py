@@ -12,7 +12,10 @@ process the decoder never waits for the UI (only for CPU cores).
 
 UI side (this module imports no streamlit):
     dec = decoder()                                   # one per UI process, started on first use
-    lm = dec.load(name, trust_remote_code)            # ModelHandle: name, device, dtype, info
+    lm = dec.load(name, trust_remote_code, placement)  # ModelHandle: name, device, dtype, info; placement:
+        # models.load's device / dtype / device_map / quantization / max_memory (None: the default). The
+        # decoder keys its models by (name, trust_remote_code, models.placement_key(placement)): one model
+        # per key, shared by every session that asks for the same key, never by another placement.
     r = dec.start(lm, method, prompt, breakpoints=..., start_paused=..., max_new_tokens=..., ...)
         # -> RemoteRunner (the Runner interface over a mirrored Trace); LabError at once if refused
     dec.task(lm, "vs_autoregressive", meta=..., final_ids=...)   # model work a page asks for
@@ -96,10 +99,11 @@ class ModelHandle:
     dtype: str
     info: dict = field(default_factory=dict)
     generation: int = 0      # the decoder process it was loaded in
+    placement: tuple = ()    # the decoder's models.placement_key(...) of its load (canonical; part of `key`)
 
     @property
     def key(self) -> tuple:
-        return (self.name, self.trust_remote_code)
+        return (self.name, self.trust_remote_code, self.placement)
 
 
 class RemoteRunner(Runner):
@@ -375,9 +379,12 @@ class Decoder:
             self.proc.kill()
 
     # -- what pages use --------------------------------------------------------------------------------
-    def load(self, name: str, trust_remote_code: bool = False) -> ModelHandle:
-        info = self.call("load", name=name, trust_remote_code=trust_remote_code)
-        return ModelHandle(info["name"], trust_remote_code, info["device"], info["dtype"], info, self.generation)
+    def load(self, name: str, trust_remote_code: bool = False, placement: dict | None = None) -> ModelHandle:
+        """Load `name` in the decoder process as `placement` says (models.load's keyword arguments: device,
+        dtype, device_map, quantization, max_memory; None: the default). ModelLoadError when refused."""
+        info = self.call("load", name=name, trust_remote_code=trust_remote_code, placement=dict(placement or {}))
+        return ModelHandle(info["name"], trust_remote_code, info["device"], info["dtype"], info, self.generation,
+                           tuple(info["placement_key"]))
 
     def start(self, lm: ModelHandle, method: str, prompt: str, breakpoints=(), start_paused: bool = False,
               **prepare_kw) -> RemoteRunner:
@@ -457,9 +464,11 @@ def _close_decoder():
 
 
 # ====================================================================================== decoder side
-def _model_info(lm) -> dict:
+def _model_info(lm, key: tuple = ()) -> dict:
+    from engine import models
     cfg = lm.model.config
     return {"name": lm.name, "device": str(lm.device), "dtype": str(lm.dtype).replace("torch.", ""),
+            "placement_key": key, "placement": _safe(lambda: models.placement_summary(lm)) or str(lm.device),
             "params": int(sum(p.numel() for p in lm.model.parameters())),
             "layers": getattr(cfg, "num_hidden_layers", None), "vocab": getattr(cfg, "vocab_size", None),
             "kv_bytes_per_token": _safe(lm.kv_bytes_per_token), "context_length": lm.context_length,
@@ -528,19 +537,31 @@ class Server:
                 pass
 
     # -- models ---------------------------------------------------------------------------------
-    def model(self, key: tuple):
+    @staticmethod
+    def model_key(name: str, trust_remote_code: bool, placement=None) -> tuple:
+        """(name, trust_remote_code, models.placement_key(placement)): placement is load()'s keyword arguments
+        (a dict, any spelling) or a key already (a tuple); checked here (ModelLoadError), before any load."""
         from engine import models
+        if isinstance(placement, (tuple, list)):
+            placement = models.placement_from_key(tuple(tuple(kv) for kv in placement))
+        return (name, bool(trust_remote_code), models.placement_key(placement))
+
+    def model(self, key):
+        """The model for a handle's key (name, trust_remote_code[, placement key]), loaded once."""
+        from engine import models
+        key = self.model_key(*key)
         with self.models_lock:
             if key not in self.models:
-                name, trust = key
-                self.models[key] = models.load(name, trust_remote_code=trust)
+                name, trust, placed = key
+                self.models[key] = models.load(name, trust_remote_code=trust, **models.placement_from_key(placed))
             return self.models[key]
 
     def op_ping(self):
         return "pong"
 
-    def op_load(self, name: str, trust_remote_code: bool = False) -> dict:
-        return _model_info(self.model((name, bool(trust_remote_code))))
+    def op_load(self, name: str, trust_remote_code: bool = False, placement: dict | None = None) -> dict:
+        key = self.model_key(name, trust_remote_code, placement)
+        return _model_info(self.model(key), key[2])
 
     # -- runs -----------------------------------------------------------------------------------
     def op_start(self, model, run_id, method, prompt, breakpoints, start_paused, prepare_kw) -> dict:

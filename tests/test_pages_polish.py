@@ -227,7 +227,7 @@ def loads(monkeypatch):
     from ui import common
     asked = []
 
-    def load(name, trust):
+    def load(name, trust, placement=None):
         asked.append((name, trust))
         if name != models.EMBEDDED:
             raise models.ModelLoadError(f"Model '{name}' was not found.")

@@ -55,24 +55,34 @@ def guard(where: str = "page", container=None):
 
 MODEL_KEY = "lab_model_name"
 TRUST_KEY = "lab_trust_remote_code"
+PLACEMENT_KEY = "lab_model_placement"   # models.canonical_placement(...) chosen on the home page; absent: default
+PLACEMENT_WIDGETS = ("home_device", "home_dtype", "home_device_map", "home_device_map_json", "home_quantization",
+                     "home_max_memory")
 _load_lock = threading.Lock()
 
 
 _handles: dict[tuple, remote.ModelHandle] = {}
 
 
-def _load_model(name: str, trust_remote_code: bool) -> remote.ModelHandle:
-    """The model, loaded once in the decoder process (engine.remote) and shared by every session; the UI
-    process holds only a handle (two sessions asking at once load it once: the decoder serialises loads)."""
+def _load_model(name: str, trust_remote_code: bool, placement: dict | None = None) -> remote.ModelHandle:
+    """The model, loaded once in the decoder process (engine.remote) and shared by every session that asks for
+    the same (name, trust_remote_code, placement); the UI process holds only a handle (two sessions asking at
+    once load it once: the decoder serialises loads). placement: models.load's device / dtype / device_map /
+    quantization / max_memory (None: the default)."""
     dec = remote.decoder()
-    key = (name, trust_remote_code, dec.generation)
+    key = (name, trust_remote_code, models.placement_key(placement) if placement else (), dec.generation)
     with _load_lock:
         handle = _handles.get(key)
     if handle is None:
-        handle = dec.load(name, trust_remote_code)
+        handle = dec.load(name, trust_remote_code, placement)
         with _load_lock:
             _handles[key] = handle
     return handle
+
+
+def model_placement() -> dict | None:
+    """The session's placement (models.canonical_placement's dict), None for the default."""
+    return st.session_state.get(PLACEMENT_KEY)
 
 
 def model_name() -> str:
@@ -112,6 +122,9 @@ def _use_model(name: str) -> None:
     """Callback: switch the session to `name` (trust_remote_code off), e.g. back to the embedded model."""
     st.session_state[MODEL_KEY] = name
     st.session_state[TRUST_KEY] = False
+    st.session_state.pop(PLACEMENT_KEY, None)    # (a link names no placement: the default, as for trust)
+    for k in PLACEMENT_WIDGETS:
+        st.session_state.pop(k, None)
     st.session_state["home_model_input"] = name
     st.session_state.pop(DECLINED_KEY, None)
     _set_model_param(name)
@@ -165,14 +178,15 @@ def back_to_embedded_button(key: str = "lab_model_back") -> None:
 
 
 def get_lm(name: str | None = None, trust_remote_code: bool | None = None) -> remote.ModelHandle | None:
-    """The current model, loaded once per process; shows a clear error (and the way back to the embedded
-    model) and returns None on failure."""
+    """The current model (with the session's placement), loaded once per process; shows a clear error (and
+    the way back to the embedded model) and returns None on failure."""
     chosen = name is None
     name = name or model_name()
     trust = st.session_state.get(TRUST_KEY, False) if trust_remote_code is None else trust_remote_code
+    placement = model_placement() if chosen else None
     try:
         with st.spinner(f"Loading {name} (first load of the embedded model dequantises it, ~20 s)..."):
-            return _load_model(name, bool(trust))
+            return _load_model(name, bool(trust), placement)
     except models.ModelLoadError as e:
         st.error("Could not load the model: " + md_text(e, 1000))
     except remote.DecoderError as e:
@@ -222,7 +236,7 @@ def page_header(title: str, caption: str) -> remote.ModelHandle | None:
     controls.render_every_n_widget()
     if lm is not None:
         st.sidebar.caption("Model")
-        st.sidebar.text(f"{lm.name}\n{lm.device} · {lm.dtype}")
+        st.sidebar.text(f"{lm.name}\n{lm.info.get('placement') or lm.device} · {lm.dtype}")
     return lm
 
 
