@@ -354,7 +354,7 @@ TEXTS = List(TOKEN_TEXT, MAX_OUTPUT)
 
 TOTALS = Obj({}, {"tokens": COUNT, "target_forwards": COUNT, "draft_forwards": COUNT, "compute_s": SECONDS,
                   "wall": Float(0.0, 1e11)})
-COMMON = {"kind": Enum(("ar", "speculative", "kv", "jacobi", "lookahead", "diffusion", "beam")),
+COMMON = {"kind": Enum(("ar", "speculative", "kv", "jacobi", "lookahead", "diffusion", "beam", "cautious")),
           "index": Int(0, MAX_STEPS), "new_ids": IDS}
 COMMON_OPTIONAL = {"new_text": TEXT, "confidence": Maybe(PROB), "events": List(Str(64), MAX_EVENTS),
                    "compute_s": Maybe(SECONDS), "totals": TOTALS}
@@ -433,6 +433,14 @@ CAD_ROW = Obj({"id": ID, "text": TOKEN_TEXT, "p_with": PROB, "p_without": PROB, 
 AR_OPTIONAL["cad"] = Obj({"rows": List(CAD_ROW, 64)}, {"alpha": Float(0.0, 1e3), "top_with": ID, "top_without": ID,
                                                       "top_cad": ID, "kl": NATS}, name="the cad block")
 # ---- grammar-constrained decoding: AR_OPTIONAL["grammar"] ----
+GRAMMAR_CANDIDATE = Obj({"id": ID, "text": TOKEN_TEXT}, {"p_raw": Maybe(PROB), "p_warped": Maybe(PROB),
+                                                    "allowed": Bool()}, name="every unconstrained candidate")
+AR_OPTIONAL["grammar"] = Obj(
+    {"allowed": COUNT, "vocab": Int(1, MAX_COUNT), "allowed_share": PROB, "removed_mass": PROB, "wanted_id": ID,
+     "wanted_text": TOKEN_TEXT, "wanted_p": Maybe(PROB), "chosen_p_unconstrained": Maybe(PROB), "forced": Bool(),
+     "accepting": Bool(), "candidates_unconstrained": List(GRAMMAR_CANDIDATE, MAX_CANDIDATES)},
+    {"stop": Maybe(Str(MAX_NAME)), "complete": Bool(), "mask_ms": Maybe(SECONDS), "accept_ms": Maybe(SECONDS)},
+    name="every grammar block")
 
 # ---- speculative -----------------------------------------------------------------------------
 NODE = Obj({"id": Int(0, MAX_NODES), "parent": Int(-1, MAX_NODES), "depth": Int(0, MAX_NODES),
@@ -634,6 +642,31 @@ def _diffusion_steps(steps: list) -> None:
     _grid(steps, n, "positions")
 
 
+# ---- cautious next-token prediction (search) -------------------------------------------------
+MAX_TRIALS = 64             # trials per step (engine: <= 32)
+MAX_TRIAL_TOKENS = 512      # tokens of one trial (engine: <= 256)
+TRIAL = Obj({"ids": List(ID, MAX_TRIAL_TOKENS, min_len=1), "p": List(PROB, MAX_TRIAL_TOKENS, min_len=1),
+             "ppl": Float(1.0 - 1e-6, 1e30), "stop": Enum(("single", "eos", "punctuation", "length"))},
+            {"text": TEXT}, name="every trial")
+CAUTIOUS = record("cautious", {"entropy": NATS, "n_trials": Int(1, MAX_TRIALS), "chosen": Int(0, MAX_TRIALS - 1),
+                               "branched": Bool()}, {
+    "position": POSITION, "token_id": ID, "token_text": TOKEN_TEXT, "candidates": List(CANDIDATE, MAX_CANDIDATES),
+    "trials": List(TRIAL, MAX_TRIALS)})
+
+
+def _cautious(s: dict) -> None:
+    trials = s.get("trials")
+    if trials is None:
+        return
+    _need(len(trials) == s["n_trials"], f"has {len(trials)} trials but n_trials is {s['n_trials']}", "trials")
+    _need(s["chosen"] < len(trials), f"must be a trial (0..{len(trials) - 1}), got {s['chosen']}", "chosen")
+    for i, t in enumerate(trials):
+        _need(len(t["p"]) == len(t["ids"]), f"has {len(t['p'])} probabilities for {len(t['ids'])} tokens", "trials", i,
+              "p")
+    ids = trials[s["chosen"]]["ids"]
+    _need(s["new_ids"] == ids[: len(s["new_ids"])], "must be the start of the chosen trial's ids", "new_ids")
+
+
 # ---- beam (search) -----------------------------------------------------------------------------
 MAX_BEAMS = 64              # beams per step (engine: <= 32)
 MAX_BEAM_CANDIDATES = 1_024  # pruned continuations recorded per step (engine: <= 512)
@@ -677,6 +710,7 @@ STEPS: dict[str, Kind] = {
     "lookahead": Kind(LOOKAHEAD, _lookahead),
     "diffusion": Kind(DIFFUSION, _diffusion, _diffusion_steps),
     "beam": Kind(BEAM, check_steps=_beam_steps),
+    "cautious": Kind(CAUTIOUS, _cautious),
 }
 assert set(STEPS) == set(COMMON["kind"].values)
 

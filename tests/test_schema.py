@@ -48,6 +48,9 @@ CASES = [  # (method, options, sampling); options a method does not declare are 
     ("lookahead", {}, GREEDY), ("lookahead", {"window_size": 3, "level": 3}, SAMPLED),
     ("diffusion", {}, GREEDY), ("diffusion", {"block_length": 4, "steps": 8, "rule": "threshold"}, GREEDY),
     ("beam", {"num_beams": 3}, GREEDY), ("beam", {"num_beams": 4, "num_beam_groups": 2}, GREEDY),
+    ("cad", {"context": "A story:", "alpha": 1.0}, SAMPLED),
+    ("cautious", {"max_trials": 3, "entropy_low": 0.0, "entropy_high": 1.0, "max_trial_tokens": 3}, GREEDY),
+    ("cautious", {"max_trials": 4, "max_trial_tokens": 4}, SAMPLED),
 ]
 
 
@@ -128,6 +131,13 @@ def render_viz(tr: T.Trace, cursors) -> None:
             beam.scores_figure(steps, cur)
             beam.beam_rows(steps, cur)
             beam.nbest_rows(steps, cur)
+        elif kind == "cautious":
+            from viz import cautious
+            cautious.summary(steps, cur)
+            cautious.stream_html(steps, cur)
+            cautious.trials_figure(step)
+            cautious.trial_rows(step)
+            cautious.entropy_figure(steps, cur, 0.01, 1.5)
 
 
 def _render_kv(steps, cur) -> None:
@@ -472,7 +482,23 @@ def repair_beam(draw, steps):
                           for k, r in enumerate(s["nbest"])] if refs else []
 
 
-REPAIR = {"ar": lambda draw, steps: None, "speculative": repair_speculative, "kv": repair_kv,
+def repair_cautious(draw, steps):
+    for s in steps:
+        trials = s.get("trials")
+        if trials is None:
+            s["chosen"] = 0
+            continue
+        if not trials:
+            del s["trials"]
+            s["chosen"] = 0
+            continue
+        for t in trials:
+            t["p"] = draw(exactly(S.PROB, len(t["ids"])))
+        s["n_trials"], s["chosen"] = len(trials), s["chosen"] % len(trials)
+        s["new_ids"] = trials[s["chosen"]]["ids"][: draw(hs.integers(0, len(trials[s["chosen"]]["ids"])))]
+
+
+REPAIR = {"ar": lambda draw, steps: None, "cautious": repair_cautious, "speculative": repair_speculative, "kv": repair_kv,
           "jacobi": repair_jacobi, "lookahead": repair_lookahead, "diffusion": repair_diffusion,
           "beam": repair_beam}
 

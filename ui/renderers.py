@@ -11,7 +11,7 @@ from viz import window as W
 # step kind -> module under ui/ whose render(r, prefix) draws one step of a trace
 MODULES = {"ar": "ui.render_ar", "speculative": "ui.render_speculative", "kv": "ui.render_kv",
            "jacobi": "ui.render_jacobi", "lookahead": "ui.render_jacobi", "diffusion": "ui.render_diffusion",
-           "beam": "ui.render_beam"}
+           "beam": "ui.render_beam", "cautious": "ui.render_cautious"}
 
 
 def renderer(kind: str):
@@ -60,6 +60,9 @@ def stream_html(r, max_tokens: int | None = None) -> str | None:
     if kind == "diffusion":
         from viz import diffusion
         return diffusion.text_html(steps[cur])
+    if kind == "cautious":
+        from viz import cautious
+        return cautious.stream_html(steps, cur, **n)
     return None
 
 

@@ -55,6 +55,11 @@ def step_figures(trace, cursor: int | None = None) -> list[tuple[str, go.Figure]
     if kind == "beam":
         from viz import beam
         return [("beam tree", beam.tree_figure(steps, cur)), ("scores", beam.scores_figure(steps, cur))]
+    if kind == "cautious":
+        from viz import cautious
+        params = trace.meta.get("params", {})
+        return [("trials", cautious.trials_figure(step)),
+                ("entropy", cautious.entropy_figure(steps, cur, params.get("entropy_low"), params.get("entropy_high")))]
     if kind == "diffusion":
         from viz import diffusion
         return [("denoising grid", diffusion.denoising_grid(steps, cur)),
