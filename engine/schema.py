@@ -454,7 +454,8 @@ SPECULATIVE = record("speculative", {"accepted_len": Int(0, MAX_NODES), "draft_l
     "origins": List(Str(64), MAX_NODES), "token_texts": List(TOKEN_TEXT, MAX_NODES), "origin": Str(64),
     "rule": NAME, "stochastic": Bool(), "lossless": Bool(), "draft_s": Maybe(SECONDS), "verify_s": Maybe(SECONDS),
     "kv_dropped": COUNT, "draft_forwards": COUNT, "target_forwards": COUNT, "prefix_len": POSITION,
-    "k": Int(0, MAX_NODES)})
+    "k": Int(0, MAX_NODES),
+    "lens": List(List(LENS_ROW, MAX_LAYERS + 1), MAX_NODES)})   # logit lens: per committed token, per layer
 
 
 def _speculative(s: dict) -> None:
@@ -475,6 +476,10 @@ def _speculative(s: dict) -> None:
         if nodes:
             tree = sum(1 for n in nodes if not n.get("appended"))
             _need(len(mask) == tree, f"is {len(mask)} x {len(mask)} but the tree has {tree} nodes", "mask")
+    lens = s.get("lens")
+    if lens is not None:
+        _need(len(lens) <= len(s["new_ids"]), f"has {len(lens)} positions for {len(s['new_ids'])} committed tokens",
+              "lens")
 
 
 # ---- kv --------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ GREEDY, SAMPLED = {}, {"temperature": 0.8, "seed": 1}
 CASES = [  # (method, options, sampling); options a method does not declare are dropped
     ("ar", {}, GREEDY), ("ar", {"top_candidates": 3, "logit_lens": True}, SAMPLED),
     ("speculative", {"drafter": "trigram"}, GREEDY),
+    ("speculative", {"drafter": "early_exit", "exit_layer": 1, "logit_lens": True}, SAMPLED),
     ("speculative", {"drafter": "early_exit", "tree": "2.2", "exit_layer": 1}, GREEDY),
     ("speculative", {"drafter": "early_exit", "tree": "dynamic", "exit_layer": 1, "tree_budget": 6}, SAMPLED),
     ("speculative", {"drafter": "early_exit", "verify": "typical", "exit_layer": 1}, SAMPLED),
@@ -99,6 +100,7 @@ def render_viz(tr: T.Trace, cursors) -> None:
             speculative.round_table(step)
             speculative.acceptance_figure(steps, cur)
             speculative.depth_figure(speculative.acceptance_by_depth(steps[: cur + 1]))
+            speculative.lens_figure(steps, cur)
         elif kind == "kv":
             _render_kv(steps, cur)
         elif kind == "jacobi":
@@ -402,6 +404,8 @@ def repair_speculative(draw, steps):
         if "mask" in s:
             m = sum(1 for node in nodes if not node.get("appended")) if nodes else len(s["mask"])
             s["mask"] = draw(hs.lists(exactly(S.Int(0, 1), m), min_size=m, max_size=m))
+        if "lens" in s:
+            s["lens"] = s["lens"][: len(s["new_ids"])]
 
 
 MOSTLY = hs.sampled_from([True, True, False])

@@ -60,4 +60,6 @@ def render(r, prefix: str = "spec") -> None:
     rates = vz.acceptance_by_depth_at(r.trace, cur)
     if rates:
         d.plotly_chart(vz.depth_figure(rates), key=f"{prefix}_depth", width="stretch")
+    if any(x.get("lens") for x in steps[: cur + 1]):   # recorded with the logit_lens option
+        st.plotly_chart(vz.lens_figure(steps, cur), key=f"{prefix}_lens", width="stretch")
     controls.vs_ar_table(r)

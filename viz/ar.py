@@ -118,10 +118,13 @@ def max_entropy_at(trace) -> float:
 
 def lens_first_layer(step: dict) -> int | None:
     """The layer from which on the chosen token is the lens's top token (None: not even at the last layer)."""
-    rows = step.get("lens") or []
+    return first_layer(step.get("lens") or [], step.get("token_id"))
+
+
+def first_layer(rows: list[dict], chosen) -> int | None:
     first = None
     for i in range(len(rows) - 1, -1, -1):
-        if rows[i]["id"] != step.get("token_id"):
+        if rows[i]["id"] != chosen:
             break
         first = i
     return first
@@ -131,30 +134,35 @@ def lens_figure(steps: list[dict], cursor: int, max_columns: int = W.MAX_ROWS) -
     """Logit lens: layer x step, each cell the top token after that layer read through the final norm and the
     LM head, shaded by its probability; a ring marks the layer from which the chosen token stays on top."""
     first = W.first_row(cursor, max_columns)
-    cols = [i for i in range(first, cursor + 1) if steps[i].get("lens")]
-    n = max((len(steps[i]["lens"]) for i in cols), default=0)
+    cols = [(i, f"step {i}", steps[i]["lens"], steps[i].get("token_id"), steps[i].get("token_text"))
+            for i in range(first, cursor + 1) if steps[i].get("lens")]
+    return lens_grid(cols, "step", W.steps_note(first, cursor, len(steps)))
+
+
+def lens_grid(cols: list[tuple], x_title: str, note: str = "") -> go.Figure:
+    """The lens grid from columns (x, hover label, rows per layer, chosen id, chosen text)."""
+    n = max((len(c[2]) for c in cols), default=0)
     z, text, hover = ([[None] * len(cols) for _ in range(n)] for _ in range(3))
-    for c, i in enumerate(cols):
-        s = steps[i]
-        for layer, row in enumerate(s["lens"]):
+    for c, (_, where, rows, _, chosen_text) in enumerate(cols):
+        for layer, row in enumerate(rows):
             tok = repr(row.get("text", ""))[1:-1] or "∅"
             z[layer][c] = row["p"]
             text[layer][c] = plot_text(tok[:6])
-            hover[layer][c] = (f"step {i} · layer {layer}<br>top: <b>{plot_text(tok)}</b> #{row['id']} p = "
-                               f"{row['p']:.3f}<br>p(chosen {plot_text(_short(s.get('token_text'), 16))}) = "
+            hover[layer][c] = (f"{plot_text(where)} · layer {layer}<br>top: <b>{plot_text(tok)}</b> #{row['id']} p = "
+                               f"{row['p']:.3f}<br>p(chosen {plot_text(_short(chosen_text, 16))}) = "
                                + ("-" if row.get("p_chosen") is None else f"{row['p_chosen']:.3f}"))
+    xs = [c[0] for c in cols]
     fig = go.Figure()
-    fig.add_heatmap(z=z, x=cols, y=list(range(n)), text=text, texttemplate="%{text}", hovertext=hover,
+    fig.add_heatmap(z=z, x=xs, y=list(range(n)), text=text, texttemplate="%{text}", hovertext=hover,
                     hoverinfo="text", colorscale="Blues", zmin=0, zmax=1, colorbar=dict(title="p(top)"))
-    marks = [(i, lens_first_layer(steps[i])) for i in cols]
-    marks = [(i, f) for i, f in marks if f is not None]
-    fig.add_scatter(x=[i for i, _ in marks], y=[f for _, f in marks], mode="markers", hoverinfo="skip",
+    marks = [(x, first_layer(rows, chosen)) for x, _, rows, chosen, _ in cols]
+    marks = [(x, f) for x, f in marks if f is not None]
+    fig.add_scatter(x=[x for x, _ in marks], y=[f for _, f in marks], mode="markers", hoverinfo="skip",
                     name="chosen token on top from here", marker=dict(size=16, symbol="circle-open",
                                                                       color=legend.RESAMPLED, line=dict(width=2)))
-    fig.update_layout(height=160 + 16 * n, margin=dict(l=10, r=10, t=40), xaxis_title="step",
+    fig.update_layout(height=160 + 16 * n, margin=dict(l=10, r=10, t=40), xaxis_title=x_title,
                       yaxis_title="layer")
-    L.title(fig, "Logit lens: top token after each layer",
-            "read through the final norm and the LM head" + W.steps_note(first, cursor, len(steps)))
+    L.title(fig, "Logit lens: top token after each layer", "read through the final norm and the LM head" + note)
     L.legend_below(fig)
     L.themed(fig)
     return fig

@@ -298,3 +298,21 @@ def summary_from_steps(steps: list[dict], upto: int) -> dict:
 def summary_at(trace, cur: int) -> dict:
     """summary_from_steps(trace.steps, cur) from running sums kept on the trace (each round summed once)."""
     return _summary(W.running_at(trace, "speculative", W.sums(**SUMMARY_FIELDS), cur), cur + 1)
+
+
+def lens_figure(steps: list[dict], cursor: int, max_columns: int = W.MAX_ROWS) -> go.Figure:
+    """Logit lens over the committed tokens of the rounds up to the cursor (the last `max_columns`): each
+    token's column is the verification forward's row that predicted it, every layer read through the final
+    norm and the LM head."""
+    from viz.ar import lens_grid
+    cols, pos = [], 0
+    for i in range(cursor + 1):
+        s = steps[i]
+        ids, texts = s.get("new_ids", []), s.get("token_texts") or []
+        for j, rows in enumerate(s.get("lens") or []):
+            if j < len(ids):
+                cols.append((pos + j, f"round {i}, token {j}", rows, ids[j], texts[j] if j < len(texts) else None))
+        pos += len(ids)
+    shown = cols[-max_columns:]
+    note = f" (the last {len(shown)} of {len(cols)} tokens)" if len(shown) < len(cols) else ""
+    return lens_grid(shown, "output token", note)

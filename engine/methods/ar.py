@@ -51,24 +51,38 @@ def lens_record(lm, hidden_states, chosen: int) -> list[dict]:
     first layer first: its top token, that token's probability and the probability of the token chosen.
     (The model's hidden_states are the embeddings, each layer's output, and the last layer's output already
     through the final norm, which is what the model's own logits read.)"""
+    return lens_rows(lm, hidden_states, [-1], [chosen])[0]
+
+
+def lens_rows(lm, hidden_states, positions: list[int], chosen: list[int]) -> list[list[dict]]:
+    """The logit lens at several positions of one forward (batch row 0): per position, per layer, as lens_record."""
     m = lm.model
-    x = hidden_states[-1][:, -1]
-    if len(hidden_states) > 2:
-        x = torch.cat([m.model.norm(torch.cat([h[:, -1] for h in hidden_states[1:-1]])), x])
-    p = m.lm_head(x).float().softmax(-1)                    # [layers, V]
+    idx = torch.tensor(positions, device=hidden_states[-1].device)
+    x = hidden_states[-1][0, idx]                                         # [P, H], already through the norm
+    inner = [m.model.norm(h[0, idx]) for h in hidden_states[1:-1]]        # layers 1..L-1, each [P, H]
+    layers = torch.stack(inner + [x], 1) if inner else x[:, None]         # [P, L, H]
+    p = m.lm_head(layers).float().softmax(-1)                             # [P, L, V]
     top_p, top = p.max(-1)
-    return [{"id": int(t), "text": lm.token_text(t), "p": clean_float(tp), "p_chosen": clean_float(pc)}
-            for t, tp, pc in zip(top.tolist(), top_p.tolist(), p[:, chosen].tolist())]
+    ch = torch.tensor(chosen, device=p.device)
+    p_ch = p.gather(-1, ch[:, None, None].expand(-1, p.shape[1], 1))[..., 0]
+    return [[{"id": int(t), "text": lm.token_text(t), "p": clean_float(tp), "p_chosen": clean_float(pc)}
+             for t, tp, pc in zip(top[j].tolist(), top_p[j].tolist(), p_ch[j].tolist())]
+            for j in range(len(positions))]
+
+
+def check_lens(lm) -> None:
+    m = lm.model
+    if not (hasattr(getattr(m, "model", None), "norm") and hasattr(m, "lm_head")):
+        raise MethodError("logit_lens reads each layer through the model's final norm and LM head: it needs a "
+                          "Llama-style model (model.norm, lm_head).")
 
 
 MAX_LOGIT_STEPS = 512   # record_logits keeps ~2 bytes per vocabulary entry per step (100 KB for SmolLM2)
 
 
 def check(o: dict, ctx) -> None:
-    m = ctx.lm.model
-    if o["logit_lens"] and not (hasattr(getattr(m, "model", None), "norm") and hasattr(m, "lm_head")):
-        raise MethodError("logit_lens reads each layer through the model's final norm and LM head: it needs a "
-                          "Llama-style model (model.norm, lm_head).")
+    if o["logit_lens"]:
+        check_lens(ctx.lm)
     if o["record_logits"] and ctx.max_new_tokens > MAX_LOGIT_STEPS:
         raise OptionError(f"record_logits keeps every step's full logits (~{2 * len(ctx.lm.tokenizer) // 1000} KB a "
                           f"step): at most {MAX_LOGIT_STEPS} new tokens with it, got {ctx.max_new_tokens}.")

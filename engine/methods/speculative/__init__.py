@@ -17,6 +17,7 @@ from transformers import DynamicCache
 from engine import attention, kvcache
 from engine import sampling as S
 from engine.methods import Job, MethodError, register
+from engine.methods.ar import check_lens, lens_rows
 from engine.methods.speculative import verify as V
 from engine.methods.speculative.draft_models import truncated_view  # noqa: F401  (benchmarks use it)
 from engine.methods.speculative.drafters import DRAFTERS, MAX_K, Drafter  # noqa: F401
@@ -49,6 +50,8 @@ OPTIONS = {
                            when={"verify": ("typical",)}),
     "typical_alpha": Opt(0.3, "typical acceptance: alpha", min=0.0, max=1.0, min_open=True,
                          when={"verify": ("typical",)}),
+    "logit_lens": Opt(False, "also record, per round, the top token after every layer at each committed position, "
+                             "read through the final norm and the LM head (a head projection per layer)"),
     "dense_mask_max": Opt(64, "record the dense tree mask when the tree has at most this many nodes", min=0,
                           max=MAX_NODES + 1),
 }
@@ -98,6 +101,8 @@ def check(o: dict, ctx) -> None:
     checks (a draft model's tokenizer is compared before its weights load), positions against the context."""
     _, shape0, _ = check_options(ctx.lm, ctx.sampling, o)
     DRAFTERS.get(o["drafter"]).obj.check(o, ctx)
+    if o["logit_lens"]:
+        check_lens(ctx.lm)
     ctx.need_positions(ctx.prompt_len + ctx.max_new_tokens + shape_nodes(shape0) + 1,
                        f"Speculative decoding with trees of up to {shape_nodes(shape0)} nodes after a "
                        f"{ctx.prompt_len}-token prompt")
@@ -105,11 +110,12 @@ def check(o: dict, ctx) -> None:
 
 # ---- one round ------------------------------------------------------------------------------
 
-def target_forward(lm, tree, cache, prefix_len, cfg=None) -> V.Rows:
+def target_forward(lm, tree, cache, prefix_len, cfg=None, hidden: bool = False) -> V.Rows:
     """ONE target forward over root + drafted nodes with the tree mask.
 
     Returns the per-node logits lazily: for Llama-style models the LM head runs only on the rows
-    the verifier visits; other models return all logits."""
+    the verifier visits; other models return all logits. `hidden`: keep every layer's hidden states in
+    `rows.hidden_states` (the logit lens; Llama-style models only, checked before the run)."""
     dev = lm.device
     ids = torch.tensor([tree.tokens], device=dev)
     pos = torch.tensor([[prefix_len + d for d in tree.depths]], device=dev)
@@ -123,14 +129,21 @@ def target_forward(lm, tree, cache, prefix_len, cfg=None) -> V.Rows:
                   tree_parents=KD.Tree.from_parents(tree.parents, device=dev))
         with attention.kernels(lm.model):
             if lazy_head:
-                return V.Rows(base(**kw).last_hidden_state[0], head, cfg=cfg)
+                return _rows(base(**kw, output_hidden_states=hidden), head, cfg)
             return V.Rows(None, logits=lm.model(**kw).logits[0].float(), cfg=cfg)
     mask = tree_mask(tree.parents, prefix_len, lm.dtype, dev)
     if lazy_head:
-        out = base(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True)
-        return V.Rows(out.last_hidden_state[0], head, cfg=cfg)
+        out = base(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True,
+                   output_hidden_states=hidden)
+        return _rows(out, head, cfg)
     out = lm.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True)
     return V.Rows(None, logits=out.logits[0].float(), cfg=cfg)
+
+
+def _rows(out, head, cfg) -> V.Rows:
+    rows = V.Rows(out.last_hidden_state[0], head, cfg=cfg)
+    rows.hidden_states = getattr(out, "hidden_states", None)
+    return rows
 
 
 def check_options(lm, cfg, o: dict):
@@ -175,6 +188,7 @@ def generate(job: Job, **o):
     drafter = DRAFTERS.get(o["drafter"]).obj.from_options(job, o)
     lossless = rule != "typical"
     gen = cfg.generator(lm.device) if not cfg.greedy else None
+    lens = o["logit_lens"] and job.record
 
     seq = job.input_ids[0].tolist()
     cache = DynamicCache()
@@ -200,7 +214,7 @@ def generate(job: Job, **o):
                 t0 = time.perf_counter()
                 tree = drafter.propose(ctx)
                 t1 = time.perf_counter()
-                rows = target_forward(lm, tree, cache, ctx.prefix_len, cfg)
+                rows = target_forward(lm, tree, cache, ctx.prefix_len, cfg, hidden=lens)
                 c.target_forwards += 1
                 if rule == "greedy":
                     verdict = V.greedy(tree, rows)
@@ -243,6 +257,9 @@ def generate(job: Job, **o):
             if job.record:
                 with c.recording():
                     rec.update(round_record(lm, tree, verdict, rows, rule, kept, o["dense_mask_max"]))
+                    if lens and kept and getattr(rows, "hidden_states", None) is not None:
+                        # the rows that predicted the committed tokens: the accepted path, root first
+                        rec["lens"] = lens_rows(lm, rows.hidden_states, verdict.path[: len(kept)], kept)
             yield rec
             index += 1
             if job.finished(kept):
