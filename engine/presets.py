@@ -26,6 +26,7 @@ PRESETS = [
     Preset("diffusion low_confidence", "diffusion", {"rule": "low_confidence"}),
     Preset("diffusion Fast-dLLM threshold 0.9", "diffusion", {"rule": "threshold", "threshold": 0.9}),
     Preset("beam search (4 beams)", "beam", {"num_beams": 4}),
+    Preset("cautious NTP (up to 10 trials)", "cautious", {}),
     Preset("contrastive search (alpha 0.6, k 4)", "contrastive", {"penalty_alpha": 0.6, "num_candidates": 4}),
 ]
 
