@@ -57,6 +57,7 @@ class Opt:
     special: Mapping[Any, str] = field(default_factory=dict)  # values allowed outside the range, and their meaning
     when: Mapping[str, tuple] | None = None
     max_len: int = MAX_STR          # str options
+    multiline: bool = False         # str options: line breaks allowed and the text kept as given (a grammar)
     presets: tuple = ()             # str options: suggested values the page offers (a custom value stays possible)
     lower: bool = False             # str options: compare and keep in lower case
     label: str | None = None        # page label (default: the option's name, as the reference code spells it)
@@ -124,9 +125,10 @@ class Opt:
                 fail()
             if len(value) > self.max_len:
                 raise OptionError(f"{name} is {len(value)} characters long; at most {self.max_len} are allowed.")
-            if any(ord(ch) < 32 and ch != "\t" for ch in value):
+            ok = "\t\n\r" if self.multiline else "\t"
+            if any(ord(ch) < 32 and ch not in ok for ch in value):
                 fail(" (control characters are not allowed)")
-            v = value.strip().lower() if self.lower else value.strip()
+            v = value if self.multiline else value.strip().lower() if self.lower else value.strip()
         elif t is int:
             if isinstance(value, bool) or not isinstance(value, int):
                 fail()
