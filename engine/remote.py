@@ -18,6 +18,8 @@ UI side (this module imports no streamlit):
         # per key, shared by every session that asks for the same key, never by another placement.
     r = dec.start(lm, method, prompt, breakpoints=..., start_paused=..., max_new_tokens=..., ...)
         # -> RemoteRunner (the Runner interface over a mirrored Trace); LabError at once if refused
+    b = dec.fork(lm, r.trace, step, token=" cat")    # a branch of a recorded run at its step (engine.fork):
+        # -> RemoteRunner like start(); ForkError / LabError at once if refused (the parent is never touched)
     dec.task(lm, "vs_autoregressive", meta=..., final_ids=...)   # model work a page asks for
     r.watch(viewed)      # a page started it: cancelled if it computes with no page to show it (HEARTBEAT_*)
 Decoder side: `python -m engine.remote FD` serves one UI process over a socket pair, holds the models
@@ -61,6 +63,7 @@ START_TIMEOUT_S = 120.0
 # Runs started without a UI (engine API, CLI, tests) are never watched, so never cancelled this way.
 HEARTBEAT_EVERY_S = 1.0
 HEARTBEAT_TIMEOUT_S = float(os.environ.get("DECODING_LAB_HEARTBEAT_S", 5.0))
+MAX_LIVE_BRANCHES = 8      # Decoder.fork: branches of one browser session decoding at a time
 
 
 class DecoderError(LabError, RuntimeError):
@@ -82,6 +85,8 @@ def encode_exception(e: BaseException) -> tuple:
 def decode_exception(enc: tuple) -> BaseException:
     name, message, tb = enc
     cls = getattr(errors, name, None)
+    if cls is None and name == "ForkError":       # engine.fork's own error (an InputError)
+        from engine.fork import ForkError as cls
     if isinstance(cls, type) and issubclass(cls, LabError):
         return cls(message)
     if name == "DecoderError":
@@ -90,6 +95,17 @@ def decode_exception(enc: tuple) -> BaseException:
 
 
 # =========================================================================================== UI side
+def fork_payload(parent: Trace) -> dict:
+    """What engine.fork.prepare reads of a parent run, copied: its meta, per step the counts (no candidates,
+    logits or trees) and its output ids. The steps are copied before the ids, so a live mirror that grows
+    meanwhile gives at least the tokens its copied steps committed."""
+    steps = list(parent.steps)
+    ids = list(parent.final_ids)
+    keep = ("kind", "index", "totals", "new_ids", "token_id")
+    return {"meta": dict(parent.meta), "final_ids": ids,
+            "steps": [{k: s[k] for k in keep if k in s} if isinstance(s, dict) else s for s in steps]}
+
+
 @dataclass
 class ModelHandle:
     """A model loaded in the decoder process, as the UI sees it (no weights here)."""
@@ -300,6 +316,7 @@ class Decoder:
         self._pending: dict[int, list] = {}     # call id -> [event, ok, value]
         self._runs: "weakref.WeakValueDictionary[int, RemoteRunner]" = weakref.WeakValueDictionary()
         self._watched: "weakref.WeakValueDictionary[int, RemoteRunner]" = weakref.WeakValueDictionary()
+        self._branches: dict = {}               # session -> its branch runners (fork(): the live cap)
         self._beats: threading.Thread | None = None
         self._lock = threading.Lock()
         self.dead: str | None = None
@@ -393,6 +410,38 @@ class Decoder:
         meta = self.call("start", model=lm.key, run_id=run_id, method=method, prompt=prompt,
                          breakpoints=list(breakpoints), start_paused=bool(start_paused), prepare_kw=prepare_kw,
                          call_timeout=START_TIMEOUT_S)
+        return self._register(run_id, meta, breakpoints, start_paused)
+
+    def fork(self, lm: ModelHandle, parent: Trace, step: int, *, token=None, method: str | None = None,
+             options: dict | None = None, sampling=None, max_new_tokens: int | None = None, parent_id: int = 0,
+             session=None, breakpoints=(), start_paused: bool = False) -> RemoteRunner:
+        """Start a branch of the recorded run `parent` (a Trace: a runner's mirror, a loaded file) at its step
+        `step` with one edit (engine.fork.prepare: token / method / options / sampling), as a RemoteRunner like
+        start(). The decoder gets a copy of what the fork needs (meta, the steps' counts, the output ids): the
+        parent is never touched. A bad edit is the engine's ForkError / LabError at once; at most
+        MAX_LIVE_BRANCHES branches of one `session` (any hashable; None: no cap) compute at a time.
+        meta["fork"]["parent"] is `parent_id` (0: the original; n: the n-th branch of its tree)."""
+        from engine.fork import ForkError
+        if session is not None:
+            with self._lock:
+                live = [b for b in self._branches.get(session, []) if not b.finished]
+                if len(live) >= MAX_LIVE_BRANCHES:
+                    raise ForkError(f"{len(live)} branches of this session are still decoding (at most "
+                                    f"{MAX_LIVE_BRANCHES}): cancel one or wait for one to finish.")
+        run_id = next(self._ids)
+        meta = self.call("fork", model=lm.key, run_id=run_id, parent=fork_payload(parent), step=step,
+                         edit={"token": token, "method": method, "options": options, "sampling": sampling,
+                               "max_new_tokens": max_new_tokens},
+                         parent_id=parent_id, breakpoints=list(breakpoints), start_paused=bool(start_paused),
+                         call_timeout=START_TIMEOUT_S)
+        r = self._register(run_id, meta, breakpoints, start_paused)
+        if session is not None:
+            with self._lock:
+                keep = [b for b in self._branches.get(session, []) if not b.finished]
+                self._branches[session] = keep + [r]
+        return r
+
+    def _register(self, run_id: int, meta: dict, breakpoints, start_paused: bool) -> RemoteRunner:
         r = RemoteRunner(self, run_id, meta, breakpoints, start_paused)
         self._runs[run_id] = r
         weakref.finalize(r, self._forget, run_id)
@@ -568,6 +617,27 @@ class Server:
         from engine import run as engine_run
         lm = self.model(tuple(model))
         trace, steps = engine_run.prepare(lm, method, prompt, **prepare_kw)
+        return self._launch(run_id, lm, trace, steps, breakpoints, start_paused)
+
+    def op_fork(self, model, run_id, parent: dict, step, edit: dict, parent_id, breakpoints, start_paused) -> dict:
+        """A branch of a recorded run (Decoder.fork): engine.fork.prepare on a copy of the parent, then as a start."""
+        from engine import fork
+        from engine.sampling import SamplingConfig
+        lm = self.model(tuple(model))
+        if not isinstance(parent, dict) or not isinstance(parent.get("meta"), dict):
+            raise fork.ForkError("fork needs the run to fork from.")
+        src = Trace(meta=dict(parent["meta"]), steps=list(parent.get("steps") or []),
+                    final_ids=list(parent.get("final_ids") or []))
+        sampling = edit.get("sampling")
+        if sampling is not None and not isinstance(sampling, SamplingConfig):
+            raise fork.ForkError("fork: sampling must be a SamplingConfig.")
+        trace, steps = fork.prepare(lm, src, step, token=edit.get("token"), method=edit.get("method"),
+                                    options=edit.get("options"), sampling=sampling,
+                                    max_new_tokens=edit.get("max_new_tokens"))
+        trace.meta["fork"]["parent"] = int(parent_id)
+        return self._launch(run_id, lm, trace, steps, breakpoints, start_paused)
+
+    def _launch(self, run_id, lm, trace, steps, breakpoints, start_paused) -> dict:
         entry = _Run(None, trace)
         runner = Runner(trace, self._streamed(run_id, entry, lm, steps), breakpoints=breakpoints,
                         start_paused=start_paused)
