@@ -1,7 +1,9 @@
 """Step records and traces: what a decoding run did, step by step, saved as JSON.
 
 A step record is a plain JSON-able dict with at least `kind` (the method family) and `index`.
-A trace holds metadata, the steps, the final output and counters. Compute time (model
+A trace holds metadata, the steps, the final output and counters, and (schema version 2) the what-if
+branches forked from it (engine/fork.py): each one a trace of its own whose meta["fork"] names its parent
+(0: this trace, n: its n-th branch) and the step it was forked at. Compute time (model
 forwards and the method's own arithmetic) and recording time (building step records) are
 kept apart so that speed figures are honest.
 """
@@ -17,7 +19,8 @@ from typing import Any
 
 from engine import schema
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2          # 2: "branches" (what-if forks); version 1 files load unchanged
+MAX_BRANCHES = 64
 MAX_TRACE_BYTES = 50 * 1024 * 1024
 KINDS = set(schema.STEPS)  # ar, speculative, kv, jacobi, lookahead, diffusion: engine/schema.py says what each holds
 COUNTER_KEYS = ("target_forwards", "draft_forwards", "generated_tokens", "compute_s", "record_s")
@@ -77,6 +80,7 @@ class Trace:
     final_text: str = ""
     final_ids: list[int] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)  # per-family summaries (e.g. quality)
+    branches: list["Trace"] = field(default_factory=list)  # what-if forks of this run (meta["fork"]["parent"])
 
     @classmethod
     def new(cls, model: str, method: str, params: dict, prompt: str, seed: int | None = None) -> "Trace":
@@ -86,7 +90,7 @@ class Trace:
         })
 
     def to_dict(self) -> dict:
-        return {
+        d = {
             "schema_version": SCHEMA_VERSION,
             "meta": self.meta,
             "steps": self.steps,
@@ -94,6 +98,9 @@ class Trace:
             "counters": self.counters.as_dict(),
             "extra": self.extra,
         }
+        if self.branches:
+            d["branches"] = [{k: v for k, v in b.to_dict().items() if k != "schema_version"} for b in self.branches]
+        return d
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), allow_nan=False, default=_jsonable)
@@ -179,6 +186,40 @@ def from_dict(obj: Any) -> Trace:
     v = obj.get("schema_version")
     _need(isinstance(v, int), "This is not a decoding-lab trace: 'schema_version' is missing.")
     _need(v <= SCHEMA_VERSION, f"Trace schema version {v} is newer than this app understands ({SCHEMA_VERSION}).")
+    raw = obj.get("branches", [])
+    _need(isinstance(raw, list), "'branches' must be a list of traces.")
+    _need(len(raw) <= MAX_BRANCHES, f"The trace has {len(raw)} branches; at most {MAX_BRANCHES} are read.")
+    tree = [_one(obj)]
+    for i, b in enumerate(raw, 1):
+        _need(isinstance(b, dict), f"Branch {i} is not an object.")
+        _need("branches" not in b, f"Branch {i} has branches of its own; a branch names its parent in "
+                                   "meta.fork.parent instead.")
+        try:
+            t = _one(b)
+        except TraceError as e:
+            raise TraceError(f"Branch {i}: {e}") from None
+        _check_fork(i, t.meta.get("fork"), tree)
+        tree.append(t)
+    tree[0].branches = tree[1:]
+    return tree[0]
+
+
+def _check_fork(i: int, f: Any, tree: list[Trace]) -> None:
+    """A branch's meta.fork: its parent is the trace (0) or an earlier branch, at one of the parent's steps."""
+    where = f"Branch {i}'s meta.fork"
+    _need(isinstance(f, dict), f"{where} is missing (a branch says where it was forked from).")
+    p, k, ids = f.get("parent"), f.get("at_step"), f.get("prefix_ids")
+    _need(type(p) is int and 0 <= p < i, f"{where}.parent must be 0 (the original) or an earlier branch "
+                                         f"(0..{i - 1}), got {str(p)[:20]!r}.")
+    n = len(tree[p].steps)
+    _need(type(k) is int and 0 <= k < max(n, 1), f"{where}.at_step must be one of its parent's steps "
+                                                 f"(0..{max(n - 1, 0)}), got {str(k)[:20]!r}.")
+    _need(isinstance(ids, list) and len(ids) <= 1 << 20 and all(type(t) is int and 0 <= t < 1 << 31 for t in ids),
+          f"{where}.prefix_ids must be a list of token ids.")
+
+
+def _one(obj: dict) -> Trace:
+    """One trace (the original or a branch), checked."""
     meta = obj.get("meta")
     _need(isinstance(meta, dict), "The trace has no 'meta' object.")
     for key in ("model", "method"):
