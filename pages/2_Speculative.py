@@ -1,7 +1,7 @@
 """Speculative decoding: the draft tree of each round, the target's decisions, acceptance over time."""
 import streamlit as st
 
-from ui import common, controls, render_speculative
+from ui import branches, common, controls, render_speculative
 from ui.options import max_new_tokens_widget, option_widgets
 
 KEY = "runner_spec"
@@ -54,7 +54,8 @@ def main():
                    help=why)
         c3.caption(f"output identical to greedy: **{ident}**", help=why)
     controls.live(KEY, lambda rr: render_speculative.render(rr, P))
-    controls.download_button(KEY)
+    branches.section(KEY, lm, P)     # what-if forks: another method / options from a step on
+    branches.download_button(KEY)
 
 
 common.run_page(main)

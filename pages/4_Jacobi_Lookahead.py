@@ -2,7 +2,7 @@
 window and n-gram pool, and tokens per forward against autoregressive."""
 import streamlit as st
 
-from ui import common, controls, render_jacobi
+from ui import branches, common, controls, render_jacobi
 from ui.options import max_new_tokens_widget, option_widgets
 
 KEY = "runner_jacobi"
@@ -42,7 +42,8 @@ def main():
         controls.measure_vs_ar(lm, r)
     controls.step_controls(KEY)
     controls.live(KEY, lambda rr: render_jacobi.render(rr, "jl"))
-    controls.download_button(KEY)
+    branches.section(KEY, lm, "jl")     # what-if forks: another method / options from a step on
+    branches.download_button(KEY)
 
 
 common.run_page(main)

@@ -1,4 +1,5 @@
 """The Autoregressive view's figures for one step of a trace (live page and replay share it)."""
+import functools
 import importlib
 
 import streamlit as st
@@ -23,8 +24,26 @@ def render_extras(r, prefix: str) -> None:
             mod.render_extra(r, prefix)
 
 
-def render(r, prefix: str = "ar") -> None:
-    """`r` is a Runner or a replay view: anything with .trace and .cursor."""
+def _picked(prefix: str, step: int, ids: list[int], pick) -> None:
+    """The candidate chart's selection callback: the clicked bar's token, at the step the chart shows."""
+    ev = st.session_state.get(f"{prefix}_cands")
+    points = ((ev or {}).get("selection") or {}).get("points") or []
+    if not points:
+        return
+    pt = points[0]
+    data = pt.get("customdata")
+    tok = data[0] if isinstance(data, list) and data else data
+    if not isinstance(tok, int):
+        i = pt.get("point_index", pt.get("point_number"))
+        tok = ids[i] if isinstance(i, int) and 0 <= i < len(ids) else None
+    if isinstance(tok, int):
+        pick(step, tok)
+        st.session_state[f"{prefix}_cands_picked"] = True
+
+
+def render(r, prefix: str = "ar", pick=None) -> None:
+    """`r` is a Runner or a replay view: anything with .trace and .cursor. `pick(step, token_id)`: called when a
+    bar of the candidate chart is clicked (the live page forks there, ui.branches); None: the chart is a picture."""
     steps = r.trace.steps
     cur = r.cursor
     step = steps[cur]
@@ -39,7 +58,14 @@ def render(r, prefix: str = "ar") -> None:
                     unsafe_allow_html=True)
     renderers.full_text(steps, cur, lambda s: 1)
     a, b = st.columns([1, 1])
-    if step.get("candidates"):
+    if step.get("candidates") and pick is not None:
+        ids = [c["id"] for c in sorted(step["candidates"], key=lambda c: -(c.get("p_raw") or 0))]
+        a.plotly_chart(vz.candidates_figure(step), key=f"{prefix}_cands", width="stretch", selection_mode="points",
+                       on_select=functools.partial(_picked, prefix, cur, ids, pick))
+        if st.session_state.pop(f"{prefix}_cands_picked", False):
+            st.rerun()          # the fork is drawn beside the original by the whole page, not this fragment alone
+        a.caption("Click a candidate's bar to fork the run here with that token.")
+    elif step.get("candidates"):
         a.plotly_chart(vz.candidates_figure(step), key=f"{prefix}_cands", width="stretch")
     b.plotly_chart(vz.prob_entropy_figure(steps, cur), key=f"{prefix}_pe", width="stretch")
     if step.get("lens"):   # recorded with the logit_lens option: each layer's top token at every step

@@ -53,10 +53,11 @@ def candidates_figure(step: dict) -> go.Figure:
     labels = [plot_text(f"{repr(c['text'])[1:-1] or '∅'}  #{c['id']}") for c in cands]
     chosen = step.get("token_id")
     fig = go.Figure()
+    ids = [c["id"] for c in cands]     # a clicked bar's token (the live page forks with it)
     fig.add_bar(y=labels, x=[c.get("p_raw") or 0 for c in cands], orientation="h", name="model p (T=1, no filter)",
-                marker_color="#BBBBBB")
+                marker_color="#BBBBBB", customdata=ids)
     fig.add_bar(y=labels, x=[c.get("p_warped") or 0 for c in cands], orientation="h", name="after warpers",
-                marker_color=[legend.BONUS if c["id"] == chosen else "#6FA8DC" for c in cands])
+                marker_color=[legend.BONUS if c["id"] == chosen else "#6FA8DC" for c in cands], customdata=ids)
     fig.update_layout(barmode="group", height=90 + 28 * len(cands), margin=dict(l=10, r=10, t=30, b=10),
                       yaxis=dict(autorange="reversed"), xaxis=dict(title="probability", range=[0, 1]))
     L.title(fig, plot_text(f"Step {step.get('index')}: chose {_short(step.get('token_text'))}"),

@@ -1,0 +1,97 @@
+"""AppTest: what-if forks on the pages (ui/branches.py). The Autoregressive page forks its run at a step with
+another token (the form, and a clicked candidate bar's request), the branch decodes beside the original and
+both runs' metrics are drawn; a refused fork is a message; the Speculative page forks to another method."""
+from engine import fork
+from engine.runner import DONE
+from tests.conftest import app_test, shown, wait_done
+
+N = 10
+
+
+def _generate(at, prompt="Name a fruit.", n=N, ignore_eos=True):
+    at.text_area(key="ar_prompt").input(prompt)
+    at.number_input(key="ar_max_new").set_value(n)
+    if ignore_eos:
+        at.checkbox(key="ar_ignore_eos").check()
+    at.button(key="ar_go").click().run()
+    r = wait_done(at, "runner_ar")
+    at.run()
+    assert r.state == DONE and not at.exception
+    return r
+
+
+def _branch(at, n=1, key="runner_ar"):
+    b = wait_done(at, f"{key}_b{n}")
+    at.run()
+    assert b.state == DONE and not at.exception, [e.value for e in at.exception]
+    return b
+
+
+def test_fork_with_the_form_and_side_by_side(embedded_lm):
+    at = app_test("pages/1_Autoregressive.py").run()
+    r = _generate(at)
+    n = len(r.trace.steps)
+    at.number_input(key=f"ar_fk_step_0_{n}_{n - 1}").set_value(4).run()
+    rec = r.trace.steps[4]
+    other = next(c["id"] for c in rec["candidates"] if c["id"] != rec["token_id"])
+    at.selectbox(key="ar_fk_tok_0_4").set_value(other)
+    at.button(key="ar_fk_go").click().run()
+    assert not at.exception and not at.error, shown(at.error)
+    b = _branch(at)
+    out = fork.output_ids(b.trace)
+    assert out[:4] == r.trace.final_ids[:4] and out[4] == other and len(out) == N
+    assert b.trace.meta["fork"]["parent"] == 0 and b.trace.meta["fork"]["at_step"] == 4
+    html = "".join(m.value for m in at.markdown)
+    assert "first divergence at position 4" in html and "branch 1" in html
+    table = at.dataframe[-1].value
+    assert list(table["run"]) == ["original", "branch 1"] and list(table["first divergence"]) == [4, 4]
+    assert list(table["tokens"]) == [N, N] and table["judged perplexity"].notna().all()
+    # step-through controls on each side: the branch's Back moves the branch only
+    at.button(key="runner_ar_b1_back").click().run()
+    assert b.cursor == len(b.trace.steps) - 2 and r.cursor == n - 1 and not at.exception
+    at.button(key="runner_ar__orig_back").click().run()
+    assert r.cursor == n - 2 and not at.exception
+    # a branch of the branch, and the tree holds both
+    at.selectbox(key="ar_fk_from").set_value(1).run()
+    at.button(key="ar_fk_go").click().run()
+    b2 = _branch(at, 2)
+    assert fork.output_ids(b2.trace) == out and b2.trace.meta["fork"]["parent"] == 1
+    assert len(at.get("plotly_chart")) >= 3 and not at.exception
+    # the download holds the original and both branches
+    from ui.branches import bundle
+    t = bundle(r.trace, [(1, 0, b.trace), (2, 1, b2.trace)])
+    assert [x.meta["fork"]["parent"] for x in t.branches] == [0, 1]
+
+
+def test_a_clicked_bar_forks_and_bad_forks_are_messages(embedded_lm):
+    at = app_test("pages/1_Autoregressive.py").run()
+    r = _generate(at, n=6)
+    rec = r.trace.steps[2]
+    other = next(c["id"] for c in rec["candidates"] if c["id"] != rec["token_id"])
+    at.session_state["runner_ar__pending"] = (2, other)     # what the chart's selection callback leaves
+    at.run()
+    b = _branch(at)
+    assert fork.output_ids(b.trace)[2] == other and fork.output_ids(b.trace)[:2] == r.trace.final_ids[:2]
+    # a typed text that is not one token: the engine's reason, no traceback, the original untouched
+    before = r.trace.to_json()
+    at.text_input(key="ar_fk_text").input("hello world and more")
+    at.button(key="ar_fk_go").click().run()
+    assert not at.exception
+    assert any("not one" in e for e in shown(at.error)), shown(at.error)
+    assert r.trace.to_json() == before and "runner_ar_b2" not in at.session_state
+
+
+def test_speculative_page_forks_to_another_method(embedded_lm):
+    at = app_test("pages/2_Speculative.py").run()
+    at.text_area(key="spec_prompt").input("Repeat: the cat sat on the mat. the cat sat on the mat.")
+    at.number_input(key="spec_max_new").set_value(10)
+    at.button(key="spec_go").click().run()
+    r = wait_done(at, "runner_spec")
+    at.run()
+    assert r.state == DONE and not at.exception
+    at.selectbox(key="spec_fk_method").set_value("ar").run()
+    at.button(key="spec_fk_go").click().run()
+    assert not at.error, shown(at.error)
+    b = _branch(at, key="runner_spec")
+    assert b.trace.meta["method"] == "ar" and fork.output_ids(b.trace) == r.trace.final_ids   # greedy, lossless
+    assert not at.exception
