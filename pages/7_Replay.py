@@ -2,7 +2,8 @@
 
 The address bar always says what is shown: `?trace=<example>&step=<n>` for an example; for an uploaded
 trace (which lives only in the session that uploaded it) `?source=upload&step=<n>`, and whoever opens
-that link is asked to upload the file. Playback steps through the trace at a chosen speed (a fragment on a
+that link is asked to upload the file. A trace with what-if branches (ui/branches.py) shows its tree and
+one run at a time; `&branch=<n>` names the branch (0: the original). Playback steps through the trace at a chosen speed (a fragment on a
 timer redraws the view); a replay computes nothing, so there is nothing to cancel.
 """
 import time
@@ -12,7 +13,7 @@ import streamlit as st
 
 from engine import trace as T
 from engine.runner import TraceView
-from ui import common, controls, renderers
+from ui import branches, common, controls, renderers
 from viz import export
 from viz.safe import md_text
 
@@ -22,6 +23,9 @@ SPEED_KEY = "replay_speed"
 TIMING_KEY = "replay_render_s"
 LINK_STEP_KEY = "replay_link_step"      # the link's ?step=, applied to the first trace the session opens
 LINK_UPLOAD_KEY = "replay_link_upload"  # the link was copied while an uploaded trace was shown
+LINK_BRANCH_KEY = "replay_link_branch"  # the link's ?branch=, applied like ?step=
+TREE_KEY = "replay_tree"                # the loaded trace (the original, holding its what-if branches)
+BRANCH_KEY = "replay_branch"            # which run of the tree is shown: 0 the original, n its n-th branch
 SPEEDS = (0.5, 1.0, 2.0, 4.0, 8.0)      # steps per second
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "traces"
 
@@ -57,13 +61,45 @@ def start_step(raw: str | None, n: int) -> tuple[int, str | None]:
     return int(s), None
 
 
+def start_branch(raw: str | None, n: int) -> tuple[int, str | None]:
+    """The run ?branch= asks for in a trace with n branches (0: the original), and a warning when it cannot."""
+    if raw is None:
+        return 0, None
+    s = raw.strip()
+    if not (s.isascii() and s.isdecimal()) or len(s) > 9 or int(s) > n:
+        what = f"branches 1 to {n} (0: the original)" if n else "no branches (0: the original)"
+        return 0, f"This trace has {what}; \u201c{md_text(raw, 40)}\u201d is not one of them, so the original is shown."
+    return int(s), None
+
+
+def branch_selector(tree):
+    """A trace with branches: its tree, which run to show (the URL's ?branch=), and that run beside its parent."""
+    n = len(tree.branches)
+    cur = int(st.session_state.get(BRANCH_KEY) or 0)
+    st.markdown(f"This trace holds the original run and **{n}** what-if branch{'es' if n != 1 else ''}.")
+    sel = st.selectbox("run", list(range(n + 1)), index=cur, key=f"replay_branch_sel_{cur}",
+                       format_func=lambda i: md_text(branches.saved_label(tree, i), 120))
+    if sel != cur:
+        st.session_state[BRANCH_KEY] = sel
+        st.session_state[KEY] = TraceView(branches.saved_runs(tree)[sel], cursor=0)
+        st.session_state[PLAY_KEY] = False
+        st.rerun()
+    r = controls.runner(KEY)
+    with st.expander("Branch tree", expanded=True):
+        branches.replay_tree(tree, cur, r.cursor)
+    return r
+
+
 def set_url(source: str, name: str | None, cursor: int | None) -> None:
     """The address bar names what is shown, so a copied link opens it (or, for an upload, says what to do)."""
     qp = st.query_params
     want = {"trace": name} if source == "example" else {"source": "upload"}
+    tree = st.session_state.get(TREE_KEY)
+    if cursor is not None and getattr(tree, "branches", None):
+        want["branch"] = str(st.session_state.get(BRANCH_KEY) or 0)
     if cursor is not None:
         want["step"] = str(cursor)
-    for k in ("trace", "source", "step"):
+    for k in ("trace", "source", "branch", "step"):
         if k not in want and k in qp:
             del qp[k]
     for k, v in want.items():
@@ -75,6 +111,7 @@ def choose_source(examples: list[str]) -> str:
     first_open = "replay_source" not in st.session_state
     if first_open:
         st.session_state[LINK_STEP_KEY] = query_value("step")
+        st.session_state[LINK_BRANCH_KEY] = query_value("branch")
         st.session_state[LINK_UPLOAD_KEY] = query_value("source", warn=False) == "upload"
     index = 1 if (not examples or st.session_state.get(LINK_UPLOAD_KEY)) else 0
     source = st.radio("Trace", ["example", "upload"], horizontal=True, key="replay_source", index=index)
@@ -217,7 +254,9 @@ def downloads(r) -> None:
     m = r.trace.meta
     base = f"{m.get('method', 'trace')}_{len(r.trace.steps)}steps"
     a, b, _ = st.columns([1, 1, 3])
-    a.download_button("Download trace JSON", r.trace.to_json, file_name=f"trace_{base}.json",
+    tree = st.session_state.get(TREE_KEY)
+    whole = tree if getattr(tree, "branches", None) else r.trace      # a trace with branches: all of it
+    a.download_button("Download trace JSON", whole.to_json, file_name=f"trace_{base}.json",
                       mime="application/json", key=f"{KEY}_dl")
     b.download_button("Download figures (HTML)", lambda: export.trace_html(r.trace, r.cursor),
                       file_name=f"figures_{base}.html", mime="text/html", key=f"{KEY}_dl_html",
@@ -235,11 +274,18 @@ def main() -> None:
     source = choose_source(examples)
     loaded, label, name = load(source, examples)
     if loaded is not None:
-        step, warning = start_step(st.session_state.get(LINK_STEP_KEY), len(loaded.steps))
+        st.session_state[TREE_KEY] = loaded
+        b, warning = start_branch(st.session_state.get(LINK_BRANCH_KEY), len(loaded.branches))
+        st.session_state[LINK_BRANCH_KEY] = None
+        if warning:
+            st.warning(warning)
+        st.session_state[BRANCH_KEY] = b
+        shown = branches.saved_runs(loaded)[b]
+        step, warning = start_step(st.session_state.get(LINK_STEP_KEY), len(shown.steps))
         st.session_state[LINK_STEP_KEY] = None     # the link's step applies once
         if warning:
             st.warning(warning)
-        st.session_state[KEY] = TraceView(loaded, cursor=step)
+        st.session_state[KEY] = TraceView(shown, cursor=step)
         st.session_state["replay_label"] = label
         st.session_state[PLAY_KEY] = False
 
@@ -253,6 +299,9 @@ def main() -> None:
     if source == "upload":
         st.caption("An uploaded trace stays in this browser session: the address bar (`?source=upload&step=...`) "
                    "asks whoever opens it to upload the same file. To share it, send the trace JSON (below).")
+    tree = st.session_state.get(TREE_KEY)
+    if tree is not None and tree.branches:
+        r = branch_selector(tree)
     if not r.trace.steps:
         st.info("This trace has no steps to show.")
     step_controls(r)

@@ -95,3 +95,49 @@ def test_speculative_page_forks_to_another_method(embedded_lm):
     b = _branch(at, key="runner_spec")
     assert b.trace.meta["method"] == "ar" and fork.output_ids(b.trace) == r.trace.final_ids   # greedy, lossless
     assert not at.exception
+
+
+def _branched(tiny_lm):
+    from engine import run
+    orig = run.run(tiny_lm, "ar", "a b a b a b c d", max_new_tokens=8, ignore_eos=True)
+    b1 = fork.run_fork(tiny_lm, orig, 3, token=9)
+    b1.meta["fork"]["parent"] = 0
+    b2 = fork.run_fork(tiny_lm, b1, 2, method="speculative", options={"drafter": "prompt_lookup"})
+    b2.meta["fork"]["parent"] = 1
+    orig.branches = [b1, b2]
+    return orig
+
+
+def test_replay_shows_a_branched_trace(tiny_lm):
+    data = _branched(tiny_lm).to_json().encode()
+    at = app_test("pages/7_Replay.py")
+    at.query_params["source"] = "upload"
+    at.query_params["branch"] = "1"
+    at.query_params["step"] = "2"
+    at.run()
+    at.file_uploader(key="replay_upload").set_value(("tree.json", data, "application/json")).run()
+    assert not at.exception and not at.error and not at.warning, shown(at.error) + shown(at.warning)
+    v = at.session_state["runner_replay"]
+    assert v.trace.meta["fork"]["edit"]["token"]["id"] == 9 and v.cursor == 2     # the link: branch 1, step 2
+    assert at.query_params["branch"] in ("1", ["1"]) and at.query_params["step"] in ("2", ["2"])
+    md = "".join(m.value for m in at.markdown)
+    assert "holds the original run and **2** what-if branches" in md and "first divergence at position 3" in md
+    assert len(at.get("plotly_chart")) >= 2
+    at.selectbox(key="replay_branch_sel_1").set_value(2).run()
+    assert not at.exception
+    assert at.session_state["runner_replay"].trace.meta["method"] == "speculative"
+    assert at.query_params["branch"] in ("2", ["2"])
+    at.selectbox(key="replay_branch_sel_2").set_value(0).run()
+    assert at.session_state["runner_replay"].trace.meta.get("fork") is None and not at.exception
+    assert at.query_params["branch"] in ("0", ["0"])
+
+
+def test_replay_of_an_odd_branch_link(tiny_lm):
+    data = _branched(tiny_lm).to_json().encode()
+    at = app_test("pages/7_Replay.py")
+    at.query_params["source"] = "upload"
+    at.query_params["branch"] = "7"
+    at.run()
+    at.file_uploader(key="replay_upload").set_value(("tree.json", data, "application/json")).run()
+    assert not at.exception and any("not one of them" in w for w in shown(at.warning))
+    assert at.session_state["runner_replay"].trace.meta.get("fork") is None

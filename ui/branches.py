@@ -400,3 +400,46 @@ def download_button(key: str) -> None:
     b.download_button("Download figures (HTML)", lambda: export.trace_html(trace, cursor),
                       file_name=name.replace(".json", f"_step{cursor or 0}.html"), mime="text/html",
                       key=f"{key}_dl_fig")
+
+
+# ---- Replay: a saved trace with branches (no model) --------------------------------------------------------
+def saved_runs(root: T.Trace) -> list[T.Trace]:
+    """The original (0) and its branches (1..n) of a loaded trace."""
+    return [root] + list(root.branches)
+
+
+def saved_tokens(root: T.Trace) -> list[list[vf.Tok]]:
+    out: list[list[vf.Tok]] = []
+    for i, t in enumerate(saved_runs(root)):
+        own = vf.own_tokens(t.steps, t.final_ids)
+        out.append(own if i == 0 else vf.branch_tokens(out[t.meta["fork"]["parent"]], t.meta["fork"], own))
+    return out
+
+
+def saved_label(root: T.Trace, i: int) -> str:
+    t = saved_runs(root)[i]
+    return "original" if i == 0 else f"branch {i} ({t.meta.get('method')}, {describe(t.meta)})"
+
+
+def replay_tree(root: T.Trace, selected: int, cursor: int | None) -> None:
+    """A saved trace's branch tree and the selected branch beside its parent, aligned by output position."""
+    toks = saved_tokens(root)
+    nodes = [{"id": i, "parent": None if i == 0 else t.meta["fork"]["parent"],
+              "at": len((t.meta.get("fork") or {}).get("prefix_ids") or []), "length": len(toks[i]),
+              "state": "saved", "label": "original" if i == 0 else f"branch {i}"}
+             for i, t in enumerate(saved_runs(root))]
+    st.plotly_chart(vf.tree_figure(nodes, selected=selected), key="replay_fk_tree", width="stretch")
+    if selected == 0:
+        return
+    t = saved_runs(root)[selected]
+    f = t.meta["fork"]
+    p = f["parent"]
+    at = len(f.get("prefix_ids") or []) - (1 if (f.get("edit") or {}).get("token") else 0)
+    div = vf.first_divergence(toks[p], toks[selected])
+    if div is None and len(toks[p]) != len(toks[selected]):
+        div = min(len(toks[p]), len(toks[selected]))
+    shown = None
+    if t.steps and cursor is not None:
+        shown = len(f.get("prefix_ids") or []) + engine_fork.tokens_before(t, min(cursor, len(t.steps) - 1))
+    st.markdown(vf.aligned_html([("original" if p == 0 else f"branch {p}", toks[p], None),
+                                 (f"branch {selected}", toks[selected], shown)], at, div), unsafe_allow_html=True)
