@@ -154,11 +154,17 @@ def shown_position(r) -> int | None:
     return offset(r) + engine_fork.tokens_before(r.trace, cur)
 
 
+def fork_position(meta: dict) -> int:
+    """The output position a branch starts to differ at by construction: its edited token's, else its first own."""
+    f = meta.get("fork") or {}
+    return len(f.get("prefix_ids") or []) - (1 if (f.get("edit") or {}).get("token") else 0)
+
+
 def tree_nodes(key: str) -> list[dict]:
     toks = tokens_of(key)
     nodes = []
     for i, r, entry in runs(key):
-        nodes.append({"id": i, "parent": None if entry is None else entry["parent"], "at": offset(r),
+        nodes.append({"id": i, "parent": None if entry is None else entry["parent"], "at": fork_position(r.trace.meta),
                       "length": len(toks.get(i, [])), "state": r.state,
                       "label": label(i, entry) + ("" if entry is None else f" ({describe(r.trace.meta)})")})
     return nodes
@@ -275,10 +281,10 @@ def section(key: str, lm, prefix: str, allow_token: bool = False) -> None:
             div = vf.first_divergence(pa, bt)
             if div is None and len(pa) != len(bt):
                 div = min(len(pa), len(bt))
+            st.caption(f"{md_text(names[side])}: {md_text(describe(br.trace.meta), 300)} (forked from "
+                       f"{md_text(names.get(parent_id, 'parent'))})")
             st.markdown(vf.aligned_html([(names.get(parent_id, "parent"), pa, shown_position(parent_r)),
-                                         (names[side] + " · " + describe(br.trace.meta), bt, shown_position(br))],
-                                        offset(br) - (1 if (br.trace.meta.get("fork") or {}).get("edit", {})
-                                                      .get("token") else 0), div),
+                                         (names[side], bt, shown_position(br))], fork_position(br.trace.meta), div),
                         unsafe_allow_html=True)
             c1, c2 = st.columns(2)
             c1.markdown(f"**{md_text(names.get(parent_id, 'parent'))}** · " + controls.status_line(parent_r))
@@ -294,13 +300,41 @@ def section(key: str, lm, prefix: str, allow_token: bool = False) -> None:
     _live()
     in_full[0] = False
     c1, c2 = st.columns(2)
-    with c1:
-        controls.step_controls(f"{key}__orig" if parent_id == 0 else held_key(key, parent_id))
-        step_summary(controls.runner(f"{key}__orig") if parent_id == 0 else controls.runner(held_key(key, parent_id)))
-    with c2:
-        controls.step_controls(entry["key"])
-        step_summary(br)
+    for col, k in ((c1, f"{key}__orig" if parent_id == 0 else held_key(key, parent_id)), (c2, entry["key"])):
+        with col:
+            compact_controls(k)
+            step_summary(controls.runner(k))
     metrics_table(key, lm, [parent_id, side])
+
+
+def compact_controls(key: str) -> None:
+    """controls.step_controls for half a page: the same actions (controls._act) and keys, icons for labels."""
+    r = controls.runner(key)
+    if r is None:
+        return
+    at_newest = r.cursor is None or r.cursor >= len(r.trace.steps) - 1
+    cols = st.columns(4)
+    cols[0].button("◀", key=f"{key}_back", help="show the previous step (pauses)", disabled=r.cursor in (None, 0),
+                   on_click=controls._act, args=(key, "back"), width="stretch")
+    cols[1].button("▶", key=f"{key}_fwd", help="next recorded step, or compute exactly one more (pauses)",
+                   disabled=r.finished and at_newest, on_click=controls._act, args=(key, "fwd"), width="stretch")
+    if r.state == RUNNING:
+        cols[2].button("⏸", key=f"{key}_pause", help="pause after the step in progress", on_click=controls._act,
+                       args=(key, "pause"), width="stretch")
+    elif r.finished:
+        cols[2].button("▶▶", key=f"{key}_resume", help="show the run's last step", disabled=r.following,
+                       on_click=controls._act, args=(key, "last"), width="stretch")
+    else:
+        cols[2].button("⏵ Resume", key=f"{key}_resume", help="continue decoding", on_click=controls._act,
+                       args=(key, "resume"), width="stretch")
+    cols[3].button("✕", key=f"{key}_cancel", help="stop the run for good", disabled=r.finished,
+                   on_click=controls._act, args=(key, "cancel"), width="stretch")
+    n = len(r.trace.steps)
+    if n > 1 and r.state != RUNNING:
+        cur = r.cursor or 0
+        widget = f"{key}_jump_{n}_{cur}"
+        st.slider("jump to step", 0, n - 1, cur, key=widget, label_visibility="collapsed",
+                  on_change=controls._jump, args=(key, widget))
 
 
 def held_key(key: str, i: int) -> str:
@@ -425,7 +459,7 @@ def replay_tree(root: T.Trace, selected: int, cursor: int | None) -> None:
     """A saved trace's branch tree and the selected branch beside its parent, aligned by output position."""
     toks = saved_tokens(root)
     nodes = [{"id": i, "parent": None if i == 0 else t.meta["fork"]["parent"],
-              "at": len((t.meta.get("fork") or {}).get("prefix_ids") or []), "length": len(toks[i]),
+              "at": fork_position(t.meta), "length": len(toks[i]),
               "state": "saved", "label": "original" if i == 0 else f"branch {i}"}
              for i, t in enumerate(saved_runs(root))]
     st.plotly_chart(vf.tree_figure(nodes, selected=selected), key="replay_fk_tree", width="stretch")
@@ -434,7 +468,7 @@ def replay_tree(root: T.Trace, selected: int, cursor: int | None) -> None:
     t = saved_runs(root)[selected]
     f = t.meta["fork"]
     p = f["parent"]
-    at = len(f.get("prefix_ids") or []) - (1 if (f.get("edit") or {}).get("token") else 0)
+    at = fork_position(t.meta)
     div = vf.first_divergence(toks[p], toks[selected])
     if div is None and len(toks[p]) != len(toks[selected]):
         div = min(len(toks[p]), len(toks[selected]))

@@ -89,12 +89,12 @@ def aligned_html(runs: list[tuple[str, list[Tok], int | None]], fork_at: int, di
     end = min(n, start + MAX_POSITIONS)
     blocks = []
     if start:
-        blocks.append(f'<div style="color:#888888;font-size:0.85em">… {start} earlier positions, the same in '
-                      'every run</div>')
+        blocks.append(f'<div style="color:#888888;font-size:0.85em">… {start} earlier position'
+                      f'{"s" if start != 1 else ""}, the same in every run</div>')
     for a in range(start, end, PER_LINE):
         cols = range(a, min(end, a + PER_LINE))
         head = "".join(f'<th style="padding:0 4px;font-weight:normal;color:#888888;font-size:0.8em">'
-                       f'{"⑂ " if p == fork_at else ""}{p}</th>' for p in cols)
+                       f'{"◆ " if p == fork_at else ""}{p}</th>' for p in cols)
         rows = [f'<tr><th style="padding:0 6px 0 0;text-align:left;font-size:0.8em"></th>{head}</tr>']
         for label, toks, shown in runs:
             cells = "".join(_cell(toks[p] if p < len(toks) else None, p, p == divergence, p == shown) for p in cols)
@@ -105,7 +105,7 @@ def aligned_html(runs: list[tuple[str, list[Tok], int | None]], fork_at: int, di
     if end < n:
         blocks.append(f'<div style="color:#888888;font-size:0.85em">… {n - end} later positions not shown</div>')
     note = ("first divergence at position " + str(divergence)) if divergence is not None else "no divergence"
-    legend_row = legend.legend_html({"inherited": "#888888", "edited token": legend.RESAMPLED,
+    legend_row = legend.legend_html({"◆ fork point; inherited": "#888888", "edited token": legend.RESAMPLED,
                                      f"{note}": "#D62728", "step shown": "#000000"})
     return f'<div style="overflow-x:auto">{legend_row}{"".join(blocks)}</div>'
 
