@@ -238,7 +238,7 @@ def main(argv=None) -> int:
     with streamlit_server() as url, browser() as b:
         home = b.new_page()
         home.goto(url)
-        home.get_by_text("Loaded", exact=False).first.wait_for(timeout=300_000)   # the decoder has the model
+        home.get_by_text("Loaded", exact=False).filter(visible=True).first.wait_for(timeout=300_000)   # the decoder has the model
         home.close()
         for name in todo:
             rows = measure_row(url, b, name, 1 if name == "long" else a.repeats, a.timeout, a.long)

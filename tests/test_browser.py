@@ -33,7 +33,7 @@ def session():
         page = b.new_page(viewport={"width": 1500, "height": 1100})
         page.set_default_timeout(180_000)
         page.goto(url)
-        page.get_by_text("Loaded", exact=False).first.wait_for(timeout=180_000)  # home page loads the model
+        page.get_by_text("Loaded", exact=False).filter(visible=True).first.wait_for(timeout=180_000)  # home page loads the model
         no_exception(page)
         page.screenshot(path=os.path.join(SHOTS, "home.png"))
         yield url, page

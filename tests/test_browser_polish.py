@@ -201,7 +201,7 @@ def test_home_is_named_home_and_a_linked_model_waits_for_a_click(light):
     url, page = light
     page.goto(f"{url}/?model=HuggingFaceTB/SmolLM2-360M-Instruct")
     page.get_by_text("This link asks for the model", exact=False).first.wait_for(timeout=180_000)
-    page.get_by_text("Loaded", exact=False).first.wait_for(timeout=180_000)
+    page.get_by_text("Loaded", exact=False).filter(visible=True).first.wait_for(timeout=180_000)
     nav = page.locator("[data-testid='stSidebarNav']").first.inner_text()
     assert "Home" in nav and not re.search(r"^\s*app\s*$", nav, re.M), nav
     assert "smollm2-135m-instruct" in main_text(page), "the embedded model stays until the click"

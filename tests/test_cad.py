@@ -68,6 +68,12 @@ def test_alpha_zero_is_decoding_with_the_context_and_the_demo_follows_the_contex
     T.loads(tr.to_json())   # the block passes the schema
 
 
+def test_a_context_of_several_lines_is_taken_as_given(tiny, one_thread):
+    ctx = "Line one of the passage.\nLine two.\n\nA third paragraph."
+    tr = run.run(tiny, "cad", "Question?", max_new_tokens=3, options={"context": ctx})
+    assert tr.meta["params"]["context"] == ctx
+
+
 def test_sampling_is_seeded(tiny, one_thread):
     cfg = SamplingConfig(temperature=0.9, seed=3)
     a = run.run(tiny, "cad", "Hi", max_new_tokens=8, sampling=cfg, options={"context": "Story:"})

@@ -28,6 +28,7 @@ EXAMPLES = {
     "regex: a date": ("regex", DATE, "On which date did Apollo 11 land on the Moon? Give the date."),
     "EBNF: arithmetic": ("ebnf", ARITHMETIC, "Write an arithmetic expression whose value is 24, using parentheses."),
 }
+PROMPT = EXAMPLES["JSON schema: a person"][2]      # the page's first prompt (pages/9_Search.py)
 NO_TEXT = {"json": "any JSON object: no grammar text needed", "any": "no constraint: every token is allowed "
            "(the output equals autoregressive decoding)"}
 

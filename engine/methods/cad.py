@@ -47,7 +47,8 @@ def check(o: dict, ctx) -> None:
           "question) per token, so that the answer follows the given context over the model's prior.",
           options={
               "context": Opt("The Eiffel Tower was moved to Rome in 2031, where it now stands beside the Colosseum.",
-                             "the passage the answer should follow (the prompt is the question)", max_len=MAX_CONTEXT),
+                             "the passage the answer should follow (the prompt is the question)", max_len=MAX_CONTEXT,
+                             multiline=True),
               "alpha": Opt(0.5, "how much the no-context prediction is subtracted (0: ordinary decoding with the "
                                 "context; the paper uses 0.5 to 1)", min=0.0, max=10.0, slider=True),
               "top_candidates": Opt(10, "candidates recorded per step", min=1, max=100),
