@@ -72,3 +72,19 @@ def _hostile(tree, edit):
 def test_hostile_branches_are_refused(tree, edit, words):
     with pytest.raises(T.TraceError, match=words):
         T.loads(_hostile(tree, edit))
+
+
+def test_the_aligned_view_and_the_tree_escape_trace_text():
+    from viz import fork as vf
+    evil = '<img src=x onerror=alert(1)>[link](http://x)'
+    a = [vf.Tok(1, "ok", "own"), vf.Tok(2, evil, "own")]
+    b = [vf.Tok(1, "ok", "inherited"), vf.Tok(3, evil, "edited")]
+    html = vf.aligned_html([(evil, a, 1), ("branch 1", b, None)], 1, vf.first_divergence(a, b))
+    assert "<img" not in html and "](" not in html and "first divergence at position 1" in html
+    fig = vf.tree_figure([{"id": 0, "parent": None, "at": 0, "length": 2, "label": evil, "state": "done"},
+                          {"id": 1, "parent": 0, "at": 1, "length": 2, "label": evil, "state": "done"}], selected=1)
+    assert "<img" not in json.dumps(fig.to_plotly_json(), default=str)
+    own = vf.own_tokens([{"kind": "speculative", "index": 0, "new_ids": [5, 6], "new_text": "ab"}], [5, 6])
+    assert [t.text for t in own] == ["ab", "…"]
+    assert vf.branch_tokens(a, {"prefix_ids": [1, 9], "edit": {"token": {"id": 9, "text": "z"}}}, []) == \
+        [vf.Tok(1, "ok", "inherited"), vf.Tok(9, "z", "edited")]
