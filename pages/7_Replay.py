@@ -78,7 +78,7 @@ def branch_selector(tree):
     cur = int(st.session_state.get(BRANCH_KEY) or 0)
     st.markdown(f"This trace holds the original run and **{n}** what-if branch{'es' if n != 1 else ''}.")
     sel = st.selectbox("run", list(range(n + 1)), index=cur, key=f"replay_branch_sel_{cur}",
-                       format_func=lambda i: md_text(branches.saved_label(tree, i), 120))
+                       format_func=lambda i: branches.saved_label(tree, i)[:120])   # plain text (a select)
     if sel != cur:
         st.session_state[BRANCH_KEY] = sel
         st.session_state[KEY] = TraceView(branches.saved_runs(tree)[sel], cursor=0)

@@ -141,3 +141,25 @@ def test_replay_of_an_odd_branch_link(tiny_lm):
     at.file_uploader(key="replay_upload").set_value(("tree.json", data, "application/json")).run()
     assert not at.exception and any("not one of them" in w for w in shown(at.warning))
     assert at.session_state["runner_replay"].trace.meta.get("fork") is None
+
+
+def test_jacobi_page_forks_to_lookahead_with_other_sampling(embedded_lm):
+    at = app_test("pages/4_Jacobi_Lookahead.py").run()
+    at.text_area(key="jl_prompt").input("Count: 1 2 3 4 5")
+    at.number_input(key="jl_max_new").set_value(8)
+    at.button(key="jl_go").click().run()
+    r = wait_done(at, "runner_jacobi")
+    at.run()
+    assert r.state == DONE and not at.exception
+    at.selectbox(key="jl_fk_method").set_value("lookahead").run()
+    assert at.number_input(key="jl_fk_lookahead_window_size")       # the chosen method's own option widgets
+    at.checkbox(key="jl_fk_samp").check().run()
+    at.radio(key="jl_fk_mode").set_value("sample").run()
+    at.button(key="jl_fk_go").click().run()
+    assert not at.error, shown(at.error)
+    b = _branch(at, key="runner_jacobi")
+    e = b.trace.meta["fork"]["edit"]
+    assert b.trace.meta["method"] == "lookahead" and e["method"] == "lookahead" and e["sampling"]["temperature"] > 0
+    prefix = b.trace.meta["fork"]["prefix_ids"]
+    assert prefix == r.trace.final_ids[:len(prefix)] and fork.output_ids(b.trace)[:len(prefix)] == prefix
+    assert not at.exception
