@@ -45,6 +45,14 @@ LESSONS = {
     "diffusion_one": ("diffusion", "Write one sentence about a violin.", 32, {"rule": "low_confidence"}, {}),
     "diffusion_threshold": ("diffusion", "Write a short story about a lost cat.", 64,
                             {"rule": "threshold", "threshold": 0.7, "adapter": "embedded-fast"}, {}),
+    "search_beam": ("beam", "Give three tips for staying focused while studying.", 24, {"num_beams": 4}, {}),
+    "search_contrastive": ("contrastive", "Explain in two sentences why the sky is blue.", 24,
+                           {"penalty_alpha": 0.6, "num_candidates": 4}, {}),
+    "search_cad": ("cad", "Where is the Eiffel Tower? Answer in one sentence.", 24,
+                   {"context": "The Eiffel Tower was moved to Rome in 2031, where it now stands beside the Colosseum.",
+                    "alpha": 0.5}, {}),
+    "search_cautious": ("cautious", "Explain in two sentences why the sky is blue.", 40, {}, {}),
+    "search_grammar": ("grammar", "Describe a person called Ada Lovelace as JSON.", 48, {}, {}),
 }
 
 

@@ -1,5 +1,7 @@
 """Lessons: a class walked through each family in a few steps, each on a recorded step that shows its point.
 Works with no model loaded (shipped traces); a link to the live page lets the class try it."""
+from pathlib import Path
+
 import streamlit as st
 from streamlit.errors import StreamlitPageNotFoundError
 
@@ -91,8 +93,11 @@ def show_part(lesson, part_no: int) -> None:
 
 
 def _page_file(page: str) -> str:
-    return {"Autoregressive": "1_Autoregressive.py", "Speculative": "2_Speculative.py", "KV_Cache": "3_KV_Cache.py",
-            "Jacobi_Lookahead": "4_Jacobi_Lookahead.py", "Diffusion": "5_Diffusion.py"}[page]
+    """The file under pages/ of the page named `page` (its name after the number prefix)."""
+    for f in sorted(Path(__file__).resolve().parent.glob("*.py")):
+        if f.stem.split("_", 1)[-1] == page:
+            return f.name
+    raise ValueError(f"no page named {page!r}")
 
 
 def main():

@@ -488,7 +488,9 @@ ALLOWED_HTML = {
     "pages/8_Lessons.py": ("fig", "PRESENTER_CSS"),
     "pages/6_Compare.py": ("vc.diff_html",),
     "ui/live.py": ("html",),   # renderers.stream_html: the viz token-stream builders above
-    "ui/branches.py": ("vf.aligned_html",),   # what-if forks: tests/test_fork_trace.py checks its escaping
+    "ui/branches.py": ("vf.aligned_html",),
+    "ui/render_grammar.py": ("legend.legend_html",),
+    "ui/render_cautious.py": ("legend.legend_html", "vz.stream_html"),   # tests/test_cautious.py: escaping   # what-if forks: tests/test_fork_trace.py checks its escaping
 }
 
 

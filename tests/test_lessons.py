@@ -48,6 +48,22 @@ def test_the_parts_show_their_point():
     assert any(x["p_warped"] == 0 and x["p_raw"] > 0 for x in c)
 
 
+def test_the_search_parts_show_their_point():
+    from viz import contrastive
+    tr, cur = _part("search", "Beam search")
+    assert tr.steps[cur]["beams"][0]["parent"] not in (0, -1)        # a beam that was behind took the lead
+    tr, cur = _part("search", "Contrastive")
+    assert contrastive.differs(tr.steps[cur])
+    tr, cur = _part("search", "Context-aware")
+    assert "changed" in tr.steps[cur]["events"] and "Rome" in tr.final_text
+    tr, cur = _part("search", "Cautious")
+    assert tr.steps[cur]["branched"] and tr.steps[cur]["n_trials"] >= 5
+    tr, cur = _part("search", "A grammar")
+    assert tr.steps[cur]["grammar"]["removed_mass"] > 0.5
+    import json
+    json.loads(tr.final_text.replace("<|im_end|>", ""))                # the output parses
+
+
 @pytest.fixture
 def no_model(monkeypatch):
     def refuse(*a, **k):

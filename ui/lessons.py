@@ -13,7 +13,12 @@ from pathlib import Path
 from typing import Callable
 
 from viz import ar as v_ar
+from viz import beam as v_beam
+from viz import cad as v_cad
+from viz import cautious as v_caut
+from viz import contrastive as v_con
 from viz import diffusion as v_dif
+from viz import grammar as v_gram
 from viz import jacobi as v_jac
 from viz import kv as v_kv
 from viz import speculative as v_spec
@@ -118,6 +123,38 @@ def parallel_answer_commit(steps, trace) -> int:
         if sum(1 for t in texts if t not in eos and "<|" not in t) >= 2:
             return i
     return 0
+
+
+def beam_leader_changed(steps, trace) -> int:
+    """The first step at which the best beam no longer extends the step before's best beam (a beam that was
+    behind took the lead), else the middle step."""
+    for i in range(1, len(steps)):
+        beams = steps[i].get("beams") or []
+        if beams and beams[0].get("parent") not in (0, -1):
+            return i
+    return len(steps) // 2
+
+
+def contrastive_off_greedy(steps, trace) -> int:
+    for i, s in enumerate(steps):
+        if v_con.differs(s):
+            return i
+    return 0
+
+
+def context_changed_choice(steps, trace) -> int:
+    for i, s in enumerate(steps):
+        if "changed" in (s.get("events") or []):
+            return i
+    return 0
+
+
+def most_trials(steps, trace) -> int:
+    return max(range(len(steps)), key=lambda i: (steps[i].get("n_trials", 1), -i))
+
+
+def most_removed_mass(steps, trace) -> int:
+    return max(range(len(steps)), key=lambda i: ((steps[i].get("grammar") or {}).get("removed_mass") or 0, -i))
 
 
 # ---- the lessons ------------------------------------------------------------------------------------------
@@ -234,6 +271,43 @@ LESSONS = (
              "diffusion_threshold", parallel_answer_commit,
              lambda st, c, t: [v_dif.confidence_figure(st[c]), v_dif.denoising_grid(st, c)],
              "Several green cells in one row: one forward pass, several answer tokens."),
+    )),
+)
+LESSONS = LESSONS + (
+    Lesson("search", "Search and structure: choosing other than the likeliest token", "Search", (
+        Part("Beam search keeps several answers alive",
+             "Greedy decoding commits to the likeliest token at every step. Beam search keeps the best 4 partial "
+             "answers by total log-probability; each is extended by every token and the best 4 continuations "
+             "survive. A beam that was behind can take the lead later: the answer greedy would never find.",
+             "search_beam", beam_leader_changed, lambda st, c, t: [v_beam.tree_figure(st, c)],
+             "Green lines go on to the current beams; grey leaves were considered and pruned."),
+        Part("Contrastive search: confidence against repetition",
+             "Contrastive search scores each of the k likeliest tokens by (1 - alpha) x its probability minus alpha x "
+             "how similar its hidden state is to everything already written. Here the likeliest token lost to a "
+             "less likely one that says something new.",
+             "search_contrastive", contrastive_off_greedy, lambda st, c, t: [v_con.candidates_figure(st[c])],
+             "Orange diamond: greedy's choice; blue star: the one taken. The dashed line is equal score."),
+        Part("Context-aware decoding follows the evidence",
+             "The context says the Eiffel Tower was moved to Rome. Reading it, the small model still leans to its "
+             "prior (Paris). Context-aware decoding subtracts alpha x the prediction WITHOUT the context, so what "
+             "the context changed is amplified.",
+             "search_cad", context_changed_choice,
+             lambda st, c, t: [v_cad.step_figure(st[c]), v_cad.run_figure(st, c)],
+             "Blue: with the context; grey: without it; green: what the decoder chose from."),
+        Part("Cautious decoding: think more where unsure",
+             "Where the next-token entropy is high, cautious next-token prediction runs several trials to the next "
+             "punctuation and keeps the one with the lowest perplexity; where the model is sure it writes one "
+             "token. The entropy sets the number of trials.",
+             "search_cautious", most_trials,
+             lambda st, c, t: [v_caut.trials_figure(st[c]), v_caut.entropy_figure(st, c, 0.01, 1.5)],
+             "Green: the trial kept. Bigger dots: steps that ran more trials."),
+        Part("A grammar decides which tokens may come next",
+             "Constrained decoding masks every token the grammar (here a JSON schema) does not allow. The output "
+             "always parses, but the mask can remove most of what the model wanted: that removed probability is "
+             "the distortion 'Grammar-Aligned Decoding' is about.",
+             "search_grammar", most_removed_mass,
+             lambda st, c, t: [v_gram.candidates_figure(st[c]), v_gram.run_figure(st, c)],
+             "Red: tokens the model wanted that the grammar blocked."),
     )),
 )
 BY_KEY = {lesson.key: lesson for lesson in LESSONS}
