@@ -1,8 +1,7 @@
 """The models a drafter runs: the target's own layers, or a separate draft LM sharing the tokenizer.
 
-Checks here are cheap and run before any forward: layer lists are range-checked before they are
-expanded, and a separate draft model's tokenizer is compared with the target's before its weights
-are loaded.
+Checks here are cheap and run before any forward: a separate draft model's tokenizer is compared
+with the target's before its weights are loaded (layer lists: engine/layer_spec.py).
 """
 from __future__ import annotations
 
@@ -26,26 +25,6 @@ def layers_of(lm):
         raise MethodError(f"The self-speculative drafters need a Llama-style model (model.layers, norm, lm_head); "
                           f"{type(lm.model).__name__} is not one. Use prompt_lookup, token_recycling or trigram.")
     return inner.layers
-
-
-def parse_layer_list(spec: str, n_layers: int, what: str = "skip_layers") -> list[int]:
-    """'5,7,9-20' -> sorted layer indices; every index and range end is checked before expanding."""
-    out: set[int] = set()
-    for part in str(spec).replace(" ", "").split(","):
-        if not part:
-            continue
-        lo, sep, hi = part.partition("-")
-        if not lo.isascii() or not lo.isdigit() or (sep and (not hi.isascii() or not hi.isdigit())):
-            raise MethodError(f"{what} must be a list like 5,7,9-20; cannot read {shorten(part, 40)}.")
-        a, b = int(lo), int(hi) if sep else int(lo)
-        for v in (a, b):
-            if not 0 <= v < n_layers:
-                raise MethodError(f"{what}: layer {shorten(v, 40)} is outside 0..{n_layers - 1} "
-                                  f"(the model has {n_layers} layers).")
-        if b < a:
-            raise MethodError(f"{what}: the range {a}-{b} runs backwards.")
-        out.update(range(a, b + 1))
-    return sorted(out)
 
 
 def truncated_view(lm, k: int):

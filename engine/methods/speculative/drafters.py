@@ -21,7 +21,8 @@ from transformers import DynamicCache
 from engine import kvcache
 from engine import sampling as S
 from engine.errors import MethodError
-from engine.methods.speculative.draft_models import check_draft, layers_of, load_draft, parse_layer_list
+from engine.layer_spec import parse_layers
+from engine.methods.speculative.draft_models import check_draft, layers_of, load_draft
 from engine.methods.speculative.trees import DraftTree, additive_mask, grow, trie_from_continuations
 from engine.options import Components, Opt
 
@@ -203,7 +204,7 @@ class LayerSkip(SubModelDrafter):
     def kept_layers(lm, o) -> list[int]:
         n = len(layers_of(lm))
         spec = str(o["skip_layers"]).strip()
-        skip = parse_layer_list(spec, n) if spec else [i for i in range(n // 2, n - 1) if i % 2 == 1]
+        skip = parse_layers(spec, n, "skip_layers") if spec else [i for i in range(n // 2, n - 1) if i % 2 == 1]
         keep = [i for i in range(n) if i not in set(skip)]
         if not skip or not keep:
             raise MethodError("layer_skip must skip at least one layer and keep at least one.")
