@@ -5,8 +5,24 @@ committed before step k (+ the edited token), in ONE prefill forward, then decod
 method, options and sampling settings. For the families whose whole state at a step is the committed prefix
 (autoregressive, speculative, Jacobi, lookahead: their KV cache holds exactly the committed tokens, their
 drafters' tables are rebuilt from the context), recomputation is exact: a fork with no edit continues
-token for token as the original did (greedy). A KV-eviction run's state at k is its evicted cache and a
-diffusion run's is its canvas; forks of those are refused with a message until their state is snapshotted.
+token for token as the original did (greedy).
+
+Two families keep more state than the prefix, and fork to themselves only (STATEFUL):
+- diffusion: the state at step k is the canvas before it (the step record's "committed" positions; every
+  other one masked) and the schedule position (block, step in block, the block's masked count at its start).
+  The branch is a diffusion run resumed there (run.prepare(resume=...), engine.diffusion.sampler), with one
+  edit: a position set to a token or masked again (position=, token= / mask=True), or other rule / rule
+  options / sampling from k on. Exact (no edit: the same steps and answer) when greedy with a deterministic
+  rule; sampled runs (and the random rule) draw a fresh stream from the seed, so a no-edit fork is another
+  sample (meta["fork"]["exact"] False). The credit rule's per-run credits are not recorded: a credit run forks
+  at step 0 only. With the prefix cache a fork is exact at a block's first step (the cache is computed there,
+  from the canvas then) and refused inside a block. Cost: no extra forward.
+- kv: the state at step k is the evicted cache, which is not the prefix. The branch replays the parent's
+  recorded tokens through the parent's policy for k steps (forced tokens: the same forwards and evictions,
+  the random policy's seeded draws too), then switches policy / budget / knobs (run.prepare(resume=...),
+  engine.methods.kv.check_resume). Exact whatever the sampling (the tokens are forced); cost: k forwards
+  (the prompt's prefill + k - 1 one-token steps, not shown as the branch's steps), nothing kept in memory
+  between forks. The switched-to policy's statistics start at k (the entries already cached count as new).
 
     tr, steps = fork.prepare(lm, original, step=5, token=" cat")      # AR: another token at step 5
     tr, steps = fork.prepare(lm, original, step=3, method="speculative", options={"drafter": "prompt_lookup"})
@@ -26,9 +42,12 @@ from engine.sampling import SamplingConfig
 from engine.trace import Trace
 
 FORKABLE = ("ar", "speculative", "jacobi", "lookahead")   # their state at a step is the committed prefix
-NOT_YET = {"kv": "a KV-eviction run's state at a step is its evicted cache, which is not snapshotted yet",
-           "diffusion": "a diffusion run's state at a step is its partly filled canvas, which is not snapshotted "
-                        "yet"}
+STATEFUL = ("diffusion", "kv")   # their state at a step is more than the prefix: they fork to themselves only
+NOT_YET = {"kv": "a KV-eviction run starts from its own evicted cache, not from a prefix (fork a KV run to change "
+                 "its policy)",
+           "diffusion": "a diffusion run starts from its canvas, not from a prefix (fork a diffusion run to edit "
+                        "its canvas)"}   # why another run cannot continue with these methods
+DIFFUSION_FIXED = ("gen_length", "block_length", "steps", "adapter", "mask_id", "cfg_scale", "prefix_cache")
 
 
 class ForkError(InputError):
@@ -65,18 +84,19 @@ def _token_id(lm, token) -> int:
     raise ForkError(f"token must be a token id or a token's text, got {type(token).__name__}.")
 
 
-def prepare(lm, trace: Trace, step: int, *, token=None, method: str | None = None, options: dict | None = None,
-            sampling: SamplingConfig | None = None, max_new_tokens: int | None = None,
-            record: bool = True) -> tuple[Trace, Iterator[dict]]:
-    """Validate the fork and return (the branch's empty trace, the iterator that fills it)."""
+def prepare(lm, trace: Trace, step: int, *, token=None, position: int | None = None, mask: bool = False,
+            method: str | None = None, options: dict | None = None, sampling: SamplingConfig | None = None,
+            max_new_tokens: int | None = None, record: bool = True) -> tuple[Trace, Iterator[dict]]:
+    """Validate the fork and return (the branch's empty trace, the iterator that fills it).
+    position / mask: a diffusion fork's canvas edit (position of the answer set to `token`, or masked)."""
     if not isinstance(trace, Trace):
         raise ForkError("fork needs a Trace to fork from.")
     meta = trace.meta
     parent = meta.get("method")
     family = meta.get("family") or parent
-    if parent not in FORKABLE:
-        why = NOT_YET.get(family) or NOT_YET.get(parent) or f"method {parent!r} cannot be forked"
-        raise ForkError(f"This run cannot be forked: {why}. Forkable: {', '.join(FORKABLE)}.")
+    if parent not in FORKABLE + STATEFUL:
+        why = f"method {parent!r} ({family}) cannot be forked"
+        raise ForkError(f"This run cannot be forked: {why}. Forkable: {', '.join(FORKABLE + STATEFUL)}.")
     if meta.get("model") not in (None, lm.name):
         raise ForkError(f"The run was made with {meta.get('model')!r}; the loaded model is {lm.name!r}.")
     prompt_ids = meta.get("prompt_ids")
@@ -85,6 +105,21 @@ def prepare(lm, trace: Trace, step: int, *, token=None, method: str | None = Non
     if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < len(trace.steps):
         raise ForkError(f"There is no step {step!r} to fork at: the run has steps 0..{len(trace.steps) - 1}.")
     new_method = parent if method is None else method
+    if parent in STATEFUL:
+        if new_method != parent:
+            raise ForkError(f"A {parent} run forks to {parent} only (its state at a step is not a prefix another "
+                            f"method could continue); change its options or sampling instead.")
+        if not isinstance(mask, bool):
+            raise ForkError("mask must be True or False.")
+        kw = dict(options=options, sampling=sampling, max_new_tokens=max_new_tokens, record=record)
+        if parent == "diffusion":
+            return _prepare_diffusion(lm, trace, step, token, position, mask, **kw)
+        if token is not None or position is not None or mask:
+            raise ForkError("A KV-cache run forks with another policy, budget or knobs (options) or sampling from "
+                            "the step on; choosing a token is an autoregressive fork.")
+        return _prepare_kv(lm, trace, step, **kw)
+    if position is not None or mask:
+        raise ForkError("position / mask edit a diffusion run's canvas; this run is not a diffusion run.")
     if new_method not in FORKABLE:
         why = NOT_YET.get(new_method, f"{new_method!r} is not a method that continues a prefix")
         raise ForkError(f"A fork cannot continue with {new_method!r}: {why}. Use one of {', '.join(FORKABLE)}.")
@@ -130,6 +165,162 @@ def prepare(lm, trace: Trace, step: int, *, token=None, method: str | None = Non
     if token is not None:
         branch.meta["edited"] = True     # its answer is no longer the model's own choice at the fork
     return branch, steps
+
+
+def _sampling_of(params: dict) -> SamplingConfig:
+    return SamplingConfig(**{k: v for k, v in (params.get("sampling") or {}).items()
+                             if k in SamplingConfig.__dataclass_fields__})
+
+
+def _base(lm, trace: Trace, method: str) -> tuple[dict, dict, dict]:
+    """(the run's params, its method options, the common run.prepare keywords)."""
+    meta = trace.meta
+    params = meta.get("params") or {}
+    spec = methods.get(method)
+    opts = {k: v for k, v in params.items() if k in spec.options}
+    kw = {"chat": meta.get("chat"), "ignore_eos": bool(params.get("ignore_eos"))}
+    return params, opts, kw
+
+
+def _start(lm, trace: Trace, method: str, opts: dict, sampling, max_new: int, record: bool, resume, fork_meta):
+    params, _, kw = _base(lm, trace, method)
+    branch, steps = run.prepare(lm, method, str(trace.meta.get("prompt", "")), max_new_tokens=max_new,
+                                sampling=sampling, options=opts, record=record, prompt_ids=list(trace.meta["prompt_ids"]),
+                                resume=resume, **kw)
+    branch.meta["fork"] = fork_meta
+    return branch, steps
+
+
+def block_masked(trace: Trace, step: int) -> int:
+    """Masked positions of step `step`'s block when the block started (its schedule's count)."""
+    rec = trace.steps[step]
+    b, lo, hi = rec["block"], rec["block_range"][0], rec["block_range"][1]
+    first = step - int(rec["step_in_block"])
+    if first >= 0:
+        r0 = trace.steps[first]
+        if isinstance(r0, dict) and r0.get("block") == b and r0.get("step_in_block") == 0:
+            return sum(1 for s in (r0.get("state") or [])[lo:hi] if s != "committed")
+    res = (trace.meta.get("fork") or {}).get("resume") or {}
+    if res.get("block") == b and isinstance(res.get("block_masked"), int):   # a branch that started in the block
+        return int(res["block_masked"])
+    raise ForkError(f"Step {step}'s block does not start in this trace: its schedule is not known.")
+
+
+def _prepare_diffusion(lm, trace, step, token, position, mask, *, options, sampling, max_new_tokens, record):
+    """A diffusion run resumed from its canvas before `step` (see the module docstring)."""
+    rec = trace.steps[step]
+    state = rec.get("state") if isinstance(rec, dict) else None
+    toks = rec.get("tokens") if isinstance(rec, dict) else None
+    if not isinstance(state, list) or not isinstance(toks, list) or len(state) != len(toks) or \
+            not isinstance(rec.get("block_range"), list) or not isinstance(rec.get("step_in_block"), int):
+        raise ForkError(f"Step {step} has no canvas recorded (a run without step details): it cannot be forked.")
+    n = len(state)
+    canvas = [int(t) if s == "committed" else None for s, t in zip(state, toks)]
+    params, opts, _ = _base(lm, trace, "diffusion")
+    edit: dict = {}
+    if token is not None or position is not None or mask:
+        if isinstance(position, bool) or not isinstance(position, int) or not 0 <= position < n:
+            raise ForkError(f"position {str(position)[:40]} is outside the answer: positions 0..{n - 1}.")
+        if mask == (token is not None):
+            raise ForkError("A canvas edit either sets the position to a token or masks it (mask=True), not both.")
+        was = canvas[position]
+        if mask:
+            canvas[position] = None
+            edit["canvas"] = {"position": position, "id": None, "text": "[MASK]", "was": was}
+        else:
+            tok = _token_id(lm, token)
+            canvas[position] = tok
+            edit["canvas"] = {"position": position, "id": tok, "text": lm.token_text(tok), "was": was}
+    if options is not None:
+        given = dict(options)
+        changed = [k for k in DIFFUSION_FIXED if k in given and given[k] != opts.get(k)]
+        if changed:
+            raise ForkError(f"A diffusion fork keeps the run's {', '.join(changed)} (its canvas and schedule are "
+                            "those): change the rule, its options, stop_at_eos or the sampling.")
+        new_opts = {**opts, **given}
+        if new_opts != opts:
+            edit["options"] = {k: v for k, v in given.items() if opts.get(k) != v}
+        opts = new_opts
+    if params.get("rule") == "credit" and step > 0:
+        raise ForkError("The credit rule's per-position credits are not recorded: a credit run forks at step 0 only.")
+    if params.get("prefix_cache") and rec["step_in_block"] > 0:
+        first = step - rec["step_in_block"]
+        raise ForkError(f"With the prefix cache a fork is exact only at a block's first step (the cache is computed "
+                        f"there, from the canvas then): fork at step {first} or earlier"
+                        f"{'' if first >= 0 else ' (in the parent run)'}.")
+    old = _sampling_of(params)
+    if sampling is None:
+        sampling = old
+    else:
+        edit["sampling"] = sampling.as_dict()
+    resume = {"canvas": canvas, "block": int(rec["block"]), "step_in_block": int(rec["step_in_block"]),
+              "block_masked": block_masked(trace, step)}
+    exact = sampling.greedy and old.greedy and opts.get("rule") != "random" and params.get("rule") != "random"
+    left = int(params.get("max_new_tokens") or 64) if max_new_tokens is None else max_new_tokens
+    fork_meta = {"parent_method": "diffusion", "at_step": step, "prefix_ids": [], "edit": edit,
+                 "resume": {k: v for k, v in resume.items() if k != "canvas"}, "canvas": canvas, "exact": bool(exact),
+                 "cost_forwards": 0}
+    branch, steps = _start(lm, trace, "diffusion", opts, sampling, left, record, resume, fork_meta)
+    if edit.get("canvas"):
+        branch.meta["edited"] = True
+    return branch, steps
+
+
+def _kv_history(trace: Trace) -> tuple[list[int], list[dict], dict]:
+    """(tokens replayed before the trace's own steps, its policy switches, the run's base options)."""
+    f = trace.meta.get("fork") or {}
+    res = f.get("resume") or {}
+    return list(res.get("force_ids") or []), [dict(s) for s in res.get("switches") or []], \
+        dict(f.get("base_options") or {})
+
+
+def _prepare_kv(lm, trace, step, *, options, sampling, max_new_tokens, record):
+    """A KV run that replays the parent's tokens to `step` under its policy, then switches (module docstring)."""
+    from engine.methods.kv import SWITCHABLE
+    params, opts, _ = _base(lm, trace, "kv")
+    force, switches, base = _kv_history(trace)
+    base = base or opts
+    glob = len(force) + step                         # the step in the original run's numbering
+    if tokens_before(trace, step) != step or len(trace.final_ids) < step:
+        raise ForkError(f"Step {step}: the run's steps do not commit one token each; it cannot be replayed.")
+    force = force + list(trace.final_ids[:step])
+    current = dict(base)
+    for sw in switches:
+        if sw["at"] <= glob:
+            current.update({k: v for k, v in sw.items() if k != "at"})
+    switches = [sw for sw in switches if sw["at"] < glob]
+    given = {} if options is None else dict(options)
+    spec = methods.get("kv")
+    full_given = spec.values({**current, **given})
+    changed = {k: v for k, v in full_given.items() if current.get(k, spec.options[k].default) != v}
+    edit: dict = {}
+    if changed:
+        edit["options"] = changed
+    if glob == 0:       # nothing to replay: a fresh run with the options
+        run_opts, resume = {**base, **changed}, None
+        cost = 0
+    else:
+        fixed = [k for k in changed if k not in SWITCHABLE]
+        if fixed:
+            raise ForkError(f"{', '.join(fixed)} cannot change in the middle of a KV run (from step {glob} on); "
+                            f"a fork there changes {', '.join(SWITCHABLE)}. Fork at step 0 to change the rest.")
+        if changed:
+            switches.append({"at": glob, **{k: v for k, v in full_given.items() if k in SWITCHABLE}})
+        run_opts, resume = base, {"force_ids": force, "switches": switches}
+        cost = glob
+    old = _sampling_of(params)
+    if sampling is None:
+        sampling = old
+    else:
+        edit["sampling"] = sampling.as_dict()
+    total = int(params.get("max_new_tokens") or 64) + len(_kv_history(trace)[0])
+    left = (total - glob) if max_new_tokens is None else max_new_tokens
+    if isinstance(left, bool) or not isinstance(left, int) or left < 1:
+        raise ForkError(f"Nothing is left to generate after {glob} tokens (the run's budget is {total}); "
+                        "give max_new_tokens.")
+    fork_meta = {"parent_method": "kv", "at_step": step, "prefix_ids": force if glob else [], "edit": edit,
+                 "resume": resume, "base_options": dict(run_opts), "exact": True, "cost_forwards": cost}
+    return _start(lm, trace, "kv", run_opts, sampling, left, record, resume, fork_meta)
 
 
 def run_fork(lm, trace: Trace, step: int, **kw) -> Trace:

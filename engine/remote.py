@@ -97,11 +97,12 @@ def decode_exception(enc: tuple) -> BaseException:
 # =========================================================================================== UI side
 def fork_payload(parent: Trace) -> dict:
     """What engine.fork.prepare reads of a parent run, copied: its meta, per step the counts (no candidates,
-    logits or trees) and its output ids. The steps are copied before the ids, so a live mirror that grows
-    meanwhile gives at least the tokens its copied steps committed."""
+    logits or trees) and its output ids; a diffusion step's canvas and block position too. The steps are copied
+    before the ids, so a live mirror that grows meanwhile gives at least the tokens its copied steps committed."""
     steps = list(parent.steps)
     ids = list(parent.final_ids)
-    keep = ("kind", "index", "totals", "new_ids", "token_id")
+    keep = ("kind", "index", "totals", "new_ids", "token_id", "state", "tokens", "block", "block_range",
+            "step_in_block")
     return {"meta": dict(parent.meta), "final_ids": ids,
             "steps": [{k: s[k] for k in keep if k in s} if isinstance(s, dict) else s for s in steps]}
 
@@ -412,8 +413,8 @@ class Decoder:
                          call_timeout=START_TIMEOUT_S)
         return self._register(run_id, meta, breakpoints, start_paused)
 
-    def fork(self, lm: ModelHandle, parent: Trace, step: int, *, token=None, method: str | None = None,
-             options: dict | None = None, sampling=None, max_new_tokens: int | None = None, parent_id: int = 0,
+    def fork(self, lm: ModelHandle, parent: Trace, step: int, *, token=None, position: int | None = None,
+             mask: bool = False, method: str | None = None, options: dict | None = None, sampling=None, max_new_tokens: int | None = None, parent_id: int = 0,
              session=None, breakpoints=(), start_paused: bool = False) -> RemoteRunner:
         """Start a branch of the recorded run `parent` (a Trace: a runner's mirror, a loaded file) at its step
         `step` with one edit (engine.fork.prepare: token / method / options / sampling), as a RemoteRunner like
@@ -430,7 +431,8 @@ class Decoder:
                                     f"{MAX_LIVE_BRANCHES}): cancel one or wait for one to finish.")
         run_id = next(self._ids)
         meta = self.call("fork", model=lm.key, run_id=run_id, parent=fork_payload(parent), step=step,
-                         edit={"token": token, "method": method, "options": options, "sampling": sampling,
+                         edit={"token": token, "position": position, "mask": mask, "method": method,
+                               "options": options, "sampling": sampling,
                                "max_new_tokens": max_new_tokens},
                          parent_id=parent_id, breakpoints=list(breakpoints), start_paused=bool(start_paused),
                          call_timeout=START_TIMEOUT_S)
@@ -631,7 +633,8 @@ class Server:
         sampling = edit.get("sampling")
         if sampling is not None and not isinstance(sampling, SamplingConfig):
             raise fork.ForkError("fork: sampling must be a SamplingConfig.")
-        trace, steps = fork.prepare(lm, src, step, token=edit.get("token"), method=edit.get("method"),
+        trace, steps = fork.prepare(lm, src, step, token=edit.get("token"), position=edit.get("position"),
+                                    mask=edit.get("mask", False), method=edit.get("method"),
                                     options=edit.get("options"), sampling=sampling,
                                     max_new_tokens=edit.get("max_new_tokens"))
         trace.meta["fork"]["parent"] = int(parent_id)

@@ -14,6 +14,7 @@ from engine.options import Opt
 from engine.sampling import SamplingConfig
 from engine.trace import Trace
 
+RESUMABLE = ("diffusion", "kv")   # methods that start from a recorded run's state (run.prepare(resume=...))
 MAX_NEW = Opt(64, "tokens to generate at most", min=1, max=MAX_NEW_TOKENS, label="max new tokens")
 IGNORE_EOS = Opt(False, "keep decoding after an end-of-text token: exactly max_new_tokens (benchmarks of long runs)",
                  label="ignore end-of-text")
@@ -21,12 +22,16 @@ IGNORE_EOS = Opt(False, "keep decoding after an end-of-text token: exactly max_n
 
 def prepare(lm, method: str, prompt: str, max_new_tokens: int = 64, sampling: SamplingConfig | None = None,
             options: dict | None = None, record: bool = True, chat: bool | None = None,
-            ignore_eos: bool = False, prompt_ids: list[int] | None = None) -> tuple[Trace, Iterator[dict]]:
+            ignore_eos: bool = False, prompt_ids: list[int] | None = None,
+            resume: dict | None = None) -> tuple[Trace, Iterator[dict]]:
     """Validate everything up front; return the (empty) trace and an iterator that fills it.
 
     Raises MethodError / OptionError / PromptError / SamplingError before any model work when an input
     is bad: the method and every option (typed specs), the prompt (text, length against the model's
     context), prompt + output against the context, then the method's own cross-option check.
+    `resume` (methods in RESUMABLE only; engine.fork builds it): the state of a recorded run to start from,
+    checked by the method before any forward (diffusion: a canvas and a schedule position; kv: forced tokens
+    and policy switches).
     """
     spec = methods.get(method)
     if sampling is None:
@@ -38,6 +43,9 @@ def prepare(lm, method: str, prompt: str, max_new_tokens: int = 64, sampling: Sa
     if options is not None and not isinstance(options, dict):
         raise MethodError(f"options must be a dict of option name -> value, got {type(options).__name__}.")
     opts = spec.values(options)
+    if resume is not None and (method not in RESUMABLE or not isinstance(resume, dict)):
+        raise MethodError(f"resume is a dict, for {', '.join(RESUMABLE)} only (got {type(resume).__name__} for "
+                          f"{method!r}).")
     if prompt_ids is None:
         input_ids = lm.encode(prompt, chat)          # PromptError: empty, not text, longer than the context
     else:
@@ -47,7 +55,7 @@ def prepare(lm, method: str, prompt: str, max_new_tokens: int = 64, sampling: Sa
     if spec.check is not None:
         spec.check(opts, ctx)
     job = Job(lm=lm, prompt=prompt, input_ids=input_ids, max_new_tokens=max_new_tokens, sampling=sampling,
-              record=record, ignore_eos=ignore_eos)
+              record=record, ignore_eos=ignore_eos, resume=resume)
     params = {"max_new_tokens": max_new_tokens, "sampling": sampling.as_dict(), **opts}
     if ignore_eos:
         params["ignore_eos"] = True

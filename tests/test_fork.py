@@ -108,8 +108,8 @@ def test_bad_forks_are_refused_before_any_forward(one_thread, lm, kw, words):
 
 def test_unforkable_runs_and_bad_options(one_thread, lm):
     kv = run.run(lm, "kv", PROMPT, max_new_tokens=6, options={"policy": "h2o", "budget": 8})
-    with pytest.raises(InputError, match="evicted cache"):
-        fork.prepare(lm, kv, 1)
+    with pytest.raises(InputError, match="forks to kv only"):
+        fork.prepare(lm, kv, 1, method="ar")
     ar = run.run(lm, "ar", PROMPT, max_new_tokens=6)
     with pytest.raises(InputError, match="autoregressive fork"):
         fork.prepare(lm, run.run(lm, "jacobi", PROMPT, max_new_tokens=6), 1, token=5)

@@ -90,8 +90,8 @@ def test_unforkable_and_cancelled_runs(handle):
     dec = remote.decoder()
     kv = dec.start(handle, "kv", PROMPT, max_new_tokens=4, options={"policy": "h2o", "budget": 8})
     assert kv.wait(60)
-    with pytest.raises(ForkError, match="evicted cache"):
-        dec.fork(handle, kv.trace, 1)
+    with pytest.raises(ForkError, match="forks to kv only"):
+        dec.fork(handle, kv.trace, 1, method="ar")
     r = dec.start(handle, "ar", PROMPT, max_new_tokens=N, start_paused=True)
     for _ in range(3):
         r.step_forward()

@@ -112,8 +112,15 @@ def validate(gen_length: int, block_length: int, steps: int, rule: str, prompt_l
 def diffuse(adapter, prompt: torch.Tensor, gen_length: int = 64, block_length: int = 0, steps: int = 0,
             rule: str = "low_confidence", rule_params: dict | None = None,
             sampling: S.SamplingConfig | None = None, cfg_scale: float = 0.0, prefix_cache: bool = False,
-            stop_at_eos: bool = True) -> Iterator[Step]:
-    """Yield one Step per denoising step. prompt: [1, P] ids."""
+            stop_at_eos: bool = True, resume: dict | None = None) -> Iterator[Step]:
+    """Yield one Step per denoising step. prompt: [1, P] ids.
+
+    resume (a fork of a recorded run, checked by check_resume): start from a partly filled canvas instead of
+    all masks, {"canvas": [gen_length ids, mask_id where masked], "block": b, "step_in_block": i,
+    "block_masked": m}: blocks before b that are filled are skipped as usual, block b resumes at its step i
+    with the schedule its start had (m masked positions then), later blocks start as usual. A recorded run's
+    canvas before its step k with that step's block position continues exactly as the run did (greedy, a
+    deterministic rule): the sampler's only other state is the random stream and a rule's `state` (credit)."""
     cfg = sampling or S.SamplingConfig()
     P = prompt.shape[1]
     block_length, steps = validate(gen_length, block_length, steps, rule, P, cfg_scale, prefix_cache)
@@ -128,6 +135,8 @@ def diffuse(adapter, prompt: torch.Tensor, gen_length: int = 64, block_length: i
     dev = prompt.device
     x = torch.full((1, P + gen_length), mask_id, dtype=torch.long, device=dev)
     x[:, :P] = prompt
+    if resume is not None:
+        x[0, P:] = torch.tensor(resume["canvas"], dtype=torch.long, device=dev)
     blocks = gen_length // block_length
     steps_per_block = steps // blocks
     gen = cfg.generator("cpu")
@@ -143,6 +152,9 @@ def diffuse(adapter, prompt: torch.Tensor, gen_length: int = 64, block_length: i
             continue
         schedule = num_transfer_tokens(masked0, steps_per_block)
         i = 0
+        if resume is not None and b == resume["block"]:     # the block's schedule from its start, at step i
+            schedule = num_transfer_tokens(max(int(resume["block_masked"]), 1), steps_per_block)
+            i = int(resume["step_in_block"])
         cache = None
         while bool((x[0, P + lo:P + hi] == mask_id).any()):
             # ---- one forward -------------------------------------------------------------------
@@ -202,6 +214,40 @@ def diffuse(adapter, prompt: torch.Tensor, gen_length: int = 64, block_length: i
                        block_range=(lo, hi), step_in_block=i - 1, nfe=nfe, forwarded=forwarded, done=done)
             if done:
                 return
+
+
+def check_resume(resume, gen_length: int, block_length: int, steps: int, mask_id: int, vocab: int,
+                 prefix_cache: bool) -> dict:
+    """A resume dict for diffuse, checked (MethodError naming what is wrong): the canvas has gen_length entries,
+    each a token id of the vocabulary or the mask (None or mask_id), the block and its step exist, and with the
+    prefix cache the step is a block's first (the cache is of the canvas at the block's start)."""
+    if not isinstance(resume, dict):
+        raise MethodError("resume must be a dict with canvas, block, step_in_block and block_masked.")
+    canvas = resume.get("canvas")
+    if not isinstance(canvas, (list, tuple)) or len(canvas) != gen_length:
+        n = len(canvas) if isinstance(canvas, (list, tuple)) else type(canvas).__name__
+        raise MethodError(f"The canvas must hold gen_length ({gen_length}) positions, got {n}.")
+    ids = []
+    for i, t in enumerate(canvas):
+        if t is None:
+            t = mask_id
+        if isinstance(t, bool) or not isinstance(t, int) or not (0 <= t < vocab or t == mask_id):
+            raise MethodError(f"Canvas position {i}: {str(t)[:40]} is not a token id (0..{vocab - 1}) or the mask "
+                              f"({mask_id}).")
+        ids.append(int(t))
+    if block_length <= 0:
+        block_length = gen_length
+    blocks = gen_length // block_length
+    spb = (steps if steps > 0 else gen_length) // blocks
+    b, i, m = resume.get("block"), resume.get("step_in_block"), resume.get("block_masked")
+    for name, v, hi in (("block", b, blocks - 1), ("step_in_block", i, spb - 1), ("block_masked", m, block_length)):
+        lo = 1 if name == "block_masked" else 0
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise MethodError(f"resume: {name} must be an integer in {lo}..{hi}, got {str(v)[:40]}.")
+    if prefix_cache and i > 0:
+        raise MethodError(f"With the prefix cache a run can resume only at a block's first step (this is step {i} "
+                          "of its block): the cache is computed there, from the canvas at the block's start.")
+    return {"canvas": ids, "block": b, "step_in_block": i, "block_masked": m}
 
 
 def _eos_settled(gen: torch.Tensor, mask_id: int, eos_ids: set[int]) -> bool:

@@ -38,6 +38,7 @@ class Job:
     output_ids: list[int] = field(default_factory=list)
     extra: dict = field(default_factory=dict)  # becomes trace.extra (e.g. extra["summary"])
     ignore_eos: bool = False     # decode exactly max_new_tokens (benchmarks of long runs)
+    resume: dict | None = None   # a recorded run's state to start from (engine.run.RESUMABLE; engine.fork)
 
     @property
     def eos_ids(self) -> set[int]:

@@ -13,7 +13,7 @@ import torch
 from engine.diffusion import adapters
 from engine.diffusion import rules as R
 from engine.diffusion import smol
-from engine.diffusion.sampler import diffuse, validate
+from engine.diffusion.sampler import check_resume, diffuse, validate
 from engine.methods import Job, MethodError, register
 from engine.options import Opt
 from engine.trace import clean_float
@@ -99,15 +99,22 @@ def generate(job: Job, **o):
     ad = adapters.for_lm(job.lm, o["adapter"], int(o["mask_id"]))
     if o["prefix_cache"] and not ad.supports_prefix_cache():
         raise MethodError(f"The prefix cache is not available for {ad.name}.")
+    resume = None
+    if job.resume is not None:      # engine.fork: the canvas of a recorded step (checked before any forward)
+        cfg = getattr(ad.model, "config", None)
+        vocab = int(getattr(cfg, "vocab_size", 0) or getattr(job.lm.model.config, "vocab_size", 0))
+        resume = check_resume(job.resume, gen_length, int(o["block_length"]), int(o["steps"]), ad.mask_id, vocab,
+                              bool(o["prefix_cache"]))
     return _steps(job, ad, o["rule"], params, gen_length, o["block_length"], o["steps"], o["cfg_scale"],
-                  o["prefix_cache"], o["stop_at_eos"])
+                  o["prefix_cache"], o["stop_at_eos"], resume)
 
 
-def _steps(job, ad, rule, params, gen_length, block_length, steps, cfg_scale, prefix_cache, stop_at_eos):
+def _steps(job, ad, rule, params, gen_length, block_length, steps, cfg_scale, prefix_cache, stop_at_eos,
+           resume=None):
     lm, c = job.lm, job.counters
     it = diffuse(ad, job.input_ids, gen_length=gen_length, block_length=int(block_length), steps=int(steps),
                  rule=rule, rule_params=params, sampling=job.sampling, cfg_scale=float(cfg_scale),
-                 prefix_cache=bool(prefix_cache), stop_at_eos=bool(stop_at_eos))
+                 prefix_cache=bool(prefix_cache), stop_at_eos=bool(stop_at_eos), resume=resume)
     index, forwarded, per_step = 0, 0, []
     while True:
         t = time.perf_counter()

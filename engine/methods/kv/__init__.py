@@ -22,6 +22,7 @@ from engine import sampling as S
 from engine.errors import shorten
 from engine.methods import Job, MethodError, register
 from engine.methods.ar import candidates_record
+from engine.attention import install as install_attention
 from engine.methods.kv.cache import CacheUnsupported, EvictingCache
 from engine.methods.kv.policies import MAX_BUDGET, POLICIES, make as make_policy
 from engine.errors import OptionError
@@ -179,6 +180,48 @@ def kept_count(ec: EvictingCache) -> list[int]:
     return tot.tolist()
 
 
+SWITCHABLE = ("policy", "budget", "n_sink", "window", "window_size", "kernel_size", "hit_threshold")
+
+
+def check_resume(job: Job, o: dict) -> tuple[list[int], dict[int, dict]]:
+    """job.resume of a fork (engine.fork), checked before any forward: {"force_ids": the tokens of the first
+    steps, replayed and not yielded; "switches": [{"at": step, option: value ...}]: from step `at` on the policy
+    and its knobs are these (SWITCHABLE only; each switched set checked like a run's options)}."""
+    from engine.methods import CheckContext, get
+    r = job.resume
+    force = r.get("force_ids", [])
+    vocab = int(getattr(job.lm.model.config, "vocab_size", 0) or len(job.lm.tokenizer))
+    if not isinstance(force, list) or any(isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab
+                                          for t in force):
+        raise MethodError(f"resume: force_ids must be a list of token ids in 0..{vocab - 1}.")
+    if len(force) + job.max_new_tokens > MAX_BUDGET * 8:
+        raise MethodError(f"resume: {len(force)} forced tokens is too many.")
+    L = int(job.input_ids.shape[1])
+    ctx = CheckContext(job.lm, job.sampling, L, job.max_new_tokens, job.lm.context_length)
+    ctx.need_positions(L + len(force) + job.max_new_tokens, f"A {L}-token prompt + {len(force)} replayed tokens + "
+                                                            f"{job.max_new_tokens} new tokens")
+    switches: dict[int, dict] = {}
+    cur = dict(o)
+    for sw in r.get("switches") or []:
+        if not isinstance(sw, dict) or isinstance(sw.get("at"), bool) or not isinstance(sw.get("at"), int):
+            raise MethodError("resume: every switch is a dict with an integer 'at'.")
+        at = sw["at"]
+        bad = [k for k in sw if k != "at" and k not in SWITCHABLE]
+        if bad:
+            raise MethodError(f"resume: {', '.join(map(str, bad))} cannot change during a run (switchable: "
+                              f"{', '.join(SWITCHABLE)}).")
+        if not 0 < at <= len(force) + job.max_new_tokens or (switches and at <= max(switches)):
+            raise MethodError(f"resume: switch steps must increase and lie in 1..{len(force) + job.max_new_tokens}, "
+                              f"got {at}.")
+        if o.get("compression_ratio", 0.0) > 0 and o["policy"] != "full":
+            raise MethodError("A compression_ratio run compresses the prompt once and never evicts afterwards: its "
+                              "policy cannot switch later (fork it at step 0).")
+        cur = get("kv").values({**cur, **{k: v for k, v in sw.items() if k != "at"}})
+        check(cur, ctx)
+        switches[at] = dict(cur)
+    return force, switches
+
+
 @register("kv", "kv", "KV-cache eviction with a budget (StreamingLLM, H2O, SnapKV, TOVA, L2-norm, LazyEviction, "
           "random): the cache really shrinks; quality vs the full cache.", options=OPTIONS, lossless=False,
           check=check, components={"policy": POLICIES})
@@ -186,20 +229,47 @@ def generate(job: Job, **o):
     """Options were checked by engine.run.prepare (check above); build the cache now, return the steps."""
     prefill_keep, budget, window = resolve(o, job.input_ids.shape[1])
     watch = parse_layers(o["watch_layers"], job.lm.model.config.num_hidden_layers)
+    force, switches = check_resume(job, o) if job.resume is not None else ([], {})
     ec = build_cache(job.lm, [o["policy"]], positions=o["positions"], watch=watch if job.record else (),
                      seed=0 if job.sampling.seed is None else int(job.sampling.seed), n_sink=o["n_sink"],
                      window=window, window_size=o["window_size"], kernel_size=o["kernel_size"],
                      hit_threshold=float(o["hit_threshold"]))
+    if any(POLICIES.get(sw["policy"]).obj.needs_attention for sw in switches.values()) and \
+            not install_attention(job.lm.model):
+        raise MethodError(f"{type(job.lm.model).__name__} does not use transformers' attention interface, so the "
+                          "attention a switched-to policy needs cannot be captured.")
     return _steps(job, ec, o["policy"], budget, prefill_keep, o["n_sink"], watch, o["compare_full"],
-                  o["compression_ratio"] if budget is None else None)
+                  o["compression_ratio"] if budget is None else None, force, switches)
 
 
-def _steps(job: Job, ec: EvictingCache, policy, budget, prefill_keep, n_sink, watch, compare_full, ratio=None):
-    """budget None: compression_ratio's run (compressed once after the prompt, no decode eviction)."""
+def switch_policy(job: Job, ec: EvictingCache, o: dict) -> tuple[str, int, int]:
+    """From this step on the cache is evicted by policy o["policy"] with o's knobs: a fresh policy whose
+    per-entry statistics start now (the entries already cached count as just arrived). (policy, budget, n_sink)"""
+    _, budget, window = resolve(o, job.input_ids.shape[1])
+    pol = make_policy(o["policy"], ec.n_layers, seed=0 if job.sampling.seed is None else int(job.sampling.seed),
+                      n_sink=o["n_sink"], window=window, window_size=o["window_size"], kernel_size=o["kernel_size"],
+                      hit_threshold=float(o["hit_threshold"]))
+    for li in range(ec.n_layers):
+        if ec.pos[li] is not None:
+            b, hkv, n = ec.pos[li].shape
+            pol.extend(li, n, rows_n=b, hkv=hkv, device=ec.pos[li].device)
+    ec.groups = [(pol, slice(0, 1))]
+    ec.needs_attention = pol.needs_attention
+    return o["policy"], budget, o["n_sink"]
+
+
+def _steps(job: Job, ec: EvictingCache, policy, budget, prefill_keep, n_sink, watch, compare_full, ratio=None,
+           force=(), switches=None):
+    """budget None: compression_ratio's run (compressed once after the prompt, no decode eviction).
+    force: tokens of the first steps, replayed (their forward and eviction, the random draws too) and not
+    yielded nor committed; switches: step -> the options from that step on (engine.fork, check_resume)."""
+    switches = switches or {}
+    hidden = len(force)
     lm, cfg, c = job.lm, job.sampling, job.counters
     n_layers = lm.model.config.num_hidden_layers
     evicting = policy != "full"
-    shadow = DynamicCache(config=lm.model.config) if (compare_full and evicting) else None
+    will_evict = evicting or any(sw["policy"] != "full" for sw in switches.values())
+    shadow = DynamicCache(config=lm.model.config) if (compare_full and will_evict) else None
     gen = cfg.generator(lm.device) if not cfg.greedy else None
     per_tok = lm.kv_bytes_per_token()
     record_layers = set(watch) if job.record else set()
@@ -208,10 +278,14 @@ def _steps(job: Job, ec: EvictingCache, policy, budget, prefill_keep, n_sink, wa
     first_div = None
     evicted_total = 0
     nll_sum = nll_full_sum = 0.0
+    pending = []       # replayed inputs the full-cache shadow has not seen yet (fed with the first own step)
     with torch.inference_mode():
         step = 0
         tok_in = job.input_ids
         while True:
+            if step in switches:
+                policy, budget, n_sink = switch_policy(job, ec, switches[step])
+                evicting = policy != "full"
             with c.compute():
                 logits = ec.forward(tok_in)[:, -1, :].float()
                 n_keep = (prefill_keep if step == 0 else budget) if evicting else None   # None: no eviction
@@ -221,20 +295,27 @@ def _steps(job: Job, ec: EvictingCache, policy, budget, prefill_keep, n_sink, wa
                     info = {"layers": {}, "evicted": 0}
                 tok = int(S.choose(logits[0], cfg, gen))
             c.target_forwards += 1
+            if step < hidden:        # a replayed step of the parent run: its token, nothing shown
+                pending.append(tok_in)
+                tok_in = torch.tensor([[int(force[step])]], device=lm.device)
+                step += 1
+                continue
             evicted_total += info["evicted"]
             q = None
             if shadow is not None:
                 with c.recording():
-                    start = ec.next_pos - tok_in.shape[1]
-                    pos_ids = torch.arange(start, start + tok_in.shape[1], device=lm.device)[None]
-                    full_logits = lm.model(input_ids=tok_in, past_key_values=shadow, position_ids=pos_ids,
+                    feed = torch.cat(pending + [tok_in], 1) if pending else tok_in
+                    pending = []
+                    start = ec.next_pos - feed.shape[1]
+                    pos_ids = torch.arange(start, start + feed.shape[1], device=lm.device)[None]
+                    full_logits = lm.model(input_ids=feed, past_key_values=shadow, position_ids=pos_ids,
                                            use_cache=True, logits_to_keep=1).logits[:, -1, :].float()
                     fa, pa = int(full_logits[0].argmax()), int(logits[0].argmax())
                     agree = fa == pa
                     agree_n += agree
                     steps_n += 1
                     if not agree and first_div is None:
-                        first_div = step
+                        first_div = step - hidden
                     nll = -float(logits[0].log_softmax(-1)[tok])
                     nll_full = -float(full_logits[0].log_softmax(-1)[tok])
                     nll_sum += nll
@@ -243,7 +324,8 @@ def _steps(job: Job, ec: EvictingCache, policy, budget, prefill_keep, n_sink, wa
                          "nll": clean_float(nll), "nll_full": clean_float(nll_full),
                          "agreement": clean_float(agree_n / steps_n), "first_divergence": first_div}
             job.commit([tok])
-            rec = {"kind": "kv", "index": step, "position": L + step, "phase": "prefill" if step == 0 else "decode",
+            rec = {"kind": "kv", "index": step - hidden, "position": L + step,
+                   "phase": "prefill" if step == 0 else "decode",
                    "new_ids": [tok], "token_id": tok}
             if job.record:
                 with c.recording():
