@@ -125,7 +125,8 @@ def write(rows: list[dict], suite: str, out: Path, lm) -> None:
     assemble(out)
 
 
-ORDER = ["ar", "suite", "speculative", "jacobi", "kv", "diffusion", "kernels"]
+ORDER = ["ar", "ui", "snapkv", "beam", "search", "grammar", "suite", "speculative", "jacobi", "kv", "diffusion",
+         "kernels"]
 
 
 def assemble(out: Path = HERE) -> Path:

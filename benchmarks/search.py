@@ -4,7 +4,8 @@ prompt in the same run (issue 27's benchmark rows).
     .venv/bin/python -m benchmarks.search [--n 48] [--prompts chat code] [--out benchmarks/results_search.md]
 
 Per row: tokens, target forwards, compute seconds, tokens/s (model compute), the ratio to AR's tokens/s,
-judged perplexity (SmolLM2-135M on the answer), distinct-2 of the answer, and the method's own numbers (beam:
+judged perplexity (SmolLM2-135M on the answer given the prompt; for context-aware decoding given context +
+question, what the decoder read), distinct-2 of the answer, and the method's own numbers (beam:
 peak KV bytes; contrastive: steps off the likeliest token; cautious: branching steps / trials / trial tokens;
 context-aware: steps the contrast changed; grammar: why it stopped and the constraint's ms/step).
 Greedy unless the row says otherwise. Timings are one run on whatever else the CPU is doing: read the ratios,
@@ -63,14 +64,17 @@ def own_numbers(method: str, tr) -> str:
     return ""
 
 
-def row(lm, label, method, prompt_name, prompt, n, options=None, sampling=None, ref_tps=None) -> dict:
+def row(lm, label, method, prompt_name, prompt, n, options=None, sampling=None, ref_tps=None, judge_prompt=None) -> dict:
+    """One run; judged perplexity given the run's prompt, or `judge_prompt` (context-aware decoding: the judge
+    reads the context too, as the decoder did)."""
     from engine import quality, run
     t = time.perf_counter()
     tr = run.run(lm, method, prompt, max_new_tokens=n, options=options or {}, sampling=sampling or SamplingConfig())
     wall = time.perf_counter() - t
     c = tr.counters
     tps = c.generated_tokens / c.compute_s if c.compute_s else None
-    ppl = quality.judged_perplexity(lm, tr.meta["prompt_ids"], tr.final_ids)
+    judge_ids = tr.meta["prompt_ids"] if judge_prompt is None else lm.encode(judge_prompt)[0].tolist()
+    ppl = quality.judged_perplexity(lm, judge_ids, tr.final_ids)
     return {"prompt": prompt_name, "config": label, "tokens": c.generated_tokens, "target_forwards": c.target_forwards,
             "compute_s": round(c.compute_s, 2), "wall_s": round(wall, 2), "tokens_per_s": round(tps, 2) if tps else None,
             "vs_ar": round(tps / ref_tps, 2) if tps and ref_tps else None,
@@ -109,7 +113,8 @@ def main(argv=None) -> None:
         rows.append(ref)
         for alpha in (0.5, 1.0):
             r = row(lm, f"context-aware (alpha {alpha})", "cad", pname, question, a.n,
-                    {"context": context, "alpha": alpha}, ref_tps=ref["tokens_per_s"])
+                    {"context": context, "alpha": alpha}, ref_tps=ref["tokens_per_s"],
+                    judge_prompt=f"{context}\n\n{question}")
             rows.append(r)
             print(json.dumps(r), flush=True)
     if "grammar" in known:
