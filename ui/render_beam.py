@@ -34,6 +34,8 @@ def render(r, prefix: str = "beam") -> None:
         st.caption("running beams (best first in each group)")
         if beams:
             st.dataframe(pd.DataFrame(beams), hide_index=True, width="stretch")
+        else:
+            st.text("none running: every beam has finished")
     with b:
         st.caption("n-best list (finished hypotheses, best normalised score first)")
         if nbest:
