@@ -144,6 +144,18 @@ ENGINE_CASES = [
     ("diffusion", {"gen_length": 5000}, {}, OptionError, "1..1024"),
     ("diffusion", {"gen_length": 64, "block_length": 8}, {"prompt": "word " * 2000}, MethodError,
      "context window"),
+    ("cad", {"context": ""}, {}, OptionError, "context is empty"),
+    ("cad", {"context": "x" * 30_000}, {}, OptionError, "characters long"),
+    ("cad", {"alpha": float("inf")}, {}, OptionError, "alpha"),
+    ("cad", {"context": "word " * 3000}, {}, OptionError, "context with the question does not fit"),
+    ("cautious", {"entropy_low": 1.0, "entropy_high": 1.0}, {}, OptionError, "entropy_high must be > entropy_low"),
+    ("cautious", {"max_trials": "many"}, {}, OptionError, "max_trials"),
+    ("contrastive", {"penalty_alpha": 2.0}, {}, OptionError, "penalty_alpha"),
+    ("contrastive", {}, {"sampling": HOT}, MethodError, "temperature"),
+    ("grammar", {"grammar_kind": "regex", "grammar": "[a-"}, {}, OptionError, "position"),
+    ("grammar", {"grammar_kind": "ebnf", "grammar": "root ::= "}, {}, OptionError, "grammar"),
+    ("grammar", {"grammar_kind": "json_schema", "grammar": "{not json"}, {}, OptionError, "grammar"),
+    ("grammar", {"grammar_kind": "xml"}, {}, OptionError, "grammar_kind must be one of"),
 ]
 
 

@@ -19,7 +19,7 @@ import torch
 from transformers import DynamicCache
 
 from engine import sampling as S
-from engine.errors import MethodError, OptionError
+from engine.errors import MethodError, OptionError, PromptError
 from engine.methods import Job, register
 from engine.methods.ar import candidates_record, prefill
 from engine.trace import clean_float
@@ -38,7 +38,10 @@ def check(o: dict, ctx) -> None:
     if not o["context"].strip():
         raise OptionError("context is empty: context-aware decoding contrasts the answer with and without a "
                           "context (a passage the answer should follow); give one.")
-    n = int(ctx.lm.encode(joined(o["context"], "x")).shape[1]) - 1 + ctx.prompt_len
+    try:
+        n = int(ctx.lm.encode(joined(o["context"], "x")).shape[1]) - 1 + ctx.prompt_len
+    except PromptError as e:
+        raise OptionError(f"The context with the question does not fit: {e}") from None
     ctx.need_positions(n + ctx.max_new_tokens, f"The context + question (~{n} tokens) + {ctx.max_new_tokens} new "
                                                "tokens")
 
