@@ -7,7 +7,7 @@ import streamlit as st
 from engine import methods, remote
 from engine.errors import LabError, MethodError
 from engine.methods.kv.policies import POLICIES
-from ui import common, controls, render_kv
+from ui import branches, common, controls, render_kv
 from ui.options import max_new_tokens_widget, option_widgets
 from viz import kv as vz
 from viz.safe import md_text
@@ -122,7 +122,8 @@ def main():
     if rb is None:
         controls.step_controls(KEY_A)
         controls.live(KEY_A, lambda r: render_kv.render(r, "kva"))
-        controls.download_button(KEY_A)
+        branches.section(KEY_A, lm, "kv")     # what-if forks: another policy / budget from a step on
+        branches.download_button(KEY_A)
     else:
         left, right = st.columns(2)
         with left:

@@ -5,7 +5,7 @@ from engine import methods, models, remote
 from engine.diffusion import smol
 from engine.diffusion import rules as R
 from engine.errors import LabError
-from ui import common, controls, render_diffusion
+from ui import branches, common, controls, render_diffusion
 from ui.options import max_new_tokens_widget, option_widgets
 from viz.safe import md_text
 
@@ -139,7 +139,8 @@ def main():
                            max_new_tokens=gen_length, sampling=cfg, options=opts)
         controls.step_controls(KEY)
         controls.live(KEY, render_diffusion.render)
-        controls.download_button(KEY)
+        branches.section(KEY, lm, "dlm")     # what-if forks: a canvas edit or another rule from a step on
+        branches.download_button(KEY)
 
     with compare:
         a_col, b_col = st.columns(2)

@@ -72,6 +72,9 @@ def describe(meta: dict) -> str:
     parts = []
     if e.get("token"):
         parts.append(f"token {e['token'].get('text', '?')!r}")
+    if e.get("canvas"):
+        c = e["canvas"]
+        parts.append(f"position {c.get('position')} " + ("masked" if c.get("id") is None else f"← {c.get('text')!r}"))
     if e.get("method"):
         parts.append(f"→ {e['method']}")
     if e.get("options"):
@@ -79,6 +82,8 @@ def describe(meta: dict) -> str:
     if e.get("sampling"):
         s = e["sampling"]
         parts.append("greedy" if not s.get("temperature") else f"T={s.get('temperature')} seed={s.get('seed')}")
+    if f.get("cost_forwards"):
+        parts.append(f"{f['cost_forwards']} replayed forwards")
     return f"at step {f.get('at_step')}: " + (", ".join(parts) if parts else "no edit")
 
 
@@ -132,11 +137,27 @@ def tokens_of(key: str) -> dict[int, list[vf.Tok]]:
     """Each held run's whole answer by output position (inherited tokens take their parent's texts)."""
     out: dict[int, list[vf.Tok]] = {}
     for i, r, entry in runs(key):
+        if r.trace.meta.get("method") == "diffusion" and r.trace.steps:
+            out[i] = canvas_tokens(r)
+            continue
         own = vf.own_tokens(r.trace.steps, r.trace.final_ids, getattr(r, "token_texts", None))
         if entry is None:
             out[i] = own
         else:
             out[i] = vf.branch_tokens(out.get(entry["parent"], []), r.trace.meta.get("fork") or {}, own)
+    return out
+
+
+def canvas_tokens(r) -> list[vf.Tok]:
+    """A diffusion run's canvas after the step it shows (masked positions as [MASK], id -1); a branch's edited
+    position marked."""
+    steps = r.trace.steps
+    rec = steps[r.cursor if r.cursor is not None else len(steps) - 1]
+    edit = ((r.trace.meta.get("fork") or {}).get("edit") or {}).get("canvas") or {}
+    out = []
+    for p, (s, t, x) in enumerate(zip(rec.get("state") or [], rec.get("tokens") or [], rec.get("texts") or [])):
+        origin = "edited" if p == edit.get("position") else "own"
+        out.append(vf.Tok(-1, "[MASK]", origin) if s == "mask" else vf.Tok(int(t), str(x), origin))
     return out
 
 
@@ -157,6 +178,9 @@ def shown_position(r) -> int | None:
 def fork_position(meta: dict) -> int:
     """The output position a branch starts to differ at by construction: its edited token's, else its first own."""
     f = meta.get("fork") or {}
+    canvas = (f.get("edit") or {}).get("canvas")
+    if canvas:
+        return int(canvas.get("position") or 0)
     return len(f.get("prefix_ids") or []) - (1 if (f.get("edit") or {}).get("token") else 0)
 
 
@@ -209,6 +233,13 @@ def fork_controls(key: str, lm, prefix: str, allow_token: bool) -> None:
             elif tok is not None:
                 edit["token"] = int(tok)
         parent_method = r.trace.meta.get("method")
+        if parent_method in engine_fork.STATEFUL:
+            more = stateful_edit(r, rec, f"{prefix}_fk_{src}")
+            if more is None:
+                return
+            edit.update(more)
+            _sampling_and_go(key, lm, prefix, src, int(step), edit)
+            return
         methods_ = list(engine_fork.FORKABLE)
         method = st.selectbox("method from the step on", methods_, key=f"{prefix}_fk_method",
                               index=methods_.index(parent_method) if parent_method in methods_ else 0)
@@ -217,14 +248,74 @@ def fork_controls(key: str, lm, prefix: str, allow_token: bool) -> None:
             edit["method"] = method
         if other_opts:
             edit["options"] = common_options(method, f"{prefix}_fk_{method}")
-        if st.checkbox("other sampling settings", False, key=f"{prefix}_fk_samp"):
-            cfg = common.sampling_controls(f"{prefix}_fk", container=st.container())
-            if cfg is None:
-                return
-            edit["sampling"] = cfg
-        if st.button("Fork", key=f"{prefix}_fk_go", type="primary", disabled=lm is None):
-            start_fork(key, lm, src, int(step), **edit)
-            st.rerun()
+        _sampling_and_go(key, lm, prefix, src, int(step), edit)
+
+
+def _sampling_and_go(key: str, lm, prefix: str, src: int, step: int, edit: dict) -> None:
+    if st.checkbox("other sampling settings", False, key=f"{prefix}_fk_samp"):
+        cfg = common.sampling_controls(f"{prefix}_fk", container=st.container())
+        if cfg is None:
+            return
+        edit["sampling"] = cfg
+    if st.button("Fork", key=f"{prefix}_fk_go", type="primary", disabled=lm is None):
+        start_fork(key, lm, src, step, **edit)
+        st.rerun()
+
+
+def _seeded(method: str, prefix: str, params: dict, names) -> None:
+    """The fork's option widgets start at the parent run's values (once per run and step)."""
+    spec = engine_methods().get(method)
+    for k in names:
+        if k in params and k in spec.options and f"{prefix}_{k}" not in st.session_state:
+            st.session_state[f"{prefix}_{k}"] = params[k]
+
+
+def engine_methods():
+    from engine import methods
+    return methods
+
+
+def stateful_edit(r, rec: dict, prefix: str) -> dict | None:
+    """A KV run forks with another policy / budget / knobs from the step on (engine.fork replays its tokens to
+    there); a diffusion run with a canvas edit (a position set to a token or masked again) or another rule /
+    threshold from the step on. The edit, or None when a widget's value is refused."""
+    from ui.options import option_widgets
+    method = r.trace.meta.get("method")
+    params = r.trace.meta.get("params") or {}
+    edit: dict = {}
+    if method == "kv":
+        from engine.methods.kv import SWITCHABLE
+        st.caption("The branch replays the run's tokens through its policy up to the step (exact: one forward per "
+                   "replayed step), then evicts with these settings.")
+        if st.checkbox("other policy / budget", True, key=f"{prefix}_kv_on"):
+            _seeded("kv", f"{prefix}_kv", params, SWITCHABLE)
+            fixed = {k: v for k, v in params.items() if k in engine_methods().get("kv").options and k not in SWITCHABLE}
+            edit["options"] = option_widgets("kv", f"{prefix}_kv", st.container(), only=SWITCHABLE, fixed=fixed)
+        return edit
+    n = len(rec.get("state") or [])
+    st.caption("The branch resumes the run from its canvas before the step (exact when greedy with a deterministic "
+               "rule), with the edit below.")
+    what = st.radio("canvas edit", ["none", "set a position to a token", "mask a position"], horizontal=True,
+                    key=f"{prefix}_dlm_what")
+    if what != "none" and n:
+        pos = int(st.number_input("position of the answer", 0, n - 1, 0, key=f"{prefix}_dlm_pos"))
+        state, toks, texts = rec.get("state") or [], rec.get("tokens") or [], rec.get("texts") or []
+        st.caption(f"position {pos} before the step: " + ("[MASK]" if state[pos] != "committed" else
+                   md_text(repr(texts[pos]), 60)) + (f" (the model's guess then: {md_text(repr(texts[pos]), 60)})"
+                                                     if state[pos] != "committed" else ""))
+        edit["position"] = pos
+        if what == "mask a position":
+            edit["mask"] = True
+        else:
+            typed = st.text_input("token (its text, one token)", "", key=f"{prefix}_dlm_text",
+                                  help="e.g. ' cat' (a leading space is part of it); empty: the guess above")
+            edit["token"] = typed if typed else int(toks[pos])
+    if st.checkbox("other rule / threshold", False, key=f"{prefix}_dlm_rule_on"):
+        fixed = {k: params[k] for k in engine_fork.DIFFUSION_FIXED if k in params}
+        names = [k for k in engine_methods().get("diffusion").options if k not in fixed]
+        _seeded("diffusion", f"{prefix}_dlm", params, names)
+        edit["options"] = option_widgets("diffusion", f"{prefix}_dlm", st.container(), skip=fixed, fixed=fixed)
+    return edit
 
 
 def common_options(method: str, prefix: str) -> dict:
