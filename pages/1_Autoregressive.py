@@ -1,7 +1,7 @@
 """Autoregressive decoding: one token per forward, every candidate and its probability."""
 import streamlit as st
 
-from ui import branches, common, controls, render_ar
+from ui import branches, common, controls, render_ar, rewarp
 from ui.options import max_new_tokens_widget, option_widgets
 
 KEY = "runner_ar"
@@ -32,6 +32,7 @@ def main():
                        max_new_tokens=max_new, sampling=cfg, options=opts, ignore_eos=ignore_eos)
     controls.step_controls(KEY)
     controls.live(KEY, lambda rr: render_ar.render(rr, "ar", pick=lambda step, tok: branches.request(KEY, step, tok)))
+    rewarp.section(KEY, "ar")     # other sampling settings over the recorded steps, no forward
     branches.section(KEY, lm, "ar", allow_token=True)     # what-if forks: a clicked candidate bar, the form
     branches.download_button(KEY)
 
