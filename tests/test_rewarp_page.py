@@ -45,3 +45,10 @@ def test_rewarp_expander_over_the_candidates(embedded_lm):
     at.number_input(key="ar_rw_p").set_value(0.5).run()
     md = "".join(m.value for m in at.markdown)
     assert "**Approximate**" in md and "record_logits" in md and not at.exception
+
+
+def test_the_rewarp_stream_escapes_token_texts():
+    from viz import rewarp as vr
+    steps = [{"kind": "ar", "index": 0, "token_id": 5, "token_text": '<img src=x onerror="alert(1)">'}]
+    html = vr.stream_html(steps, [{"exact": True, "choice": 6, "chosen_p": 0.0, "candidates": []}], 0)
+    assert "<img" not in html and "&lt;img" in html and "line-through" in html
