@@ -58,6 +58,16 @@ def test_search_method_in_browser(session, method):
         wait_for_idle(page)
         page.get_by_role("button", name="Step ▶").first.click()
         wait_for_idle(page)
+    if method == "beam":   # the page's runner answers J / L (ui/controls.py shortcuts)
+        main = page.locator("[data-testid='stMain']").first
+        shown = int(re.search(r"showing step (\d+)", main.inner_text()).group(1))
+        page.mouse.click(5, 300)            # focus on the page, not in a text box
+        page.keyboard.press("j")
+        wait_for_idle(page)
+        assert f"showing step {shown - 1}" in main.inner_text()
+        page.keyboard.press("l")
+        wait_for_idle(page)
+        assert f"showing step {shown}" in main.inner_text()
     no_exception(page)
     if anchor:   # the method's own block, which is below the shared AR figures
         page.get_by_text(anchor).first.scroll_into_view_if_needed()

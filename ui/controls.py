@@ -172,29 +172,54 @@ def live_now(r) -> bool:
     return r.state == RUNNING or bool(getattr(r, "working", False))
 
 
+def _owns_shortcuts(key: str) -> bool:
+    """The first runner whose step controls a page run draws gets the keyboard shortcuts (J / K / L), so that two
+    runners on one page (KV's full-cache run, diffusion side by side) never bind the same keys."""
+    try:
+        from streamlit.runtime.scriptrunner import get_script_run_ctx
+        ctx = get_script_run_ctx()
+    except Exception:   # noqa: BLE001 - no script context (bare mode): no shortcuts needed
+        return False
+    if ctx is None:
+        return False
+    marker = id(ctx.cursors)           # a new dict for every script run
+    owner = _SHORTCUT_OWNER.get(ctx.session_id)
+    if owner is None or owner[0] != marker:
+        _SHORTCUT_OWNER[ctx.session_id] = (marker, key)
+        return True
+    return owner[1] == key
+
+
+_SHORTCUT_OWNER: dict[str, tuple[int, str]] = {}   # session id -> (script run marker, runner key)
+
+
 def step_controls(key: str, container=None) -> None:
     """Pause / resume / step back / step forward / jump / cancel for the runner under `key`, drawn from the
-    run's state after the click (the buttons act in callbacks, before the page run)."""
+    run's state after the click (the buttons act in callbacks, before the page run). The page's first runner
+    also answers the keys J (back), K (pause / resume / last step) and L (step), as Replay does."""
     r = runner(key)
     if r is None:
         return
+    keys = _owns_shortcuts(key)
+    sc = (lambda k: {"shortcut": k}) if keys else (lambda k: {})
+    tip = (lambda k: f" (key {k})") if keys else (lambda k: "")
     c = container or st
     cols = c.columns([1, 1, 1.2, 1, 1, 4])
-    cols[0].button("◀ Back", key=f"{key}_back", help="show the previous step (pauses)", disabled=r.cursor in (None, 0),
-                   on_click=_act, args=(key, "back"))
+    cols[0].button("◀ Back", key=f"{key}_back", help="show the previous step (pauses)" + tip("J"),
+                   disabled=r.cursor in (None, 0), on_click=_act, args=(key, "back"), **sc("J"))
     at_newest = r.cursor is None or r.cursor >= len(r.trace.steps) - 1
     cols[1].button("Step ▶", key=f"{key}_fwd", on_click=_act, args=(key, "fwd"),
                    disabled=r.finished and at_newest,
-                   help="next recorded step, or compute exactly one more (pauses)")
+                   help="next recorded step, or compute exactly one more (pauses)" + tip("L"), **sc("L"))
     if r.state == RUNNING:
         cols[2].button("Pause", key=f"{key}_pause", on_click=_act, args=(key, "pause"),
-                       help="pause after the step in progress")
+                       help="pause after the step in progress" + tip("K"), **sc("K"))
     elif r.finished:
         cols[2].button("Last step ▶▶", key=f"{key}_resume", on_click=_act, args=(key, "last"), disabled=r.following,
-                       help="show the run's last step")
+                       help="show the run's last step" + tip("K"), **sc("K"))
     else:
         cols[2].button("Resume", key=f"{key}_resume", on_click=_act, args=(key, "resume"), type="primary",
-                       help="continue decoding (from the newest step)")
+                       help="continue decoding (from the newest step)" + tip("K"), **sc("K"))
     cols[3].button("Cancel", key=f"{key}_cancel", disabled=r.finished, on_click=_act, args=(key, "cancel"),
                    help="stop the run for good (its steps stay to inspect and download)")
     n = len(r.trace.steps)
