@@ -1,5 +1,8 @@
 """Model loading: the embedded SmolLM2 default, any HF hub id or local directory.
 
+(~550 lines: loading and placement (device map, quantization, memory limits, placement keys) share the
+checks made before anything is read; the next split is the placement helpers into engine/placement.py.)
+
 `load(name)` returns an `LM`: the model, its tokenizer, device, dtype and a lock that
 serialises forwards when two browser sessions share one model.
 """

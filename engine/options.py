@@ -1,6 +1,9 @@
 """Typed option specs: one declaration per option drives the engine's validation, the CLI flag and
 the page widget, so a default or a range is written once.
 
+(~330 lines, one file on purpose: Opt and Components are the one declaration the engine, the CLI and
+the pages all read.)
+
     Opt(8, "guessed tokens per iteration", min=1, max=128)
     Opt("pad", "initial guesses", choices=("pad", "repeat", "random"))
     Opt(0.9, "confidence threshold", min=0.0, max=1.0, min_open=True)

@@ -1,5 +1,7 @@
 """A step-through controller: runs a method's step iterator in a worker thread.
 
+(~300 lines, one file on purpose: the Runner's states, its worker thread and TraceView, read together.)
+
 One Runner per browser session and page. The UI reads `trace.steps`, `state` and `cursor`
 on a timer; buttons call pause / resume / step_forward / step_back / jump / cancel. Nothing
 here knows about Streamlit.

@@ -1,5 +1,7 @@
 """The spec types of the step-record contract (engine/schema.py): one class per kind of field.
 
+(~300 lines, one file on purpose: one small class per kind of field, all alike.)
+
 Each type checks one value (`check`, raising `Invalid` with the path to the offending field) and, where
 it can, a whole list at C speed (`fits_all`). engine/schema.py builds the per-kind tables from these and
 re-exports every name here, so `from engine import schema as S; S.Obj, S.List, S.Invalid` keep working.

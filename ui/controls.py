@@ -1,5 +1,8 @@
 """The shared step-through component: start a run, live re-render, pause / step / jump / cancel.
 
+(~370 lines, one file on purpose: the step-through component's start, controls, status and metrics share
+one session-state layout per run key.)
+
 Decoding runs in the decoder process (engine.remote), one run per browser session and page, so widget
 interactions (which rerun the script) never kill it and rendering never slows it. A fragment re-renders
 on a timer while the run is live and stops polling once it is paused or finished. The timer adapts to

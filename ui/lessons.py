@@ -3,6 +3,8 @@ recorded step that shows its point, found in a shipped trace (examples/lessons/*
 examples/make_examples.py with the embedded model) by a small function, so regenerating a trace keeps
 every part on a step that still shows what it says. No model is needed to teach from them.
 
+(~320 lines, one file on purpose: the lessons are content, each part beside the finder it uses.)
+
 A part's `find(steps, trace)` returns the step index; `figures(steps, cur, trace)` the plotly figures
 (or HTML strings) to show large; `look` is what the class should look at, for the presenter to read.
 """

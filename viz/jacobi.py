@@ -1,5 +1,8 @@
 """Jacobi / lookahead view: trajectory grid, dependency graph, lookahead window and n-gram pool, stats.
 
+(~360 lines, one file on purpose: the Jacobi and lookahead views share the grid, the token cells and the
+stream; lookahead's own part is the last ~30 lines.)
+
 Pure functions of step records (engine/methods/jacobi.py and lookahead.py): no torch, no streamlit, so a
 saved trace replays without a model. Colours come from viz.legend. The grids show at most
 window.MAX_ROWS iterations ending at the cursor; the `*_at(trace, ...)` helpers keep running totals and

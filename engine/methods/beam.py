@@ -78,6 +78,9 @@ def check(o: dict, ctx) -> None:
           }, check=check, lossless=False)
 def generate(job, num_beams: int = 4, num_beam_groups: int = 1, diversity_penalty: float = 0.5,
              length_penalty: float = 1.0, early_stopping: str = "false", candidates_per_beam: int = 3):
+    """One decoding loop that reads better whole: every step's stages (each group's top-k under the
+    diversity penalty, the finished hypotheses, the early-stop test, the record) share the running scores,
+    hypotheses and back-pointers; apart, they would pass a dozen values to each other (issue 29)."""
     lm, c = job.lm, job.counters
     stop_rule = STOPPING[early_stopping]
     G, B = num_beam_groups, num_beams

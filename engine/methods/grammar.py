@@ -1,5 +1,8 @@
 """Grammar-constrained decoding: at every step only the tokens a grammar accepts may be chosen.
 
+(~360 lines, one file on purpose: the xgrammar compiler cache, the Constraint and the method that
+uses them, read together with the example schema.)
+
 Each step is an autoregressive step (one forward with a KV cache) with one more stage between the logits and the
 choice: the grammar's matcher computes the set of tokens that keep the text a prefix of some sentence of the
 grammar (a bitmask over the vocabulary), every other logit becomes -inf, and the usual sampling settings
@@ -225,6 +228,8 @@ def check(o: dict, ctx) -> None:
               "top_candidates": Opt(10, "candidates recorded per step, before and after the mask", min=1, max=100),
           }, check=check, lossless=False)
 def generate(job: Job, grammar_kind: str = "json_schema", grammar: str = DEFAULT_SCHEMA, top_candidates: int = 10):
+    """One decoding loop that reads better whole: mask, choose, advance the matcher, record, with the
+    stop reasons where they arise; the record's block is `_block` (issue 29)."""
     lm, cfg, c = job.lm, job.sampling, job.counters
     gen = cfg.generator(lm.device) if not cfg.greedy else None
     free = grammar_kind == "any"

@@ -1,5 +1,7 @@
 """Jacobi decoding: greedy fixed-point iteration over a block of guessed tokens, and its variants.
 
+(~320 lines, one file on purpose: the Jacobi variants share one iteration loop and its helpers.)
+
 One iteration is ONE causal forward over [tokens not yet in the KV cache] + [n guessed tokens]. Row i of
 the output predicts guess position i from the committed prefix and the guesses before i; greedy Jacobi
 replaces every guess by that prediction at once ("Accelerating Transformer Inference for Translation via
@@ -175,6 +177,8 @@ def generate(job: Job, variant: str = "jacobi", block_size: int = 8, init: str =
 
 
 def _run(job: Job, variant: str, n: int, init: str, hybrid_length: int):
+    """The iteration loop of every Jacobi variant, kept whole: one forward, verify, commit, carry the
+    guesses over, record; the variants differ in a few lines inside it, which read best side by side (issue 29)."""
     lm, cfg, c = job.lm, job.sampling, job.counters
     gen = cfg.generator(lm.device) if not cfg.greedy else None
     fresh = Initialiser(init, lm, cfg.seed)

@@ -1,6 +1,9 @@
 """Lookahead decoding ("Break the Sequential Dependency of LLM Inference Using Lookahead Decoding",
 hao-ai-lab/LookaheadDecoding): a lookahead branch and a verification branch in ONE forward pass.
 
+(~350 lines, one file on purpose: the window, the n-gram pool, the one forward's input layout and
+its verification are the parts of one loop, read together with it.)
+
 Lookahead branch: a 2-D window of N-1 levels of past Jacobi guesses. Level 0 holds W-1 tokens at positions
 P+1.. (P = position of the last committed token); level l >= 1 holds W tokens, token c at position P+l+c.
 Column c is one Jacobi trajectory seen along a diagonal: token (l, c) attends the committed prefix, the
@@ -196,6 +199,8 @@ def generate(job: Job, window_size: int = 5, level: int = 4, guess_set_size: int
 
 
 def _run(job: Job, W: int, N: int, G: int, pool_from_prompt: bool):
+    """The lookahead loop, kept whole: build the one forward's inputs (window + candidates), verify,
+    keep the accepted KV, shift the window, update the pool, record; each stage reads the ones before (issue 29)."""
     lm, cfg, c = job.lm, job.sampling, job.counters
     gen = cfg.generator(lm.device) if not cfg.greedy else None
     rng = random.Random(0 if cfg.seed is None else int(cfg.seed))

@@ -1,5 +1,7 @@
 """Draft trees: their shapes (chain, static choices, dynamic budget), growth and attention masks.
 
+(~315 lines, one file on purpose: a draft tree, its shapes and its growth are one data structure's code.)
+
 A tree's node 0 is the root: the last committed token, whose KV entry is not yet in the target
 cache. Every other node is a drafted token; parents always come before their children, so the
 node list can be fed to a model in order. Node depth d sits at position prefix_len + d.
@@ -224,6 +226,7 @@ def grow(root_token: int, shape: Shape, expand, stochastic: bool = False, gen=No
     of its q), never the value of the child being decided, so sampled proposals stay unbiased.
     min_cum: stop below a node whose path confidence x max q falls below it (adaptive length).
     min_conf: stop below a node whose own max q falls below it (Kangaroo's early stop).
+    One loop over the levels, kept whole: each level's choice reads the state the level before left (issue 29).
     """
     tree = DraftTree.rooted(root_token)
     tree.stochastic = stochastic
