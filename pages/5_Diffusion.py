@@ -159,12 +159,26 @@ def main():
             for k, rname, w in ((KEY_A, rule_a, w_a), (KEY_B, rule_b, w_b)):
                 controls.start(k, lm, "diffusion", prompt, max_new_tokens=gen_length, sampling=cfg,
                                options=side_options(opts, rname, w))
+        if controls.runner(KEY_A) is not None and controls.runner(KEY_B) is not None:
+            both = st.columns([1, 1, 4])     # the two runs in step: the same step number on both sides
+            both[0].button("◀ Both back", key="dlm_both_back", on_click=_both, args=("back",),
+                           help="show the previous step of both runs (pauses them)")
+            both[1].button("Both step ▶", key="dlm_both_fwd", on_click=_both, args=("fwd",),
+                           help="the next step of both runs (recorded, or computed: exactly one more each)")
         with a_col:
+            controls.step_controls(KEY_A)
             controls.live(KEY_A, lambda r: render_diffusion.render(r, "dlm_a", compact=True))
             controls.download_button(KEY_A)
         with b_col:
+            controls.step_controls(KEY_B)
             controls.live(KEY_B, lambda r: render_diffusion.render(r, "dlm_b", compact=True))
             controls.download_button(KEY_B)
+
+
+def _both(action: str) -> None:
+    """Both side-by-side runs one step back or forward (the step controls' own callback, on each)."""
+    for k in (KEY_A, KEY_B):
+        controls._act(k, action)
 
 
 common.run_page(main)

@@ -45,6 +45,15 @@ def test_diffusion_page_two_rules_side_by_side(embedded_lm):
     assert a.trace.meta["params"]["rule"] == "low_confidence" and b.trace.meta["params"]["rule"] == "threshold"
     at.run()
     assert not at.exception
+    # each side has its own step controls, and the pair steps together
+    assert at.button(key="runner_diffusion_a_back") is not None and at.button(key="runner_diffusion_b_back") is not None
+    ca, cb = a.cursor, b.cursor
+    at.button(key="dlm_both_back").click().run()
+    assert not at.exception and (a.cursor, b.cursor) == (ca - 1, cb - 1)
+    at.button(key="dlm_both_fwd").click().run()
+    assert (a.cursor, b.cursor) == (ca, cb)
+    at.button(key="runner_diffusion_b_back").click().run()
+    assert (a.cursor, b.cursor) == (ca, cb - 1)
 
 
 def test_diffusion_page_bad_input_is_an_error(embedded_lm):
