@@ -54,5 +54,6 @@ def test_small_models():
 
 
 def test_both_options_use_it():
+    import engine.methods.kv as kv
     import engine.methods.speculative.drafters as drafters
-    assert drafters.parse_layers is parse_layers
+    assert drafters.parse_layers is parse_layers and kv.parse_layers is parse_layers

@@ -19,7 +19,7 @@ import torch
 from transformers import DynamicCache
 
 from engine import sampling as S
-from engine.errors import shorten
+from engine.layer_spec import parse_layers
 from engine.methods import Job, MethodError, register
 from engine.methods.ar import candidates_record
 from engine.attention import install as install_attention
@@ -48,34 +48,6 @@ OPTIONS = {
                         presets=("first,mid,last", "mid", "all", "none")),
     "compare_full": Opt(True, "run a full-cache shadow to count top-1 agreement and the first divergence"),
 }
-
-
-def parse_layers(spec: str, n_layers: int) -> list[int]:
-    spec = str(spec).strip().lower()
-    if spec == "all":
-        return list(range(n_layers))
-    if spec in ("", "none"):
-        return []
-    out = []
-    named = {"first": 0, "mid": n_layers // 2, "middle": n_layers // 2, "last": n_layers - 1}
-    for part in spec.split(","):
-        part = part.strip()
-        if part in named:
-            v = named[part]
-        else:
-            try:
-                v = int(part)
-            except ValueError:
-                raise MethodError(f"watch_layers: {shorten(part)} is not a layer index, 'first', 'mid', 'last' or "
-                                  "'all'.") from None
-            if v < 0:
-                v += n_layers
-            if not 0 <= v < n_layers:
-                raise MethodError(f"watch_layers: layer {shorten(part)} does not exist (the model has {n_layers} "
-                                  "layers).")
-        if v not in out:
-            out.append(v)
-    return sorted(out)
 
 
 def retained(prompt_len: int, compression_ratio: float) -> int:
@@ -128,7 +100,7 @@ def check(o: dict, ctx) -> None:
     if policy == "snapkv" and o["window_size"] >= min(keeps):
         raise MethodError(f"snapkv: window_size ({o['window_size']}) must be smaller than {what} "
                           f"({min(keeps)}) to leave room for the voted entries: raise it or lower window_size.")
-    parse_layers(o["watch_layers"], ctx.lm.model.config.num_hidden_layers)
+    parse_layers(o["watch_layers"], ctx.lm.model.config.num_hidden_layers, "watch_layers")
 
 
 def build_cache(lm, policy_names: list[str], positions="original", watch=(), seed=0, **pkw) -> EvictingCache:
@@ -228,7 +200,7 @@ def check_resume(job: Job, o: dict) -> tuple[list[int], dict[int, dict]]:
 def generate(job: Job, **o):
     """Options were checked by engine.run.prepare (check above); build the cache now, return the steps."""
     prefill_keep, budget, window = resolve(o, job.input_ids.shape[1])
-    watch = parse_layers(o["watch_layers"], job.lm.model.config.num_hidden_layers)
+    watch = parse_layers(o["watch_layers"], job.lm.model.config.num_hidden_layers, "watch_layers")
     force, switches = check_resume(job, o) if job.resume is not None else ([], {})
     ec = build_cache(job.lm, [o["policy"]], positions=o["positions"], watch=watch if job.record else (),
                      seed=0 if job.sampling.seed is None else int(job.sampling.seed), n_sink=o["n_sink"],
