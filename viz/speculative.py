@@ -40,6 +40,8 @@ def node_hover(n: dict) -> str:
              f"status: {STATUS_LABEL.get(n['status'], n['status'])}"]
     if n["status"] != "root":
         lines.append(f"q (draft) = {_fmt(n.get('q'))} · p (target) = {_fmt(n.get('p'))}")
+    if n.get("proposer"):
+        lines.append(f"proposed by: {plot_text(str(n['proposer']))}")
     if n.get("ratio") is not None and n.get("u") is not None:
         op = "<" if n["status"] == "accepted" else "≥"
         lines.append(f"u = {_fmt(n['u'])} {op} accept prob {_fmt(n['ratio'])}")

@@ -21,6 +21,7 @@ from engine.methods.ar import check_lens, lens_rows
 from engine.methods.speculative import verify as V
 from engine.methods.speculative.draft_models import truncated_view  # noqa: F401  (benchmarks use it)
 from engine.methods.speculative.drafters import DRAFTERS, MAX_K, Drafter  # noqa: F401
+from engine.methods.speculative import head_drafters  # noqa: F401,E402  (registers medusa, eagle)
 from engine.methods.speculative.trees import MAX_NODES, MAX_SPEC_CHARS, ShapeError, parse_shape, tree_mask
 from engine.options import Not, Opt
 from engine.trace import clean_float
@@ -199,7 +200,10 @@ def generate(job: Job, **o):
     with torch.inference_mode():
         with c.compute():
             if len(seq) > 1:  # the prompt minus its last token: that one is the first round's root
-                lm.model(input_ids=job.input_ids[:, :-1], past_key_values=cache, use_cache=True, logits_to_keep=1)
+                if hasattr(drafter, "prefill"):   # a head drafter runs it and keeps the hidden states
+                    drafter.prefill(ctx, job.input_ids[:, :-1])
+                else:
+                    lm.model(input_ids=job.input_ids[:, :-1], past_key_values=cache, use_cache=True, logits_to_keep=1)
                 c.target_forwards += 1
             ctx.vocab = lm.model.get_output_embeddings().weight.shape[0]
         index = 0
@@ -282,6 +286,8 @@ def round_record(lm, tree, verdict, rows, rule, kept, dense_max) -> dict:
             d["ratio"] = clean_float(verdict.ratio[i])
         if i and logits is not None:
             d["target_top"] = int(logits[n.parent].argmax())
+        if i and getattr(tree, "proposer", None) and i in tree.proposer:
+            d["proposer"] = tree.proposer[i]   # which head / draft step proposed the node (medusa, eagle)
         nodes.append(d)
     last = verdict.path[-1]
     tok_p = float(p_all[last, verdict.token])

@@ -1,0 +1,353 @@
+"""Trained draft heads on the target's own features: Medusa heads and an EAGLE-1/2 head (issue 25).
+
+Both read the target's final hidden state after its final norm (what the LM head reads; `verify.Rows.hidden`
+holds it for every verified node).
+
+Medusa (FasterDecoding/Medusa, `medusa/model/medusa_model.py`): k heads; head i (0-based) is
+`Sequential(ResBlock x medusa_num_layers, Linear(hidden, vocab, bias=False))`, ResBlock(x) = x + SiLU(Linear(x)).
+From the feature at position t the target's LM head predicts token t+1 and head i predicts token t+2+i.
+Checkpoint: the state dict of the ModuleList (`medusa_lm_head.pt`: keys `0.0.linear.weight`, `0.0.linear.bias`,
+`0.1.weight`, ...; a `medusa_head.` prefix is accepted) and a config.json with `medusa_num_heads`,
+`medusa_num_layers`.
+
+EAGLE-1/2 (SafeAILab/EAGLE, `eagle/model/cnets1.py`): `fc = Linear(2 * hidden, hidden)` over
+concat(embedding of token t+1, target feature at t) -- embedding first -- then decoder layers (one in the
+published heads; layer 0 has no input_layernorm); the output approximates the target's feature at t+1 and the
+target's LM head reads it directly (no norm) for token t+2. The pair (feature t, token t+1) sits at position t.
+Checkpoint: keys `fc.weight`, `fc.bias`, `layers.0.self_attn.q_proj.weight`, ..., `layers.0.mlp.*`,
+`layers.0.post_attention_layernorm.weight`, optionally `embed_tokens.weight` (else the target's embeddings are
+used); config.json a LlamaConfig of the head (num_hidden_layers = 1).
+
+Weights: a local directory (config.json + *.safetensors, or a .pt / .bin) or one such file. A .pt / .bin is read
+with torch.load(weights_only=True): a pickle that needs code is refused, never run. Every mismatch with the target
+(hidden size, vocabulary, missing or unexpected keys, shapes) is a MethodError that names it.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import threading
+
+import torch
+from torch import nn
+
+from engine.errors import MethodError, shorten
+
+WEIGHT_FILES = ("model.safetensors", "medusa_lm_head.safetensors", "pytorch_model.bin", "medusa_lm_head.pt",
+                "model.pt", "model.bin")
+MAX_HEADS = 16
+_CACHE: dict = {}
+_CACHE_LOCK = threading.Lock()
+_CACHE_MAX = 2
+
+
+# ---- modules --------------------------------------------------------------------------------
+
+class ResBlock(nn.Module):
+    """x + SiLU(Linear(x)) (Medusa's residual block; the linear has a bias)."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.linear = nn.Linear(hidden, hidden)
+        self.act = nn.SiLU()
+
+    def forward(self, x):
+        return x + self.act(self.linear(x))
+
+
+class MedusaHeads(nn.Module):
+    """k Medusa heads; `medusa_head` is the ModuleList whose state dict is Medusa's checkpoint."""
+
+    def __init__(self, hidden: int, vocab: int, num_heads: int, num_layers: int = 1, shared_head: nn.Module = None):
+        """shared_head: every head ends with this module (the target's LM head: untrained heads) instead of a
+        Linear(hidden, vocab) of its own."""
+        super().__init__()
+        self.hidden, self.vocab, self.num_heads, self.num_layers = hidden, vocab, num_heads, num_layers
+        self.medusa_head = nn.ModuleList([
+            nn.Sequential(*[ResBlock(hidden) for _ in range(num_layers)],
+                          shared_head if shared_head is not None else nn.Linear(hidden, vocab, bias=False))
+            for _ in range(num_heads)])
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """h [..., hidden] -> logits [num_heads, ..., vocab]; head i predicts i+2 positions after h's."""
+        return torch.stack([head(h) for head in self.medusa_head])
+
+
+class EagleHead(nn.Module):
+    """EAGLE-1/2's draft head: fc over concat(embedding, feature), then Llama decoder layer(s)."""
+
+    def __init__(self, config, fc_bias: bool = True, input_norm: bool = False, own_embed: bool = False):
+        super().__init__()
+        from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
+        config = copy.deepcopy(config)
+        config._attn_implementation = "sdpa"   # a 4D tree mask is passed
+        self.config = config
+        h = config.hidden_size
+        self.embed_tokens = nn.Embedding(config.vocab_size, h) if own_embed else None
+        self.fc = nn.Linear(2 * h, h, bias=fc_bias)
+        self.layers = nn.ModuleList([LlamaDecoderLayer(config, i) for i in range(config.num_hidden_layers)])
+        if not input_norm:
+            self.layers[0].input_layernorm = nn.Identity()   # EAGLE's layer 0 reads fc's output unnormalised
+        self.rotary_emb = LlamaRotaryEmbedding(config)
+
+    def forward(self, feats, embeds, pos, mask, cache):
+        """feats, embeds [1, n, hidden]; pos [1, n]; mask [1, 1, n, kv] additive -> predicted features [1, n, hidden]."""
+        x = self.fc(torch.cat([embeds.to(feats.dtype), feats], -1))
+        pe = self.rotary_emb(x, position_ids=pos)
+        for layer in self.layers:
+            x = layer(x, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True,
+                      position_embeddings=pe)
+            if isinstance(x, tuple):
+                x = x[0]
+        return x
+
+
+# ---- the target's dimensions ----------------------------------------------------------------------
+
+def target_dims(lm) -> tuple[int, int]:
+    """(hidden size, vocabulary rows of the LM head) of a Llama-style target."""
+    from engine.methods.speculative.draft_models import layers_of
+    layers_of(lm)    # Llama-style: model.embed_tokens, layers, norm, lm_head
+    w = lm.model.get_output_embeddings().weight
+    return int(w.shape[1]), int(w.shape[0])
+
+
+def head_config(lm, layers: int = 1):
+    """A LlamaConfig of the target's dimensions with `layers` decoder layers (random EAGLE heads)."""
+    from transformers import LlamaConfig
+    d = lm.model.config.to_dict()
+    d["num_hidden_layers"] = layers
+    if isinstance(d.get("layer_types"), list):
+        d["layer_types"] = d["layer_types"][:layers]
+    for k in ("architectures", "model_type", "auto_map"):
+        d.pop(k, None)
+    return LlamaConfig.from_dict(d)
+
+
+# ---- reading checkpoints ------------------------------------------------------------------------
+
+def _files(path: str) -> tuple[list[str], dict | None]:
+    """The weight files and the parsed config.json (or None) of a checkpoint path."""
+    p = os.path.expanduser(path)
+    if not os.path.exists(p):
+        raise MethodError(f"No draft-head checkpoint at {shorten(path)} (give a local directory or file).")
+    if os.path.isfile(p):
+        return [p], None
+    config = None
+    cj = os.path.join(p, "config.json")
+    if os.path.isfile(cj):
+        try:
+            with open(cj, encoding="utf-8") as f:
+                config = json.load(f)
+        except (OSError, ValueError) as e:
+            raise MethodError(f"Cannot read {shorten(cj)}: {str(e)[:200]}") from None
+        if not isinstance(config, dict):
+            raise MethodError(f"{shorten(cj)} is not a JSON object.")
+    for name in WEIGHT_FILES:
+        if os.path.isfile(os.path.join(p, name)):
+            return [os.path.join(p, name)], config
+    names = sorted(os.listdir(p))
+    st = [os.path.join(p, n) for n in names if n.endswith(".safetensors")]
+    if st:
+        return st, config       # shards
+    pt = [os.path.join(p, n) for n in names if n.endswith((".pt", ".bin", ".pth"))]
+    if len(pt) == 1:
+        return pt, config
+    if pt:
+        raise MethodError(f"{shorten(path)} holds several .pt / .bin files ({', '.join(os.path.basename(x) for x in pt[:4])}); "
+                          "keep one, or give the file itself.")
+    raise MethodError(f"{shorten(path)} holds no weights (*.safetensors, *.pt or *.bin).")
+
+
+def read_state(path: str) -> tuple[dict, dict | None]:
+    """(state dict of tensors on the CPU, config.json or None). Pickles are read with weights_only=True."""
+    files, config = _files(path)
+    sd: dict = {}
+    for f in files:
+        if f.endswith(".safetensors"):
+            from safetensors.torch import load_file
+            try:
+                part = load_file(f, device="cpu")
+            except Exception as e:  # not a safetensors file, truncated
+                raise MethodError(f"Cannot read {shorten(f)} as safetensors: {str(e)[:200]}") from None
+        else:
+            try:
+                part = torch.load(f, map_location="cpu", weights_only=True)
+            except Exception as e:  # UnpicklingError for a pickle that needs code; a corrupt file
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+                raise MethodError(f"Refused {shorten(f)}: it is not a plain file of tensors (read with "
+                                  f"torch.load(weights_only=True); a checkpoint that needs code to load is never "
+                                  f"unpickled). {first}") from None
+        if not isinstance(part, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                 for k, v in part.items()):
+            raise MethodError(f"{shorten(f)} is not a state dict (a mapping of names to tensors).")
+        sd.update(part)
+    if not sd:
+        raise MethodError(f"{shorten(path)} holds no tensors.")
+    return sd, config
+
+
+def _keys_match(sd: dict, module: nn.Module, what: str, optional: set = frozenset()) -> None:
+    want = module.state_dict()
+    missing = [k for k in want if k not in sd and k not in optional]
+    unexpected = [k for k in sd if k not in want]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {', '.join(missing[:6])}" + (f" (+{len(missing) - 6} more)" if len(missing) > 6 else ""))
+        if unexpected:
+            parts.append(f"unexpected keys: {', '.join(unexpected[:6])}"
+                         + (f" (+{len(unexpected) - 6} more)" if len(unexpected) > 6 else ""))
+        raise MethodError(f"{what} does not have the expected layout: {'; '.join(parts)}.")
+    for k, v in want.items():
+        if k in sd and tuple(sd[k].shape) != tuple(v.shape):
+            raise MethodError(f"{what}: {k} has shape {list(sd[k].shape)}, expected {list(v.shape)} for this model.")
+
+
+def _cached(kind: str, path: str, lm, build):
+    p = os.path.realpath(os.path.expanduser(path))
+    try:
+        st = os.stat(p)
+        stamp = (st.st_mtime_ns, st.st_size) if os.path.isfile(p) else \
+            tuple((n, os.stat(os.path.join(p, n)).st_mtime_ns) for n in sorted(os.listdir(p)))
+    except OSError:
+        stamp = None
+    key = (kind, p, stamp, str(lm.device), str(lm.dtype), target_dims(lm))
+    with _CACHE_LOCK:
+        if key not in _CACHE:
+            mod = build()
+            while len(_CACHE) >= _CACHE_MAX:
+                _CACHE.pop(next(iter(_CACHE)))
+            _CACHE[key] = mod
+        return _CACHE[key]
+
+
+# ---- Medusa ---------------------------------------------------------------------------------
+
+def medusa_from_state(sd: dict, config: dict | None, lm, where: str = "the Medusa heads") -> MedusaHeads:
+    hidden, vocab = target_dims(lm)
+    sd = {k[len("medusa_head."):] if k.startswith("medusa_head.") else k: v for k, v in sd.items()}
+    heads = {int(k.split(".")[0]) for k in sd if k.split(".")[0].isdigit()}
+    if not heads:
+        raise MethodError(f"{where}: no Medusa head keys (expected 0.0.linear.weight, 0.1.weight, ...); "
+                          f"found {', '.join(list(sd)[:4])}.")
+    n = int((config or {}).get("medusa_num_heads") or max(heads) + 1)
+    depth = {int(k.split(".")[1]) for k in sd if k.startswith("0.") and k.split(".")[1].isdigit()}
+    layers = int((config or {}).get("medusa_num_layers", max(depth) if depth else 1))
+    if not 1 <= n <= MAX_HEADS or not 0 <= layers <= 8:
+        raise MethodError(f"{where}: {n} heads of {layers} layers; at most {MAX_HEADS} heads of 8 layers are allowed.")
+    last = sd.get(f"0.{layers}.weight")
+    if last is not None and last.dim() == 2:
+        if last.shape[1] != hidden:
+            raise MethodError(f"{where} were trained for hidden size {last.shape[1]}; this model's hidden size is "
+                              f"{hidden}.")
+        if last.shape[0] != vocab:
+            raise MethodError(f"{where} predict a vocabulary of {last.shape[0]} tokens; this model's LM head has "
+                              f"{vocab}.")
+    with torch.device("meta"):
+        skel = MedusaHeads(hidden, vocab, n, layers)
+    _keys_match(sd, skel.medusa_head, where)
+    mod = MedusaHeads(hidden, vocab, n, layers)
+    mod.medusa_head.load_state_dict(sd, strict=True)
+    return mod.to(device=lm.device, dtype=lm.dtype).eval()
+
+
+def load_medusa(path: str, lm) -> MedusaHeads:
+    """Medusa heads from a local checkpoint (FasterDecoding/Medusa layout), checked against the target."""
+    def build():
+        sd, config = read_state(path)
+        return medusa_from_state(sd, config, lm, f"The Medusa heads in {shorten(path)}")
+    return _cached("medusa", path, lm, build)
+
+
+def random_medusa(lm, seed: int, num_heads: int = 4, num_layers: int = 1) -> MedusaHeads:
+    """Untrained heads as Medusa initialises them -- the final linear is the target's LM head (shared, not
+    copied) -- with the ResBlocks' weights drawn N(0, 0.02) from `seed` (Medusa starts them at zero)."""
+    hidden, vocab = target_dims(lm)
+    mod = MedusaHeads(hidden, vocab, num_heads, num_layers, shared_head=lm.model.get_output_embeddings())
+    gen = torch.Generator().manual_seed(int(seed))
+    with torch.no_grad():
+        for seq in mod.medusa_head:
+            for blk in list(seq)[:num_layers]:
+                blk.linear.weight.copy_(torch.randn(hidden, hidden, generator=gen) * 0.02)
+                blk.linear.bias.zero_()
+                blk.to(device=lm.device, dtype=lm.dtype)
+    return mod.eval()
+
+
+# ---- EAGLE ----------------------------------------------------------------------------------
+
+def eagle_from_state(sd: dict, config: dict | None, lm, where: str = "The EAGLE head") -> EagleHead:
+    from transformers import LlamaConfig
+    hidden, vocab = target_dims(lm)
+    if config is not None:
+        for k in ("hidden_size", "vocab_size"):
+            if k in config and not isinstance(config[k], int):
+                raise MethodError(f"{where}: config.json {k} must be an integer, got {shorten(config[k])}.")
+        if config.get("hidden_size", hidden) != hidden:
+            raise MethodError(f"{where} was trained for hidden size {config['hidden_size']} (config.json); this "
+                              f"model's hidden size is {hidden}.")
+        if config.get("vocab_size", vocab) != vocab:
+            raise MethodError(f"{where} has a vocabulary of {config['vocab_size']} tokens (config.json); this model's "
+                              f"LM head has {vocab}.")
+    fc = sd.get("fc.weight")
+    if fc is None:
+        raise MethodError(f"{where} does not have the expected layout: missing key fc.weight "
+                          f"(found {', '.join(list(sd)[:4])}).")
+    if tuple(fc.shape) != (hidden, 2 * hidden):
+        raise MethodError(f"{where}: fc.weight has shape {list(fc.shape)}; this model (hidden size {hidden}) needs "
+                          f"[{hidden}, {2 * hidden}].")
+    emb = sd.get("embed_tokens.weight")
+    if emb is not None and tuple(emb.shape) != (vocab, hidden):
+        raise MethodError(f"{where}: embed_tokens.weight has shape {list(emb.shape)}; this model's vocabulary x "
+                          f"hidden is [{vocab}, {hidden}].")
+    layer_ids = {int(k.split(".")[1]) for k in sd if k.startswith("layers.") and k.split(".")[1].isdigit()}
+    n_layers = max(layer_ids) + 1 if layer_ids else 1
+    if config is not None:
+        d = {k: v for k, v in config.items() if k not in ("architectures", "model_type", "auto_map")}
+        try:
+            cfg = LlamaConfig.from_dict(d)
+        except Exception as e:  # a config that LlamaConfig refuses
+            raise MethodError(f"{where}: config.json is not a LlamaConfig: {str(e)[:200]}") from None
+        if not 1 <= cfg.num_hidden_layers <= 8:
+            raise MethodError(f"{where}: config.json num_hidden_layers must be in 1..8, got {cfg.num_hidden_layers}.")
+    else:
+        cfg = head_config(lm, n_layers)
+    cfg.vocab_size, cfg.hidden_size = vocab, hidden
+    kw = dict(fc_bias="fc.bias" in sd, input_norm="layers.0.input_layernorm.weight" in sd, own_embed=emb is not None)
+    with torch.device("meta"):
+        skel = EagleHead(cfg, **kw)
+    _keys_match(sd, skel, where)
+    mod = EagleHead(cfg, **kw)
+    mod.load_state_dict(sd, strict=True)
+    return mod.to(device=lm.device, dtype=lm.dtype).eval()
+
+
+def load_eagle(path: str, lm) -> EagleHead:
+    """An EAGLE-1/2 head from a local checkpoint (SafeAILab/EAGLE layout), checked against the target."""
+    def build():
+        sd, config = read_state(path)
+        return eagle_from_state(sd, config, lm, f"The EAGLE head in {shorten(path)}")
+    return _cached("eagle", path, lm, build)
+
+
+def random_eagle(lm, seed: int, layers: int = 1) -> EagleHead:
+    """An untrained EAGLE head for the target, drawn from `seed`: fc starts as [0 | I] (it passes the target's
+    feature through) plus N(0, 0.02) noise, the decoder layer's linears N(0, initializer_range), norms at one.
+    Untrained, it guesses that the next feature is about the current one."""
+    cfg = head_config(lm, layers)
+    gen = torch.Generator().manual_seed(int(seed))
+    mod = EagleHead(cfg)
+    std = float(getattr(cfg, "initializer_range", 0.02) or 0.02)
+    h = cfg.hidden_size
+    with torch.no_grad():
+        for name, p in mod.named_parameters():
+            if name.endswith("norm.weight"):
+                p.fill_(1.0)
+            elif name.endswith("bias"):
+                p.zero_()
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen) * std)
+        mod.fc.weight[:, h:] += torch.eye(h)
+    return mod.to(device=lm.device, dtype=lm.dtype).eval()
