@@ -1,6 +1,8 @@
 """Shared Streamlit pieces: the model (loaded once per process), the sampling sidebar, errors."""
 from __future__ import annotations
 
+import json
+
 import gc
 import logging
 import re
@@ -224,11 +226,29 @@ def app_navigation() -> None:
     st.rerun()
 
 
+PAGE_DEFAULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "page_defaults.json"
+
+
+def measured_defaults(title: str) -> str | None:
+    """What this page's default prompt and settings showed on the embedded model, from the last
+    `python -m benchmarks.page_defaults` run (never hand-typed); None when not measured."""
+    try:
+        d = json.loads(PAGE_DEFAULTS.read_text())
+        line = d["pages"][title]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return (f"On this page's defaults with the embedded model (measured {md_text(d.get('measured', '?'), 20)} by "
+            f"`{md_text(d.get('command', ''), 80)}`): {md_text(line, 600)}.")
+
+
 def page_header(title: str, caption: str) -> remote.ModelHandle | None:
     app_navigation()
     st.set_page_config(page_title=f"{title} · decoding lab", layout="wide")
     st.title(title)
     st.caption(caption)
+    measured = measured_defaults(title)
+    if measured:
+        st.caption(measured)
     link_model()
     lm = get_lm()
     sync_model_param()
