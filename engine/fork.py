@@ -1,5 +1,7 @@
 """What-if forks: continue a recorded run from its step k with one change, beside the original.
 
+(343 lines, one file for now: the forks of every family (prefix, diffusion canvas, KV replay) follow one contract and read best together; the next split is the diffusion / KV resume builders into engine/fork_state.py.)
+
 A fork recomputes the state at step k from the prefix: the original prompt's token ids + the output tokens
 committed before step k (+ the edited token), in ONE prefill forward, then decodes on with the (possibly new)
 method, options and sampling settings. For the families whose whole state at a step is the committed prefix

@@ -1,4 +1,6 @@
 """What-if forks on a live page: branch the page's run at a step with one edit (another token, method, options or
+
+(570 lines, one file for now: the whole branch UI of every page; the next split is the fork form (widgets to an edit) into ui/fork_form.py, the side-by-side view staying here.)
 sampling), decode the branch in the decoder process (engine.remote.Decoder.fork) BESIDE the original, and compare.
 
 Every page with a run calls `section(KEY, lm, prefix)` below its view and `download_button(KEY)` instead of

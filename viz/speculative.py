@@ -1,5 +1,7 @@
 """Speculative decoding figures, pure functions of step records (no torch, no streamlit).
 
+(320 lines, every figure of the Speculative view; the next split is the tree figure into viz/spec_tree.py.)
+
 A step record holds the round's draft tree: `nodes` (root first, the appended token last with
 `appended: True`), each with token text, parent, depth, q, p, status and, when sampling, u and
 the acceptance probability `ratio`; `mask` (the tree attention mask, when small), `path`,

@@ -113,7 +113,8 @@ def diffuse(adapter, prompt: torch.Tensor, gen_length: int = 64, block_length: i
             rule: str = "low_confidence", rule_params: dict | None = None,
             sampling: S.SamplingConfig | None = None, cfg_scale: float = 0.0, prefix_cache: bool = False,
             stop_at_eos: bool = True, resume: dict | None = None) -> Iterator[Step]:
-    """Yield one Step per denoising step. prompt: [1, P] ids.
+    """Yield one Step per denoising step. prompt: [1, P] ids. One loop kept whole (~100 lines): blocks, steps,
+    the forward, the rule's choice and the commit are the algorithm of LLaDA / Fast-dLLM and read best in order.
 
     resume (a fork of a recorded run, checked by check_resume): start from a partly filled canvas instead of
     all masks, {"canvas": [gen_length ids, mask_id where masked], "block": b, "step_in_block": i,

@@ -1,5 +1,7 @@
 """KV-cache eviction: decode with a cache that really shrinks to a budget, one policy at a time.
 
+(335 lines, one file for now: the method's step loop with its prefill compression and policy switches (the policies are in policies.py); the next split is the step-record building into kv/record.py.)
+
 One step = one token. Step 0 holds the prompt's forward (and the prefill compression to
 `prefill_budget`); every later step feeds the last token, captures the attention the policy
 needs, and evicts each layer (and head) down to `budget` entries. With `compression_ratio` > 0
@@ -234,7 +236,9 @@ def _steps(job: Job, ec: EvictingCache, policy, budget, prefill_keep, n_sink, wa
            force=(), switches=None):
     """budget None: compression_ratio's run (compressed once after the prompt, no decode eviction).
     force: tokens of the first steps, replayed (their forward and eviction, the random draws too) and not
-    yielded nor committed; switches: step -> the options from that step on (engine.fork, check_resume)."""
+    yielded nor committed; switches: step -> the options from that step on (engine.fork, check_resume).
+    One loop kept whole (~100 lines): forward, capture, evict and record are one step of the algorithm and read
+    best in order."""
     switches = switches or {}
     hidden = len(force)
     lm, cfg, c = job.lm, job.sampling, job.counters

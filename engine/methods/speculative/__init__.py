@@ -1,5 +1,7 @@
 """Speculative decoding: a drafter proposes a chain or tree, the target verifies it in ONE forward.
 
+(321 lines, one file for now: the round loop, the one target forward and the round record; the next split is round_record and summary into speculative/record.py.)
+
 Round: propose a tree after the committed sequence; run the target once over the root (the last
 committed token) and every drafted node with a tree attention mask (each node sees the prefix
 and its own ancestors; position = prefix length + depth); a verification rule picks the
@@ -184,6 +186,8 @@ def check_options(lm, cfg, o: dict):
           "lossless unless verify=typical.", options=OPTIONS, lossless=True, check=check,
           components={"drafter": DRAFTERS})
 def generate(job: Job, **o):
+    """The speculative round loop, kept whole (~90 lines): propose, verify in one forward, keep the accepted
+    path in the cache, count and record, in the order of the algorithm."""
     lm, cfg, c = job.lm, job.sampling, job.counters
     rule, shape0, k = check_options(lm, cfg, o)   # checked by engine.run.prepare already; cheap
     drafter = DRAFTERS.get(o["drafter"]).obj.from_options(job, o)

@@ -1,5 +1,7 @@
 """Trained draft heads on the target's own features: Medusa heads and an EAGLE-1/2 head (issue 25).
 
+(353 lines, two head architectures and their loaders, which share the checkpoint rules; the next split is the loaders into heads_io.py.)
+
 Both read the target's final hidden state after its final norm (what the LM head reads; `verify.Rows.hidden`
 holds it for every verified node).
 
