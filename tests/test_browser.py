@@ -109,6 +109,8 @@ def test_diffusion_measured_setting_side_by_side_in_browser(session):
     page.get_by_role("button", name="Use the measured ~2x setting").first.click()
     wait_for_idle(page)
     no_exception(page)
+    page.mouse.move(5, 5)       # the button's help tooltip would cover the tabs
+    time.sleep(0.5)
     page.get_by_role("tab", name="Two rules side by side").first.click()
     page.get_by_role("button", name="Run both on the prompt").first.click()
     page.locator(".js-plotly-plot").first.wait_for()

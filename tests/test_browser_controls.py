@@ -31,7 +31,8 @@ def until(cond, timeout_s=30.0, every=0.2):
 
 
 def button(page, name):
-    return page.get_by_role("button", name=name, exact=True)
+    """The button labelled `name` exactly; its keyboard shortcut is part of its accessible name ("Resume Shortcut K")."""
+    return page.get_by_role("button", name=re.compile("^" + re.escape(name) + r"( Shortcut [A-Z])?$"))
 
 
 def open_ar(page, url, max_new=400):
