@@ -143,17 +143,17 @@ def main():
         branches.download_button(KEY)
 
     with compare:
-        a_col, b_col = st.columns(2)
+        sel_a, sel_b = st.columns(2)      # the choices; the runs' views go in a second pair below the buttons
         rules = list(R.RULES)
-        rule_a = a_col.selectbox("left rule", rules, key="dlm_rule_a", **_index("dlm_rule_a", rules, "low_confidence"))
-        rule_b = b_col.selectbox("right rule", rules, key="dlm_rule_b", **_index("dlm_rule_b", rules, "threshold"))
+        rule_a = sel_a.selectbox("left rule", rules, key="dlm_rule_a", **_index("dlm_rule_a", rules, "low_confidence"))
+        rule_b = sel_b.selectbox("right rule", rules, key="dlm_rule_b", **_index("dlm_rule_b", rules, "threshold"))
         w_a = w_b = None
         if embedded:  # e.g. the same rule on both sets of weights: what certainty forcing buys
             choices = weights_choices()
             here = opts.get("adapter", choices[0])
-            w_a = a_col.selectbox("left weights", choices, format_func=weights_label, key="dlm_adapter_a",
+            w_a = sel_a.selectbox("left weights", choices, format_func=weights_label, key="dlm_adapter_a",
                                   **_index("dlm_adapter_a", choices, here))
-            w_b = b_col.selectbox("right weights", choices, format_func=weights_label, key="dlm_adapter_b",
+            w_b = sel_b.selectbox("right weights", choices, format_func=weights_label, key="dlm_adapter_b",
                                   **_index("dlm_adapter_b", choices, here))
         if st.button("Run both on the prompt", key="dlm_compare_go", disabled=not ready) and ready:
             for k, rname, w in ((KEY_A, rule_a, w_a), (KEY_B, rule_b, w_b)):
@@ -165,12 +165,13 @@ def main():
                            help="show the previous step of both runs (pauses them)")
             both[1].button("Both step ▶", key="dlm_both_fwd", on_click=_both, args=("fwd",),
                            help="the next step of both runs (recorded, or computed: exactly one more each)")
+        a_col, b_col = st.columns(2)
         with a_col:
-            controls.step_controls(KEY_A)
+            controls.step_controls(KEY_A, compact=True)
             controls.live(KEY_A, lambda r: render_diffusion.render(r, "dlm_a", compact=True))
             controls.download_button(KEY_A)
         with b_col:
-            controls.step_controls(KEY_B)
+            controls.step_controls(KEY_B, compact=True)
             controls.live(KEY_B, lambda r: render_diffusion.render(r, "dlm_b", compact=True))
             controls.download_button(KEY_B)
 

@@ -238,7 +238,7 @@ def measured_defaults(title: str) -> str | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return (f"On this page's defaults with the embedded model (measured {md_text(d.get('measured', '?'), 20)} by "
-            f"`{md_text(d.get('command', ''), 80)}`): {md_text(line, 600)}.")
+            f"{md_text(d.get('command', ''), 80)}): {md_text(line, 600)}.")
 
 
 def page_header(title: str, caption: str) -> remote.ModelHandle | None:

@@ -193,37 +193,39 @@ def _owns_shortcuts(key: str) -> bool:
     return owner[1] == key
 
 
-_SHORTCUT_OWNER: dict[str, tuple[int, str]] = {}   # session id -> (script run marker, runner key)
+_SHORTCUT_OWNER: dict[str, tuple[int, str]] = {}
+COMPACT = {"◀ Back": "◀", "Step ▶": "▶", "Pause": "⏸", "Last step ▶▶": "▶▶", "Resume": "⏵", "Cancel": "✕"}   # session id -> (script run marker, runner key)
 
 
-def step_controls(key: str, container=None) -> None:
+def step_controls(key: str, container=None, compact: bool = False) -> None:
     """Pause / resume / step back / step forward / jump / cancel for the runner under `key`, drawn from the
     run's state after the click (the buttons act in callbacks, before the page run). The page's first runner
     also answers the keys J (back), K (pause / resume / last step) and L (step), as Replay does."""
     r = runner(key)
     if r is None:
         return
-    keys = _owns_shortcuts(key)
+    keys = not compact and _owns_shortcuts(key)     # compact halves: no room for the key hints
     sc = (lambda k: {"shortcut": k}) if keys else (lambda k: {})
     tip = (lambda k: f" (key {k})") if keys else (lambda k: "")
     c = container or st
-    cols = c.columns([1, 1, 1.2, 1, 1, 4])
-    cols[0].button("◀ Back", key=f"{key}_back", help="show the previous step (pauses)" + tip("J"),
+    cols = c.columns([1, 1, 1, 1, 0.01, 3] if compact else [1, 1, 1.2, 1, 1, 4])
+    label = COMPACT if compact else {k: k for k in COMPACT}   # compact: symbols, for a half-width column
+    cols[0].button(label["◀ Back"], key=f"{key}_back", help="show the previous step (pauses)" + tip("J"),
                    disabled=r.cursor in (None, 0), on_click=_act, args=(key, "back"), **sc("J"))
     at_newest = r.cursor is None or r.cursor >= len(r.trace.steps) - 1
-    cols[1].button("Step ▶", key=f"{key}_fwd", on_click=_act, args=(key, "fwd"),
+    cols[1].button(label["Step ▶"], key=f"{key}_fwd", on_click=_act, args=(key, "fwd"),
                    disabled=r.finished and at_newest,
                    help="next recorded step, or compute exactly one more (pauses)" + tip("L"), **sc("L"))
     if r.state == RUNNING:
-        cols[2].button("Pause", key=f"{key}_pause", on_click=_act, args=(key, "pause"),
+        cols[2].button(label["Pause"], key=f"{key}_pause", on_click=_act, args=(key, "pause"),
                        help="pause after the step in progress" + tip("K"), **sc("K"))
     elif r.finished:
-        cols[2].button("Last step ▶▶", key=f"{key}_resume", on_click=_act, args=(key, "last"), disabled=r.following,
+        cols[2].button(label["Last step ▶▶"], key=f"{key}_resume", on_click=_act, args=(key, "last"), disabled=r.following,
                        help="show the run's last step" + tip("K"), **sc("K"))
     else:
-        cols[2].button("Resume", key=f"{key}_resume", on_click=_act, args=(key, "resume"), type="primary",
+        cols[2].button(label["Resume"], key=f"{key}_resume", on_click=_act, args=(key, "resume"), type="primary",
                        help="continue decoding (from the newest step)" + tip("K"), **sc("K"))
-    cols[3].button("Cancel", key=f"{key}_cancel", disabled=r.finished, on_click=_act, args=(key, "cancel"),
+    cols[3].button(label["Cancel"], key=f"{key}_cancel", disabled=r.finished, on_click=_act, args=(key, "cancel"),
                    help="stop the run for good (its steps stay to inspect and download)")
     n = len(r.trace.steps)
     if n > 1 and r.state != RUNNING:
