@@ -55,6 +55,16 @@ class Drafter:
         return {"drafter": self.name}
 
 
+def vocab_fix(logits: torch.Tensor, vocab: int) -> torch.Tensor:
+    """A draft's logits on the target's vocabulary: cut, or padded with -inf (a draft vocabulary of another size)."""
+    if logits.shape[-1] > vocab:
+        return logits[..., :vocab]
+    if logits.shape[-1] < vocab:
+        pad = torch.full((*logits.shape[:-1], vocab - logits.shape[-1]), float("-inf"), device=logits.device)
+        return torch.cat([logits, pad], -1)
+    return logits
+
+
 def draft_dist(logits: torch.Tensor, cfg) -> torch.Tensor:
     """q: the draft's warped distribution when sampling; its plain softmax when greedy."""
     return logits.float().softmax(-1) if cfg.greedy else S.warp(logits, cfg).softmax(-1)
@@ -81,12 +91,7 @@ class ModelDrafter(Drafter):
         raise NotImplementedError
 
     def vocab_fix(self, logits: torch.Tensor, vocab: int) -> torch.Tensor:
-        if logits.shape[-1] > vocab:
-            return logits[..., :vocab]
-        if logits.shape[-1] < vocab:
-            pad = torch.full((*logits.shape[:-1], vocab - logits.shape[-1]), float("-inf"), device=logits.device)
-            return torch.cat([logits, pad], -1)
-        return logits
+        return vocab_fix(logits, vocab)
 
     def propose(self, ctx) -> DraftTree:
         seq = ctx.seq

@@ -23,7 +23,7 @@ from transformers import DynamicCache
 from engine import kvcache
 from engine.errors import MethodError, shorten
 from engine.methods.speculative import heads as H
-from engine.methods.speculative.drafters import DRAFTERS, Drafter, draft_dist
+from engine.methods.speculative.drafters import DRAFTERS, Drafter, draft_dist, vocab_fix
 from engine.methods.speculative.trees import DraftTree, additive_mask, grow
 from engine.options import Opt
 
@@ -44,15 +44,6 @@ def parse_heads(value, name: str) -> tuple[str, object]:
             raise MethodError(f"heads {shorten(s)}: write random:SEED with SEED a non-negative integer, e.g. random:0.")
         return "random", int(seed)
     return "path", s
-
-
-def _vocab_fix(logits: torch.Tensor, vocab: int) -> torch.Tensor:
-    if logits.shape[-1] > vocab:
-        return logits[..., :vocab]
-    if logits.shape[-1] < vocab:
-        pad = torch.full((*logits.shape[:-1], vocab - logits.shape[-1]), float("-inf"), device=logits.device)
-        return torch.cat([logits, pad], -1)
-    return logits
 
 
 class HeadDrafter(Drafter):
@@ -124,7 +115,7 @@ class MedusaDrafter(HeadDrafter):
         dists = []
         for i in range(depth):
             logits = self.module.medusa_head[i](h).float()
-            dists.append(draft_dist(_vocab_fix(logits, ctx.vocab), ctx.sampling))
+            dists.append(draft_dist(vocab_fix(logits, ctx.vocab), ctx.sampling))
         ctx.counters.draft_forwards += 1
         ctx.round_draft_forwards += 1
 
@@ -170,7 +161,7 @@ class EagleDrafter(HeadDrafter):
 
     def read(self, g: torch.Tensor, vocab: int) -> torch.Tensor:
         """Predicted features [n, hidden] -> logits [n, vocab] through the target's LM head (no norm, as EAGLE)."""
-        return _vocab_fix(self.lm.model.get_output_embeddings()(g).float(), vocab)
+        return vocab_fix(self.lm.model.get_output_embeddings()(g).float(), vocab)
 
     def propose(self, ctx) -> DraftTree:
         seq, L = ctx.seq, len(ctx.seq)
