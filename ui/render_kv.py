@@ -10,7 +10,7 @@ from viz.safe import md_text
 def kv_metrics(steps, cur) -> dict:
     s = steps[cur]
     out = {"cache entries": f"{s.get('cache_len', '-')} / {s.get('seq_len', '-')}",
-           "KV kept / full": f"{s.get('kv_bytes', 0) / 1e6:.2f} / {s.get('kv_bytes_full', 0) / 1e6:.2f} MB"}
+           "KV MB kept / full": f"{s.get('kv_bytes', 0) / 1e6:.1f} / {s.get('kv_bytes_full', 0) / 1e6:.1f}"}
     q = s.get("quality")
     if q:
         agreement, first = q.get("agreement"), q.get("first_divergence")
