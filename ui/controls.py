@@ -186,14 +186,13 @@ def _owns_shortcuts(key: str) -> bool:
     if ctx is None:
         return False
     marker = id(ctx.cursors)           # a new dict for every script run
-    owner = _SHORTCUT_OWNER.get(ctx.session_id)
+    owner = st.session_state.get("_shortcut_owner")
     if owner is None or owner[0] != marker:
-        _SHORTCUT_OWNER[ctx.session_id] = (marker, key)
+        st.session_state["_shortcut_owner"] = (marker, key)
         return True
     return owner[1] == key
 
 
-_SHORTCUT_OWNER: dict[str, tuple[int, str]] = {}
 COMPACT = {"◀ Back": "◀", "Step ▶": "▶", "Pause": "⏸", "Last step ▶▶": "▶▶", "Resume": "⏵", "Cancel": "✕"}   # session id -> (script run marker, runner key)
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import math
+import weakref
 
 import torch
 from transformers import DynamicCache
@@ -37,20 +38,20 @@ from engine.trace import clean_float
 
 PUNCTUATION = ".,?!:;)]}"
 MAX_TRIALS = 32
-_STOPS: dict[int, frozenset] = {}     # id(tokenizer) -> its punctuation token ids
+_STOPS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()   # tokenizer -> its punctuation token ids
 
 
 def stop_ids(tokenizer) -> frozenset:
-    key = id(tokenizer)
-    if key not in _STOPS:
+    """The punctuation token ids of a tokenizer (decoded once per tokenizer, then kept while it lives)."""
+    if tokenizer not in _STOPS:
         out = set()
         for t in range(len(tokenizer)):
             s = tokenizer.decode([t], skip_special_tokens=False)
             r = s.rstrip(" ")
             if "\n" in s or (r and r[-1] in PUNCTUATION):
                 out.add(t)
-        _STOPS[key] = frozenset(out)
-    return _STOPS[key]
+        _STOPS[tokenizer] = frozenset(out)
+    return _STOPS[tokenizer]
 
 
 def n_trials(h: float, low: float, high: float, max_trials: int) -> int:
