@@ -352,3 +352,51 @@ def test_mismatched_checkpoint_refused_before_any_forward(tiny_lm, tmp_path):
     finally:
         h.remove()
     assert not calls
+
+
+# ---- the lab's own trained-head files (training/heads_train.py's save functions) ------------------
+
+def test_lab_medusa_layout_shared_lm_head(tiny_lm, ar_ref, tmp_path):
+    from training.heads_train import save_medusa
+    mod = H.random_medusa(tiny_lm, 3, num_heads=3, num_layers=2)
+    save_medusa(mod, tmp_path / "m", {"note": "test"}, tiny_lm)
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert cfg["shared_lm_head"] is True and cfg["target_num_hidden_layers"] == tiny_lm.model.config.num_hidden_layers
+    got = H.load_medusa(str(tmp_path / "m"), tiny_lm)
+    assert got.num_heads == 3 and got.num_layers == 2
+    # the final module of every head is the target's own LM head, not a copy
+    assert all(seq[-1] is tiny_lm.model.get_output_embeddings() for seq in got.medusa_head)
+    h = torch.randn(64)
+    with torch.inference_mode():
+        assert torch.allclose(got(h), mod(h), atol=1e-2)        # stored as float16
+    tr = run.run(tiny_lm, "speculative", PROMPT, max_new_tokens=N,
+                 options=opts("medusa", "2.2", heads=str(tmp_path / "m")))
+    assert tr.final_ids == ar_ref and tr.extra["summary"]["trained"] is True
+
+
+def test_lab_layouts_name_every_mismatch(tiny_lm, tmp_path):
+    from safetensors.torch import load_file, save_file
+    from training.heads_train import save_eagle, save_medusa
+    save_medusa(H.random_medusa(tiny_lm, 3, num_heads=2), tmp_path / "m", {}, tiny_lm)
+    cfg_path = tmp_path / "m" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg_path.write_text(json.dumps({**cfg, "target_num_hidden_layers": 30, "target_model": "SmolLM2"}))
+    with pytest.raises(MethodError, match=r"trained on the features of a 30-layer model \('SmolLM2'\); this model has 2 layers"):
+        H.load_medusa(str(tmp_path / "m"), tiny_lm)
+    cfg_path.write_text(json.dumps(cfg))
+    sd = load_file(str(tmp_path / "m" / "model.safetensors"))
+    sd["1.0.linear.weight"] = torch.zeros(64, 32, dtype=torch.float16)
+    save_file(sd, str(tmp_path / "m" / "model.safetensors"))
+    with pytest.raises(MethodError, match=r"1\.0\.linear\.weight has shape \[64, 32\], expected \[64, 64\]"):
+        H.load_medusa(str(tmp_path / "m"), tiny_lm)
+    sd.pop("1.0.linear.weight")
+    save_file(sd, str(tmp_path / "m" / "model.safetensors"))
+    with pytest.raises(MethodError, match=r"missing keys: 1\.0\.linear\.weight"):
+        H.load_medusa(str(tmp_path / "m"), tiny_lm)
+    head = H.random_eagle(tiny_lm, 1)
+    save_eagle(head, tmp_path / "e", {}, tiny_lm)
+    assert isinstance(H.load_eagle(str(tmp_path / "e"), tiny_lm), H.EagleHead)
+    c = json.loads((tmp_path / "e" / "config.json").read_text())
+    (tmp_path / "e" / "config.json").write_text(json.dumps({**c, "target_num_hidden_layers": 30}))
+    with pytest.raises(MethodError, match="30-layer model"):
+        H.load_eagle(str(tmp_path / "e"), tiny_lm)

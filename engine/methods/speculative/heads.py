@@ -207,6 +207,18 @@ def _keys_match(sd: dict, module: nn.Module, what: str, optional: set = frozense
             raise MethodError(f"{what}: {k} has shape {list(sd[k].shape)}, expected {list(v.shape)} for this model.")
 
 
+def check_target(config: dict | None, lm, where: str) -> None:
+    """The lab's heads record the target they were trained for (target_model, target_num_hidden_layers):
+    a head trained on another model's features is refused even when its shapes happen to fit."""
+    want = (config or {}).get("target_num_hidden_layers")
+    if want is None:
+        return
+    have = getattr(lm.model.config, "num_hidden_layers", None)
+    if not isinstance(want, int) or want != have:
+        raise MethodError(f"{where} were trained on the features of a {shorten(want)}-layer model "
+                          f"({shorten((config or {}).get('target_model', 'unknown'))}); this model has {have} layers.")
+
+
 def _cached(kind: str, path: str, lm, build):
     p = os.path.realpath(os.path.expanduser(path))
     try:
@@ -239,6 +251,12 @@ def medusa_from_state(sd: dict, config: dict | None, lm, where: str = "the Medus
     layers = int((config or {}).get("medusa_num_layers", max(depth) if depth else 1))
     if not 1 <= n <= MAX_HEADS or not 0 <= layers <= 8:
         raise MethodError(f"{where}: {n} heads of {layers} layers; at most {MAX_HEADS} heads of 8 layers are allowed.")
+    check_target(config, lm, where)
+    shared = (config or {}).get("shared_lm_head", False)
+    if not isinstance(shared, bool):
+        raise MethodError(f"{where}: config.json shared_lm_head must be true or false, got {shorten(shared)}.")
+    if shared:   # the lab's own layout: every head ends with the target's LM head (only the ResBlocks are stored)
+        return _shared_medusa(sd, n, layers, lm, where)
     last = sd.get(f"0.{layers}.weight")
     if last is not None and last.dim() == 2:
         if last.shape[1] != hidden:
@@ -253,6 +271,35 @@ def medusa_from_state(sd: dict, config: dict | None, lm, where: str = "the Medus
     mod = MedusaHeads(hidden, vocab, n, layers)
     mod.medusa_head.load_state_dict(sd, strict=True)
     return mod.to(device=lm.device, dtype=lm.dtype).eval()
+
+
+def _shared_medusa(sd: dict, n: int, layers: int, lm, where: str) -> MedusaHeads:
+    hidden, vocab = target_dims(lm)
+    if layers < 1:
+        raise MethodError(f"{where}: shared_lm_head needs at least one ResBlock per head (medusa_num_layers >= 1).")
+    w = sd.get("0.0.linear.weight")
+    if w is not None and w.dim() == 2 and w.shape[1] != hidden:
+        raise MethodError(f"{where} were trained for hidden size {w.shape[1]}; this model's hidden size is {hidden}.")
+    want = {f"{i}.{j}.linear.{p}": (hidden, hidden) if p == "weight" else (hidden,)
+            for i in range(n) for j in range(layers) for p in ("weight", "bias")}
+    missing = [k for k in want if k not in sd]
+    unexpected = [k for k in sd if k not in want]
+    if missing or unexpected:
+        raise MethodError(f"{where} (shared LM head) do not have the expected layout: "
+                          + "; ".join(x for x in (f"missing keys: {', '.join(missing[:6])}" if missing else "",
+                                                  f"unexpected keys: {', '.join(unexpected[:6])}" if unexpected else "")
+                                      if x) + ".")
+    for k, shape in want.items():
+        if tuple(sd[k].shape) != shape:
+            raise MethodError(f"{where}: {k} has shape {list(sd[k].shape)}, expected {list(shape)} for this model.")
+    mod = MedusaHeads(hidden, vocab, n, layers, shared_head=lm.model.get_output_embeddings())
+    with torch.no_grad():
+        for i, seq in enumerate(mod.medusa_head):
+            for j, blk in enumerate(list(seq)[:layers]):
+                blk.linear.weight.copy_(sd[f"{i}.{j}.linear.weight"])
+                blk.linear.bias.copy_(sd[f"{i}.{j}.linear.bias"])
+                blk.to(device=lm.device, dtype=lm.dtype)
+    return mod.eval()
 
 
 def load_medusa(path: str, lm) -> MedusaHeads:
@@ -293,6 +340,7 @@ def eagle_from_state(sd: dict, config: dict | None, lm, where: str = "The EAGLE 
         if config.get("vocab_size", vocab) != vocab:
             raise MethodError(f"{where} has a vocabulary of {config['vocab_size']} tokens (config.json); this model's "
                               f"LM head has {vocab}.")
+    check_target(config, lm, where)
     fc = sd.get("fc.weight")
     if fc is None:
         raise MethodError(f"{where} does not have the expected layout: missing key fc.weight "
