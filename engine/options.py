@@ -66,6 +66,9 @@ class Opt:
     label: str | None = None        # page label (default: the option's name, as the reference code spells it)
     slider: bool = False            # float options: draw a slider (needs min and max)
     step: float | None = None       # page widget step
+    # choices options: a value the option knows but cannot take in this checkout -> why, and what to do
+    # (the refusal's message); None where the value is simply unknown
+    unavailable: Callable[[Any], str | None] | None = None
 
     # -- type ----------------------------------------------------------------------------------
     @property
@@ -143,6 +146,9 @@ class Opt:
         choices = self.choice_list()
         if choices is not None:
             if v not in choices:
+                why = self.unavailable(v) if self.unavailable is not None else None
+                if why:
+                    raise OptionError(f"{name} {shorten(value)}: {why}")
                 fail()
             return v
         if t in (int, float) and v not in self.special:

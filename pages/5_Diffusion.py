@@ -2,7 +2,7 @@
 import streamlit as st
 
 from engine import methods, models, remote
-from engine.diffusion import smol
+from engine.diffusion import smol, variants
 from engine.diffusion import rules as R
 from engine.errors import LabError
 from ui import branches, common, controls, render_diffusion
@@ -14,8 +14,9 @@ KEY_A, KEY_B = "runner_diffusion_a", "runner_diffusion_b"
 INTRO = ("A masked diffusion LM writes the whole answer at once: it starts from [MASK] tokens and, step by step, "
          "commits the predictions a remasking rule picks (semi-autoregressive blocks decode left to right). With "
          "the embedded SmolLM2 the page runs smol-diffusion: SmolLM2-135M turned into a diffusion LM with Dream's "
-         "recipe (a 9.8 MB LoRA delta shipped in models/). The sidebar offers five more trained variants that "
-         "trade diversity for parallelism (what each costs is in its help). LLaDA-8B-Instruct and "
+         "recipe (a 9.8 MB LoRA delta shipped in models/). The sidebar offers the other trained variants whose "
+         "files are in models/ (smol-diffusion-fast ships: parallel commits; four more can be rebuilt with "
+         "training/rebuild_variant.py), what each costs in its help. LLaDA-8B-Instruct and "
          "Dream-v0-Instruct-7B run here too when loaded on the home page (tick 'trust remote code' only if you "
          "trust their code).")
 LIMITS = ("What the 135M diffusion model can and cannot do (benchmarks/diffusion_quality.py --settings all, 6 "
@@ -26,17 +27,6 @@ LIMITS = ("What the 135M diffusion model can and cannot do (benchmarks/diffusion
           "('the last wis of the sun'). No rule, temperature (0.7, top-p 0.95) or block length (64, 16, 8) fixed it; "
           "the par and fast weights repeat the fewest words (25-29% of the words inside a repeat vs 36-57% with the "
           "default weights). Treat the text as a picture of how diffusion decoding proceeds, not as answers.")
-WEIGHTS_HELP = (
-    "Fast-dLLM threshold 0.9 vs one token per step, and one-block greedy samples' distinct-2 (quality bar >= 0.5). "
-    "default: 1.4x fewer steps with one block, distinct-2 0.62. cf (certainty-forcing distillation): 1.56x with "
-    "blocks of 16, 0.39. cal (cf on its own answers + a penalty on confident mistakes): 2.6-2.75x with one block "
-    "at +4-15%, but it loops (0.30). div (cal retrained on sampled answers): 1.8-1.95x with one block at +0-4%, "
-    "0.51, though ~80% of the tokens it commits two or more at a time repeat its own earlier text. par (div + "
-    "certainty forcing on greedy answers and unlikelihood against its own loops): 1.7-1.8x at threshold 0.9 and "
-    "2.1-2.2x at 0.75 with one block, 0.64, most of its parallel commits new text; at 0.75 judged perplexity -1% "
-    "/ +12% on two prompt sets but +73% on a third. fast (par + a heavier penalty on confident mistakes): at "
-    "threshold 0.7 with one block (gen_length 64, block_length 0), 2.06x fewer steps at +6% judged perplexity "
-    "over 48 prompts, distinct-2 0.69")
 SIDEBAR = ("rule", "threshold", "steps", "block_length", "prefix_cache", "stop_at_eos")
 PREFIX_CACHE_HELP = (
     "Fast-dLLM's prefix KV cache: the keys / values of the committed blocks are computed once and reused. "
@@ -48,7 +38,13 @@ PREFIX_CACHE_HELP = (
 
 
 def weights_choices() -> list[str]:
+    """The embedded variants whose files exist (engine.diffusion.smol.VARIANTS)."""
     return [smol.adapter_name(v) for v in smol.VARIANTS if (smol.VARIANTS[v][0] / "delta.safetensors").exists()]
+
+
+def weights_help() -> str:
+    """What each offered variant buys and costs, and how to get the others (engine.diffusion.variants)."""
+    return variants.weights_help([v for v in smol.VARIANTS if smol.adapter_name(v) in weights_choices()])
 
 
 def weights_label(adapter: str) -> str:
@@ -78,7 +74,7 @@ def sidebar(embedded: bool):
                            "judged perplexity over 48 prompts, half of them one-line; a 64-token story gains less, "
                            "~1.3x)")
             opts = option_widgets("diffusion", "dlm", only=("adapter",), choices={"adapter": weights_choices()},
-                                  formats={"adapter": weights_label}, helps={"adapter": WEIGHTS_HELP})
+                                  formats={"adapter": weights_label}, helps={"adapter": weights_help()})
             fixed.update(opts)
         gen_length = max_new_tokens_widget("dlm", 32, hi=methods.get("diffusion").options["gen_length"].max,
                                            key="dlm_gen_length", label="gen_length (answer tokens)")

@@ -69,36 +69,33 @@ def test_diffusion_page_bad_input_is_an_error(embedded_lm):
 
 
 def test_diffusion_page_compares_the_two_embedded_weights(embedded_lm):
-    """Same rule, default vs certainty-forced weights: what certainty-forcing distillation changes."""
+    """Same rule, default vs fast weights (certainty forcing + a confident-error penalty): what that training
+    changes. The pickers offer the two shipped deltas only; their help says how to rebuild the others."""
     at = app_test(PAGE).run()
     assert not at.exception
+    for key in ("dlm_adapter", "dlm_adapter_b"):   # the options as shown: each variant's label
+        shown_opts = at.selectbox(key=key).options
+        assert len(shown_opts) == 2, shown_opts
+        assert shown_opts[0].startswith("smol-diffusion (") and shown_opts[1].startswith("smol-diffusion-fast ("), shown_opts
+    assert "training.rebuild_variant" in at.selectbox(key="dlm_adapter").help
     small(at, "threshold")
     at.selectbox(key="dlm_rule_a").set_value("threshold")
-    at.selectbox(key="dlm_adapter_b").set_value("embedded-cf")
+    at.selectbox(key="dlm_adapter_b").set_value("embedded-fast")
     at.button(key="dlm_compare_go").click().run()
     a, b = wait_done(at, "runner_diffusion_a"), wait_done(at, "runner_diffusion_b")
     assert a.state == DONE and b.state == DONE, (a.error, b.error)
-    assert a.trace.meta["params"]["adapter"] == "embedded" and b.trace.meta["params"]["adapter"] == "embedded-cf"
-    assert b.trace.extra["summary"]["model"].startswith("smol-diffusion-cf")
+    assert a.trace.meta["params"]["adapter"] == "embedded" and b.trace.meta["params"]["adapter"] == "embedded-fast"
+    assert b.trace.extra["summary"]["model"].startswith("smol-diffusion-fast")
     at.run()
     assert not at.exception
-    assert any("smol-diffusion-cf" in c for c in shown(at.caption))
+    assert any("smol-diffusion-fast" in c for c in shown(at.caption))
     # the sidebar choice switches the single-rule view too
-    at.selectbox(key="dlm_adapter").set_value("embedded-cf").run()
-    assert not at.exception
-    assert any("smol-diffusion-cf" in m.value for m in at.sidebar.text)
-    at.selectbox(key="dlm_adapter").set_value("embedded-cal").run()  # and the calibrated one
-    assert not at.exception
-    assert any("smol-diffusion-cal" in m.value for m in at.sidebar.text)
-    at.selectbox(key="dlm_adapter").set_value("embedded-div").run()  # and the calibrated one retrained on sampled text
-    assert not at.exception
-    assert any("smol-diffusion-div" in m.value for m in at.sidebar.text)
-    at.selectbox(key="dlm_adapter").set_value("embedded-par").run()  # and div trained against its own loops
-    assert not at.exception
-    assert any("smol-diffusion-par" in m.value for m in at.sidebar.text)
-    at.selectbox(key="dlm_adapter").set_value("embedded-fast").run()  # and par with a heavier confident-error penalty
+    at.selectbox(key="dlm_adapter").set_value("embedded-fast").run()
     assert not at.exception
     assert any("smol-diffusion-fast" in m.value for m in at.sidebar.text)
+    at.selectbox(key="dlm_adapter").set_value("embedded").run()  # and back to the default
+    assert not at.exception
+    assert any(m.value.startswith("smol-diffusion (") for m in at.sidebar.text)
 
 
 def test_measured_2x_setting_button_sets_up_the_benchmark_comparison(embedded_lm):

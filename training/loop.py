@@ -147,7 +147,7 @@ def cmd_train(args):
         if step % 10 == 0:
             print(f"step {step} {time.time() - t0:.0f}s loss {loss.item():.3f} "
                   + " ".join(f"{k}_ema {v:.3f}" for k, v in emas.items()), flush=True)
-        if step % args.save_every == 0 or time.time() - t0 >= args.minutes * 60:
+        if step % args.save_every == 0 or step >= args.max_steps or time.time() - t0 >= args.minutes * 60:
             with torch.no_grad():
                 emb[MASK_ID] = mask_row
             long_h = held_by_kind["long"]

@@ -23,11 +23,12 @@ Stages, all CPU-friendly:
     .venv/bin/python -m training.train_diffusion train --minutes 75
     .venv/bin/python -m training.train_diffusion train --minutes 60 --resume --greedy-share 0.5   # continue the shipped delta
 
-  Certainty forcing (dParallel), which made models/smol-diffusion-cf from the default delta:
-  semi-autoregressive block masking (blocks before a drawn block clean, blocks after it all [MASK],
-  the block masked with complementary masks or from a random cut on), mean cross-entropy + weight x
+  Certainty forcing (dParallel), which made smol-diffusion-cf from the default delta (two runs; every
+  variant's exact command lines are in engine/diffusion/variants.py, and `python -m training.rebuild_variant
+  KEY` runs them): semi-autoregressive block masking (blocks before a drawn block clean, blocks after it all
+  [MASK], the block masked with complementary masks or from a random cut on), mean cross-entropy + weight x
   entropy of the correctly predicted masked tokens, on mostly greedy answers:
-    .venv/bin/python -m training.train_diffusion train --resume --out models/smol-diffusion-cf --certainty 2         --cf-temperature 1.0 --cf-cut-share 0.5 --greedy-share 0.7 --batch 4 --lr 4e-4 --minutes 55
+    .venv/bin/python -m training.train_diffusion train --resume --resume-from models/smol-diffusion-cf --out models/smol-diffusion-cf --certainty 2 --cf-temperature 1.0 --cf-cut-share 0.5 --greedy-share 0.7 --batch 4 --lr 4e-4 --threads 2 --minutes 55
 
   Sequence-level unlikelihood (Welleck et al. 2019) against the loops of one-block greedy decoding: the
   model decodes training instructions itself (gen-self --kind loops), the tokens of its answers that repeat
@@ -54,7 +55,7 @@ from training.lora import cmd_interpolate, interpolate_deltas  # noqa: F401 (re-
 from training.losses import certainty_forcing_loss, confident_error_penalty, neighbour_penalty, repeat_unlikelihood, unlikelihood  # noqa: F401 (re-exported)
 
 
-def main(argv=None):
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
     g = sub.add_parser("gen")
@@ -106,7 +107,7 @@ def main(argv=None):
                         "--greedy-share greedy answers, then the sampled ones")
     t.add_argument("--sampled-only", action="store_true",
                    help="draw batches only from SmolLM2's sampled answers (no greedy, no self answers): "
-                        "diverse text, as smol-diffusion-div was trained (run sd5)")
+                        "diverse text (run sd5, which made smol-diffusion-div, said it as --self-share 0.001 --greedy-share 0)")
     t.add_argument("--resume", action="store_true", help="continue from the delta in --resume-from")
     t.add_argument("--resume-from", default=None, help="delta directory to continue from (default: the shipped one)")
     t.add_argument("--out", default=None, help="where the delta is saved (default: models/smol-diffusion)")
@@ -129,6 +130,11 @@ def main(argv=None):
     t.add_argument("--cf-temperature", type=float, default=0.5, help="temperature of the certainty-forcing entropy")
     t.add_argument("--cf-cut-share", type=float, default=0.0,
                    help="share of examples masked from a random cut of the block on (the left-to-right decoding state)")
+    return ap
+
+
+def main(argv=None):
+    ap = parser()
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.cmd == "train":

@@ -113,12 +113,19 @@ MAX_EMBEDDED = 2   # each adapter is a merged copy of the base model (540 MB for
 def embedded(lm, variant: str = "default") -> DiffusionAdapter:
     """The embedded diffusion model: a copy of the base SmolLM2 (lm) with a shipped delta merged.
 
-    variant: a key of engine.diffusion.smol.VARIANTS ("default": models/smol-diffusion; the others are the
-    certainty-forced deltas, each described there)."""
-    from engine.diffusion import smol
-    if variant not in smol.VARIANTS:
-        raise MethodError(f"Unknown embedded diffusion variant '{variant}': choose {', '.join(smol.VARIANTS)}.")
-    delta_dir, name = smol.VARIANTS[variant]
+    variant: a key of engine.diffusion.smol.VARIANTS, the variants this checkout has ("default":
+    models/smol-diffusion; each is described in engine.diffusion.variants.TABLE). A known variant whose files
+    are absent (it no longer ships) is a MethodError naming the command that rebuilds it."""
+    from engine.diffusion import smol, variants
+    if variant in smol.VARIANTS:
+        delta_dir, name = smol.VARIANTS[variant]
+    else:
+        known = variants.BY_KEY.get(variant)
+        if known is None:
+            raise MethodError(f"Unknown embedded diffusion variant '{variant}': choose {', '.join(smol.VARIANTS)}.")
+        if known.rebuild:
+            raise MethodError(variants.missing_message(variant))
+        delta_dir, name = known.path, known.label   # the default without its files: the message below
     with _EMBEDDED_LOCK:
         # keyed by what the copy is made of (never by id(): a freed model's id can be reused), at most
         # MAX_EMBEDDED copies, the least recently used dropped first
@@ -168,11 +175,13 @@ def for_lm(lm, adapter: str = "auto", mask_id: int = -1) -> DiffusionAdapter:
             raise MethodError(f"'{lm.name}' is not a masked diffusion LM (model_type '{mtype}'). Use the embedded "
                               "model, LLaDA-8B-Instruct or Dream-v0-Instruct-7B, or choose adapter llada/dream.")
     from engine.diffusion import smol
+    from engine.diffusion import variants as V
     variants = {smol.adapter_name(v): v for v in smol.VARIANTS}
-    if adapter in variants:
+    absent = {v.adapter: v.key for v in V.TABLE if v.key not in smol.VARIANTS}
+    if adapter in variants or adapter in absent:
         if lm.name != models.EMBEDDED:
             raise MethodError(f"adapter '{adapter}' needs the embedded SmolLM2 model as base.")
-        return embedded(lm, variants[adapter])
+        return embedded(lm, variants.get(adapter) or absent[adapter])
     if adapter in ("llada", "dream"):
         mid = mask_id if mask_id >= 0 else _mask_id_from_config(lm.config)
         if mid is None:

@@ -16,37 +16,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from engine.diffusion import variants
+
 MASK_ID = 16  # '<empty_output>' in the SmolLM2 tokenizer: never produced by the chat template
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-DELTA_DIR = Path(__file__).resolve().parents[2] / "models" / "smol-diffusion"
-# The same delta continued with certainty-forcing distillation (dParallel): more confident, so
-# threshold rules commit more tokens per step, at the cost of more repetition (benchmarks/RESULTS.md).
-DELTA_DIR_CF = DELTA_DIR.parent / "smol-diffusion-cf"
-# (cf was continued with certainty forcing on the default model's own answers, "sd"; that delta looped,
-# distinct-2 0.24, and no longer ships: benchmarks/RESULTS.md keeps its numbers.)
-# The sd delta continued with a confident-error penalty (-log(1 - p_top) on wrong predictions) on 1,232
-# self answers: fewer parallel commits than sd, at little perplexity cost (-7% to +12%, benchmarks/RESULTS.md).
-DELTA_DIR_CAL = DELTA_DIR.parent / "smol-diffusion-cal"
-# The cal delta continued on SmolLM2's *sampled* answers only (one-block certainty forcing + the confident-error
-# penalty): its one-block samples stop looping (distinct-2 0.51 vs cal's 0.30) and threshold 0.9 with one block
-# of 64 still takes 1.8-1.95x fewer steps than one token per step (benchmarks/RESULTS.md, run sd5).
-DELTA_DIR_DIV = DELTA_DIR.parent / "smol-diffusion-div"
-# The div delta continued with certainty forcing on SmolLM2's greedy answers (mostly in the left-to-right "prefix
-# cut" layout) plus token- and sequence-level unlikelihood against its own loops (run sd12): parallel commits on
-# new text rather than loop copies (benchmarks/RESULTS.md).
-DELTA_DIR_PAR = DELTA_DIR.parent / "smol-diffusion-par"
-# The par delta continued 200 steps with a 3x confident-error penalty (run sd13): its confident guesses one token
-# past the frontier are right more often (67% -> 77%), so a lower Fast-dLLM threshold (0.7) stays coherent.
-DELTA_DIR_FAST = DELTA_DIR.parent / "smol-diffusion-fast"
-VARIANTS = {"default": (DELTA_DIR, "smol-diffusion (SmolLM2-135M + delta)"),
-            "cf": (DELTA_DIR_CF, "smol-diffusion-cf (certainty-forced: parallel, more repetitive)"),
-            "cal": (DELTA_DIR_CAL, "smol-diffusion-cal (calibrated self-distillation: ~1.7x parallel, repetitive)"),
-            "div": (DELTA_DIR_DIV, "smol-diffusion-div (cal retrained on sampled answers: ~1.9x parallel in one block, "
-                                   "less repetitive)"),
-            "par": (DELTA_DIR_PAR, "smol-diffusion-par (div + certainty forcing on greedy answers and unlikelihood "
-                                   "against its own loops: parallel on new text, not loops)"),
-            "fast": (DELTA_DIR_FAST, "smol-diffusion-fast (par + a penalty on confident mistakes: ~2x fewer steps at "
-                                     "threshold 0.7 in one block)")}
+DELTA_DIR = variants.BY_KEY["default"].path
+# Every variant (the default, fast, and the four that no longer ship) is described once, in
+# engine.diffusion.variants.TABLE. VARIANTS: those whose files this checkout has (the shipped two, and any
+# rebuilt with training/rebuild_variant.py), {key: (directory, label)}; register_checkpoint adds to it.
+DELTA_DIR_FAST = variants.BY_KEY["fast"].path
+VARIANTS = {v.key: (v.path, v.label) for v in variants.TABLE if v.present()}
 
 
 def register_checkpoint(delta_dir, variant: str = "checkpoint") -> str:

@@ -12,7 +12,7 @@ import torch
 
 from engine.diffusion import adapters
 from engine.diffusion import rules as R
-from engine.diffusion import smol
+from engine.diffusion import smol, variants
 from engine.diffusion.sampler import check_resume, diffuse, validate
 from engine.methods import Job, MethodError, register
 from engine.options import Opt
@@ -61,7 +61,16 @@ MAX_GEN = 1024
 
 
 def adapter_choices() -> tuple[str, ...]:
+    """auto, the embedded variants whose files exist (engine.diffusion.smol.VARIANTS), llada, dream."""
     return ("auto", *(smol.adapter_name(v) for v in smol.VARIANTS), "llada", "dream")
+
+
+def adapter_unavailable(value) -> str | None:
+    """A known embedded variant that is not in models/ (it no longer ships): the command that rebuilds it."""
+    for v in variants.TABLE:
+        if v.adapter == value and v.key not in smol.VARIANTS and v.rebuild:
+            return variants.missing_message(v.key)
+    return None
 
 
 OPTIONS = {
@@ -75,7 +84,7 @@ OPTIONS = {
                                "the cached prefix does not see the later positions)"),
     "stop_at_eos": Opt(True, "stop once an EOS is committed with nothing masked before it"),
     "adapter": Opt("auto", "model adapter: auto, the embedded deltas (models/smol-diffusion*), llada, dream",
-                   choices=adapter_choices),
+                   choices=adapter_choices, unavailable=adapter_unavailable),
     "mask_id": Opt(-1, "mask token id", min=0, max=10_000_000, special={-1: "from the model config"}),
 }
 
