@@ -144,7 +144,8 @@ class Server:
         trace, steps = fork.prepare(lm, src, step, token=edit.get("token"), position=edit.get("position"),
                                     mask=edit.get("mask", False), method=edit.get("method"),
                                     options=edit.get("options"), sampling=sampling,
-                                    max_new_tokens=edit.get("max_new_tokens"))
+                                    max_new_tokens=edit.get("max_new_tokens"), force=edit.get("force"),
+                                    guesses=edit.get("guesses"))
         trace.meta["fork"]["parent"] = int(parent_id)
         return self._launch(run_id, lm, trace, steps, breakpoints, start_paused)
 

@@ -88,9 +88,12 @@ def _token_id(lm, token) -> int:
 
 def prepare(lm, trace: Trace, step: int, *, token=None, position: int | None = None, mask: bool = False,
             method: str | None = None, options: dict | None = None, sampling: SamplingConfig | None = None,
-            max_new_tokens: int | None = None, record: bool = True) -> tuple[Trace, Iterator[dict]]:
+            max_new_tokens: int | None = None, record: bool = True, force: dict | None = None,
+            guesses=None) -> tuple[Trace, Iterator[dict]]:
     """Validate the fork and return (the branch's empty trace, the iterator that fills it).
-    position / mask: a diffusion fork's canvas edit (position of the answer set to `token`, or masked)."""
+    position / mask: a diffusion fork's canvas edit (position of the answer set to `token`, or masked).
+    force: a speculative round's verdict overridden, {"node": id, "accept": True | False} (force_edit).
+    guesses: a Jacobi / lookahead branch's first guesses (token ids, or a text tokenized into them)."""
     if not isinstance(trace, Trace):
         raise ForkError("fork needs a Trace to fork from.")
     meta = trace.meta
@@ -122,6 +125,10 @@ def prepare(lm, trace: Trace, step: int, *, token=None, position: int | None = N
         return _prepare_kv(lm, trace, step, **kw)
     if position is not None or mask:
         raise ForkError("position / mask edit a diffusion run's canvas; this run is not a diffusion run.")
+    if force is not None and parent != "speculative":
+        raise ForkError("force accepts or rejects a drafted node of a speculative round; this run is not speculative.")
+    if force is not None and token is not None:
+        raise ForkError("A fork makes one edit: a forced verdict or another token, not both.")
     if new_method not in FORKABLE:
         why = NOT_YET.get(new_method, f"{new_method!r} is not a method that continues a prefix")
         raise ForkError(f"A fork cannot continue with {new_method!r}: {why}. Use one of {', '.join(FORKABLE)}.")
@@ -136,6 +143,16 @@ def prepare(lm, trace: Trace, step: int, *, token=None, position: int | None = N
         raise ForkError(f"Step {step} says {done} tokens were committed before it, the run has {len(ids)}.")
     prefix = ids[:done]
     edit: dict = {}
+    if force is not None:
+        forced, edit["force"] = force_edit(trace.steps[step], force)
+        prefix += forced
+    resume = None
+    if guesses is not None:
+        if new_method not in ("jacobi", "lookahead"):
+            raise ForkError(f"guesses are a Jacobi or lookahead run's first guesses; the branch runs {new_method}.")
+        g = _guess_ids(lm, guesses)
+        resume = {"guesses": g}
+        edit["guesses"] = {"ids": g, "text": [lm.token_text(t) for t in g]}
     if token is not None:
         tok = _token_id(lm, token)
         prefix.append(tok)
@@ -161,12 +178,78 @@ def prepare(lm, trace: Trace, step: int, *, token=None, position: int | None = N
         edit["sampling"] = sampling.as_dict()
     branch, steps = run.prepare(lm, new_method, str(meta.get("prompt", "")), max_new_tokens=left, sampling=sampling,
                                 options=options, record=record, chat=meta.get("chat"),
-                                ignore_eos=bool(params.get("ignore_eos")), prompt_ids=list(prompt_ids) + prefix)
+                                ignore_eos=bool(params.get("ignore_eos")), prompt_ids=list(prompt_ids) + prefix,
+                                resume=resume)
     branch.meta["prompt_ids"] = list(prompt_ids)
     branch.meta["fork"] = {"parent_method": parent, "at_step": step, "prefix_ids": prefix, "edit": edit}
-    if token is not None:
+    if token is not None or force is not None:
         branch.meta["edited"] = True     # its answer is no longer the model's own choice at the fork
+    if force is not None:
+        branch.meta["fork"]["not_lossless"] = True   # a verdict the verifier did not give: not the target's output
     return branch, steps
+
+
+MAX_GUESSES = 64
+
+
+def _guess_ids(lm, guesses) -> list[int]:
+    """Token ids (in the vocabulary) or a text tokenized into them; 1..MAX_GUESSES of them."""
+    if isinstance(guesses, str):
+        if not guesses or len(guesses) > 2000:
+            raise ForkError("guesses as text must be 1-2000 characters.")
+        ids = lm.tokenizer.encode(guesses, add_special_tokens=False)
+    elif isinstance(guesses, (list, tuple)):
+        ids = list(guesses)
+        for t in ids:
+            if isinstance(t, bool) or not isinstance(t, int):
+                raise ForkError(f"guesses must be token ids (integers), got {str(t)[:40]!r}.")
+            _token_id(lm, t)
+    else:
+        raise ForkError(f"guesses must be token ids or a text, got {type(guesses).__name__}.")
+    if not 1 <= len(ids) <= MAX_GUESSES:
+        raise ForkError(f"give 1..{MAX_GUESSES} guesses, got {len(ids)}.")
+    return [int(t) for t in ids]
+
+
+def force_edit(rec: dict, force) -> tuple[list[int], dict]:
+    """A speculative round's verdict overridden at node `force["node"]`: (the tokens the branch commits after
+    what the run had before the round, the edit's description). accept: the drafted path from the root to
+    the node, taken whatever the verifier said. reject: the path to the node's parent, then the target's
+    best token other than the node's (recorded in the round as "alt", from the verify forward's logits). The
+    branch then decodes on from there: its output is no longer the target's (not lossless)."""
+    if not isinstance(force, dict) or set(force) - {"node", "accept"} or "node" not in force:
+        raise ForkError('force is {"node": a drafted node id, "accept": true or false}.')
+    nodes = rec.get("nodes") if isinstance(rec, dict) else None
+    if rec.get("kind") != "speculative" or not isinstance(nodes, list):
+        raise ForkError("That step is not a recorded speculative round (no draft tree): nothing to force.")
+    drafted = [n for n in nodes if isinstance(n, dict) and n.get("id") and not n.get("appended")]
+    by_id = {n["id"]: n for n in drafted}
+    i, accept = force["node"], force.get("accept", True)
+    if not isinstance(accept, bool):
+        raise ForkError("force's accept must be true or false.")
+    if isinstance(i, bool) or not isinstance(i, int) or i not in by_id:
+        raise ForkError(f"Node {i!r} is not a drafted node of this round (drafted: "
+                        f"{', '.join(map(str, sorted(by_id))) or 'none'}).")
+    path, j = [], i
+    while j in by_id:
+        path.append(by_id[j])
+        j = by_id[j]["parent"]
+    path.reverse()
+    tokens = [int(n["token"]) for n in path]
+    n = by_id[i]
+    if accept:
+        if n.get("status") == "accepted":
+            raise ForkError(f"Node {i} was accepted already: force-accept changes nothing (force-reject it, or "
+                            "accept a rejected node).")
+        return tokens, {"node": i, "accept": True, "tokens": tokens, "was": n.get("status")}
+    if n.get("status") != "accepted" and all(p.get("status") == "accepted" for p in path[:-1]):
+        raise ForkError(f"Node {i} was rejected already: force-reject changes nothing.")
+    alt = n.get("alt")
+    if isinstance(alt, bool) or not isinstance(alt, int):
+        raise ForkError("This round does not record the target's other choice at the node (a trace from before "
+                        "forced verdicts): force-accept works, or re-run to fork it.")
+    return tokens[:-1] + [alt], {"node": i, "accept": False, "tokens": tokens[:-1] + [alt], "was": n.get("status"),
+                                 "rejected": int(n["token"])}
 
 
 def _sampling_of(params: dict) -> SamplingConfig:

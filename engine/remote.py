@@ -92,16 +92,20 @@ def decode_exception(enc: tuple) -> BaseException:
 
 
 # =========================================================================================== UI side
-def fork_payload(parent: Trace) -> dict:
+def fork_payload(parent: Trace, step=None) -> dict:
     """What engine.fork.prepare reads of a parent run, copied: its meta, per step the counts (no candidates,
-    logits or trees) and its output ids; a diffusion step's canvas and block position too. The steps are copied
-    before the ids, so a live mirror that grows meanwhile gives at least the tokens its copied steps committed."""
+    logits or trees) and its output ids; a diffusion step's canvas and block position too, and the forked
+    step's draft tree (a forced verdict reads its nodes). The steps are copied before the ids, so a live mirror
+    that grows meanwhile gives at least the tokens its copied steps committed."""
     steps = list(parent.steps)
     ids = list(parent.final_ids)
     keep = ("kind", "index", "totals", "new_ids", "token_id", "state", "tokens", "block", "block_range",
             "step_in_block")
-    return {"meta": dict(parent.meta), "final_ids": ids,
-            "steps": [{k: s[k] for k in keep if k in s} if isinstance(s, dict) else s for s in steps]}
+    out = [{k: s[k] for k in keep if k in s} if isinstance(s, dict) else s for s in steps]
+    if isinstance(step, int) and not isinstance(step, bool) and 0 <= step < len(out) and isinstance(steps[step], dict) \
+            and isinstance(steps[step].get("nodes"), list):
+        out[step]["nodes"] = [dict(n) for n in steps[step]["nodes"] if isinstance(n, dict)]
+    return {"meta": dict(parent.meta), "final_ids": ids, "steps": out}
 
 
 @dataclass
@@ -411,10 +415,11 @@ class Decoder:
         return self._register(run_id, meta, breakpoints, start_paused)
 
     def fork(self, lm: ModelHandle, parent: Trace, step: int, *, token=None, position: int | None = None,
-             mask: bool = False, method: str | None = None, options: dict | None = None, sampling=None, max_new_tokens: int | None = None, parent_id: int = 0,
+             mask: bool = False, method: str | None = None, options: dict | None = None, sampling=None,
+             max_new_tokens: int | None = None, force: dict | None = None, guesses=None, parent_id: int = 0,
              session=None, breakpoints=(), start_paused: bool = False) -> RemoteRunner:
         """Start a branch of the recorded run `parent` (a Trace: a runner's mirror, a loaded file) at its step
-        `step` with one edit (engine.fork.prepare: token / method / options / sampling), as a RemoteRunner like
+        `step` with one edit (engine.fork.prepare: token / method / options / sampling / force / guesses), as a RemoteRunner like
         start(). The decoder gets a copy of what the fork needs (meta, the steps' counts, the output ids): the
         parent is never touched. A bad edit is the engine's ForkError / LabError at once; at most
         MAX_LIVE_BRANCHES branches of one `session` (any hashable; None: no cap) compute at a time.
@@ -427,10 +432,10 @@ class Decoder:
                     raise ForkError(f"{len(live)} branches of this session are still decoding (at most "
                                     f"{MAX_LIVE_BRANCHES}): cancel one or wait for one to finish.")
         run_id = next(self._ids)
-        meta = self.call("fork", model=lm.key, run_id=run_id, parent=fork_payload(parent), step=step,
+        meta = self.call("fork", model=lm.key, run_id=run_id, parent=fork_payload(parent, step), step=step,
                          edit={"token": token, "position": position, "mask": mask, "method": method,
                                "options": options, "sampling": sampling,
-                               "max_new_tokens": max_new_tokens},
+                               "max_new_tokens": max_new_tokens, "force": force, "guesses": guesses},
                          parent_id=parent_id, breakpoints=list(breakpoints), start_paused=bool(start_paused),
                          call_timeout=START_TIMEOUT_S)
         r = self._register(run_id, meta, breakpoints, start_paused)

@@ -14,7 +14,7 @@ from engine.options import Opt
 from engine.sampling import SamplingConfig
 from engine.trace import Trace
 
-RESUMABLE = ("diffusion", "kv")   # methods that start from a recorded run's state (run.prepare(resume=...))
+RESUMABLE = ("diffusion", "kv", "jacobi", "lookahead")   # methods that start from a recorded run's state (run.prepare(resume=...); jacobi / lookahead: edited first guesses)
 MAX_NEW = Opt(64, "tokens to generate at most", min=1, max=MAX_NEW_TOKENS, label="max new tokens")
 IGNORE_EOS = Opt(False, "keep decoding after an end-of-text token: exactly max_new_tokens (benchmarks of long runs)",
                  label="ignore end-of-text")

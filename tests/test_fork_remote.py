@@ -70,6 +70,26 @@ def test_a_method_fork(handle, original):
     assert b.trace.meta["method"] == "speculative" and b.trace.steps[0]["kind"] == "speculative"
 
 
+def test_forced_verdicts_and_edited_guesses_in_the_decoder(handle, local):
+    """force (a speculative round's verdict) and guesses (Jacobi's first guesses) reach the decoder process and
+    give the engine's own branch."""
+    opts = {"drafter": "token_recycling", "tree": "2.2"}
+    r = remote.decoder().start(handle, "speculative", PROMPT, max_new_tokens=N, options=opts, ignore_eos=True)
+    assert r.wait(60) and r.state == DONE
+    want_orig = run.run(local, "speculative", PROMPT, max_new_tokens=N, options=opts, ignore_eos=True)
+    k, node = next((k, n) for k, s in enumerate(want_orig.steps) for n in s["nodes"]
+                   if n.get("id") and not n.get("appended") and n["status"] == "rejected")
+    b = remote.decoder().fork(handle, r.trace, k, force={"node": node["id"], "accept": True})
+    assert b.wait(60) and b.state == DONE, b.error
+    want = fork.run_fork(local, want_orig, k, force={"node": node["id"], "accept": True})
+    assert fork.output_ids(b.trace) == fork.output_ids(want) and b.trace.meta["fork"]["not_lossless"]
+    j = remote.decoder().start(handle, "jacobi", PROMPT, max_new_tokens=N, ignore_eos=True)
+    assert j.wait(60) and j.state == DONE
+    g = remote.decoder().fork(handle, j.trace, 2, guesses=[1, 2, 3])
+    assert g.wait(60) and g.state == DONE, g.error
+    assert fork.output_ids(g.trace) == j.trace.final_ids and g.trace.steps[0]["guess_ids"][:3] == [1, 2, 3]
+
+
 @pytest.mark.parametrize("step,kw,words", [
     (99, {}, "no step 99"),
     (2, {"token": 10 ** 9}, "outside the vocabulary"),

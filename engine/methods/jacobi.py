@@ -206,8 +206,12 @@ def _run(job: Job, variant: str, n: int, init: str, hybrid_length: int):
         return fresh(size, context), phase
 
     guesses, phase = new_block(0)
-    qs: list = [None] * len(guesses)
     sources = ["init"] * len(guesses)
+    edited = resume_guesses(job, len(guesses))
+    if edited is not None:   # a fork's edited guesses for its first iteration (engine.fork guesses=...)
+        guesses[:len(edited)] = edited
+        sources[:len(edited)] = ["edited"] * len(edited)
+    qs: list = [None] * len(guesses)
     step = 0
     with torch.inference_mode():
         while True:
@@ -294,6 +298,23 @@ def _run(job: Job, variant: str, n: int, init: str, hybrid_length: int):
             if finished:
                 return
             guesses, qs, sources, phase = next_guesses, next_qs, next_sources, next_phase
+
+
+def resume_guesses(job: Job, size: int) -> list[int] | None:
+    """job.resume of a fork (engine.fork guesses=...): {"guesses": token ids} that replace the first
+    iteration's initial guesses (at most `size`, the block; fewer: the initialiser fills the rest). Checked
+    before any forward; greedy output is unchanged by any guesses (only the iterations it takes)."""
+    r = job.resume
+    if r is None:
+        return None
+    g = r.get("guesses") if isinstance(r, dict) else None
+    vocab = int(getattr(job.lm.model.config, "vocab_size", 0) or len(job.lm.tokenizer))
+    if not isinstance(g, list) or not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < vocab
+                                          for t in g):
+        raise MethodError(f"resume: guesses must be a list of token ids in 0..{vocab - 1}.")
+    if set(r) - {"guesses"}:
+        raise MethodError(f"resume: unknown keys {sorted(set(r) - {'guesses'})} (a Jacobi run resumes with guesses).")
+    return list(g[:size])
 
 
 def _confidence(logits: torch.Tensor, committed: list[int]) -> float | None:

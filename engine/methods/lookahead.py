@@ -36,7 +36,7 @@ from transformers import DynamicCache
 
 from engine import attention, kvcache
 from engine.methods import Job, register
-from engine.methods.jacobi import texts
+from engine.methods.jacobi import resume_guesses, texts
 from engine.methods.speculative import verify as V
 from engine.methods.speculative.trees import DraftTree
 from engine.options import Opt
@@ -215,6 +215,9 @@ def _run(job: Job, W: int, N: int, G: int, pool_from_prompt: bool):
         return context[rng.randrange(len(context))]
 
     levels = [[from_context() for _ in range(W + N - 3)]]  # level 0; the other levels fill during warm-up
+    edited = resume_guesses(job, len(levels[0]))
+    if edited is not None:   # a fork's edited window: level 0's first guesses (engine.fork guesses=...)
+        levels[0][:len(edited)] = edited
     cache = DynamicCache()
     st = {"verify_steps": 0, "accepted": 0, "input_tokens": 0}
     seen: set[int] = set()  # token ids whose text a record already carries (for replaying the pool)

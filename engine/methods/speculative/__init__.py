@@ -280,6 +280,14 @@ def round_record(lm, tree, verdict, rows, rule, kept, dense_max) -> dict:
     logits = rows.all_logits()   # the rows the verifier skipped are computed here, timed as recording
     p_all = logits.softmax(-1) if rule == "greedy" else rows.all_p()
     nodes = []
+    alt = None
+    if logits is not None and len(tree) > 1:
+        # the target's best token other than each node's own, at the node's parent row: what a forced
+        # rejection of the node commits instead (engine.fork force=...), from this forward's logits
+        par = torch.tensor(tree.parents[1:], device=logits.device)
+        top2 = logits[par].topk(2, dim=-1).indices
+        own = torch.tensor(tree.tokens[1:], device=logits.device)
+        alt = torch.where(top2[:, 0] == own, top2[:, 1], top2[:, 0]).tolist()
     for i, n in enumerate(tree.nodes):
         d = {"id": i, "token": n.token, "text": lm.token_text(n.token), "parent": n.parent, "depth": n.depth,
              "status": verdict.status[i], "q": clean_float(n.q) if i else None,
@@ -290,6 +298,7 @@ def round_record(lm, tree, verdict, rows, rule, kept, dense_max) -> dict:
             d["ratio"] = clean_float(verdict.ratio[i])
         if i and logits is not None:
             d["target_top"] = int(logits[n.parent].argmax())
+            d["alt"] = int(alt[i - 1])
         if i and getattr(tree, "proposer", None) and i in tree.proposer:
             d["proposer"] = tree.proposer[i]   # which head / draft step proposed the node (medusa, eagle)
         nodes.append(d)
