@@ -40,7 +40,7 @@ from transformers import DynamicCache
 
 from engine import kvcache
 from engine import sampling as S
-from engine.methods import MAX_NEW_TOKENS, Job, register
+from engine.methods import MAX_NEW_TOKENS, Job, MethodError, register
 from engine.options import Opt
 from engine.trace import clean_float
 
