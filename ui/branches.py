@@ -75,6 +75,11 @@ def describe(meta: dict) -> str:
     parts = []
     if e.get("token"):
         parts.append(f"token {e['token'].get('text', '?')!r}")
+    if e.get("force"):
+        fo = e["force"]
+        parts.append(f"node #{fo.get('node')} force-{'accepted' if fo.get('accept') else 'rejected'}")
+    if e.get("guesses"):
+        parts.append("guesses " + " ".join(repr(t) for t in (e["guesses"].get("text") or [])[:6]))
     if e.get("canvas"):
         c = e["canvas"]
         parts.append(f"position {c.get('position')} " + ("masked" if c.get("id") is None else f"← {c.get('text')!r}"))
@@ -87,6 +92,8 @@ def describe(meta: dict) -> str:
         parts.append("greedy" if not s.get("temperature") else f"T={s.get('temperature')} seed={s.get('seed')}")
     if f.get("cost_forwards"):
         parts.append(f"{f['cost_forwards']} replayed forwards")
+    if f.get("not_lossless"):
+        parts.append("not lossless")
     return f"at step {f.get('at_step')}: " + (", ".join(parts) if parts else "no edit")
 
 
@@ -184,7 +191,8 @@ def fork_position(meta: dict) -> int:
     canvas = (f.get("edit") or {}).get("canvas")
     if canvas:
         return int(canvas.get("position") or 0)
-    return len(f.get("prefix_ids") or []) - (1 if (f.get("edit") or {}).get("token") else 0)
+    forced = len(((f.get("edit") or {}).get("force") or {}).get("tokens") or [])
+    return len(f.get("prefix_ids") or []) - (1 if (f.get("edit") or {}).get("token") else forced)
 
 
 def tree_nodes(key: str) -> list[dict]:

@@ -52,15 +52,75 @@ def fork_controls(key: str, lm, prefix: str, allow_token: bool) -> None:
             edit.update(more)
             _sampling_and_go(key, lm, prefix, src, int(step), edit)
             return
+        if rec.get("kind") == "speculative" and isinstance(rec.get("nodes"), list):
+            force = force_edit(rec, f"{prefix}_fk_{src}_{int(step)}")
+            if force:
+                edit["force"] = force
         methods_ = list(engine_fork.FORKABLE)
         method = st.selectbox("method from the step on", methods_, key=f"{prefix}_fk_method",
                               index=methods_.index(parent_method) if parent_method in methods_ else 0)
+        if method in ("jacobi", "lookahead") and rec.get("kind") in ("jacobi", "lookahead"):
+            g = guesses_edit(rec, f"{prefix}_fk_{src}_{int(step)}")
+            if g is False:
+                return
+            if g is not None:
+                edit["guesses"] = g
         other_opts = method != parent_method or st.checkbox("other options", False, key=f"{prefix}_fk_opts")
         if method != parent_method:
             edit["method"] = method
         if other_opts:
             edit["options"] = common_options(method, f"{prefix}_fk_{method}")
         _sampling_and_go(key, lm, prefix, src, int(step), edit)
+
+
+def force_edit(rec: dict, prefix: str) -> dict | None:
+    """A speculative round's verdict overridden: force-accept a rejected drafted node (its path with it) or
+    force-reject an accepted one (the target's next-best token instead). None: the round's own verdict."""
+    drafted = [n for n in rec["nodes"] if isinstance(n, dict) and n.get("id") and not n.get("appended")]
+    if not drafted:
+        return None
+    what = st.radio("verdict of this round", ["the verifier's own", "force-accept a node", "force-reject a node"],
+                    horizontal=True, key=f"{prefix}_force",
+                    help="Override the verification of one drafted node to see what it costs. The branch is not "
+                         "lossless: its answer is no longer what the target model alone would write.")
+    if what == "the verifier's own":
+        return None
+    accept = what == "force-accept a node"
+    pick = [n for n in drafted if (n.get("status") != "accepted") == accept] or drafted
+    node = st.selectbox("node", [n["id"] for n in pick], key=f"{prefix}_force_node",
+                        format_func=lambda i: next(f"#{i} {n.get('text', '?')!r} (depth {n.get('depth')}, "
+                                                   f"{n.get('status')})" for n in pick if n["id"] == i))
+    st.caption("The branch commits " + ("the drafted path to that node, then decodes on." if accept else
+                                        "the path to the node's parent and the target's next-best token instead "
+                                        "of the node's, then decodes on.") + " It is labelled not lossless.")
+    return {"node": int(node), "accept": accept}
+
+
+def guesses_edit(rec: dict, prefix: str):
+    """A Jacobi / lookahead branch's first guesses: None (the initialiser's), a list of ids or a text; False
+    when what was typed is not valid (the message is shown)."""
+    if rec.get("kind") == "jacobi":
+        was = list(rec.get("guess_ids") or [])
+    else:
+        was = list(((rec.get("window") or [{}])[0] or {}).get("ids") or [])
+    if not st.checkbox("edit the guesses", False, key=f"{prefix}_g_on",
+                       help="The branch starts from the committed prefix at this iteration with these guesses (the "
+                            "block's, or the lookahead window's first level). Greedy output stays the same: the "
+                            "guesses change how many iterations it takes."):
+        return None
+    how = st.radio("as", ["token ids", "text"], horizontal=True, key=f"{prefix}_g_how")
+    if how == "text":
+        typed = st.text_input("guesses (text, tokenized)", "", key=f"{prefix}_g_text")
+        return typed or None
+    typed = st.text_input("guesses (token ids, comma-separated)", ", ".join(map(str, was)), key=f"{prefix}_g_ids",
+                          help="the guesses recorded at this iteration, to edit")
+    parts = [p.strip() for p in typed.replace(" ", ",").split(",") if p.strip()]
+    if not parts:
+        return None
+    if not all(p.isascii() and p.isdigit() and len(p) <= 9 for p in parts):
+        st.error("Guesses are token ids: whole numbers separated by commas.")
+        return False
+    return [int(p) for p in parts]
 
 
 def _sampling_and_go(key: str, lm, prefix: str, src: int, step: int, edit: dict) -> None:
