@@ -19,12 +19,18 @@ Two families keep more state than the prefix, and fork to themselves only (STATE
   sample (meta["fork"]["exact"] False). The credit rule's per-run credits are not recorded: a credit run forks
   at step 0 only. With the prefix cache a fork is exact at a block's first step (the cache is computed there,
   from the canvas then) and refused inside a block. Cost: no extra forward.
-- kv: the state at step k is the evicted cache, which is not the prefix. The branch replays the parent's
-  recorded tokens through the parent's policy for k steps (forced tokens: the same forwards and evictions,
-  the random policy's seeded draws too), then switches policy / budget / knobs (run.prepare(resume=...),
-  engine.methods.kv.check_resume). Exact whatever the sampling (the tokens are forced); cost: k forwards
-  (the prompt's prefill + k - 1 one-token steps, not shown as the branch's steps), nothing kept in memory
-  between forks. The switched-to policy's statistics start at k (the entries already cached count as new).
+- kv: the state at step k is the evicted cache (and the policy's statistics), which is not the prefix. The branch
+  replays the parent's recorded tokens through the parent's policies up to k (forced tokens: the same forwards and
+  evictions, the random policy's seeded draws too), then switches policy / budget / knobs (run.prepare(resume=...),
+  engine/methods/kv/resume.py). A run made in this process keeps snapshots of that state at step 1 and every
+  S = min(16, prompt tokens) steps (at most 256 MiB per run; over it every other one goes and the spacing doubles):
+  the replay starts from the latest one at or before k, so it costs at most S - 1 one-token forwards, fewer token
+  positions than the prompt's prefill. A trace without snapshots (loaded from a file, the decoder process's copy,
+  a record=False run) replays from the prompt: k forwards over prompt + k - 1 positions. meta["fork"] says what ran
+  (cost_forwards, cost_tokens, replay_from), not shown as the branch's steps; the full-cache shadow (compare_full)
+  is rebuilt by one forward over the prefix at the branch's first step. Exact whatever the sampling (the tokens are
+  forced; the policies keep the root run's seed). The switched-to policy's statistics start at k (the entries
+  already cached count as new).
 
     tr, steps = fork.prepare(lm, original, step=5, token=" cat")      # AR: another token at step 5
     tr, steps = fork.prepare(lm, original, step=3, method="speculative", options={"drafter": "prompt_lookup"})
@@ -351,19 +357,23 @@ def _prepare_diffusion(lm, trace, step, token, position, mask, *, options, sampl
     return branch, steps
 
 
-def _kv_history(trace: Trace) -> tuple[list[int], list[dict], dict]:
-    """(tokens replayed before the trace's own steps, its policy switches, the run's base options)."""
+def _kv_history(trace: Trace) -> tuple[list[int], list[dict], dict, int]:
+    """(tokens replayed before the trace's own steps, its policy switches, the run's base options, its policies'
+    seed: the root run's, kept by every fork of it)."""
     f = trace.meta.get("fork") or {}
     res = f.get("resume") or {}
+    seed = res.get("policy_seed")
+    if isinstance(seed, bool) or not isinstance(seed, int):   # a root run, or a branch from before policy_seed
+        seed = _sampling_of(trace.meta.get("params") or {}).seed or 0
     return list(res.get("force_ids") or []), [dict(s) for s in res.get("switches") or []], \
-        dict(f.get("base_options") or {})
+        dict(f.get("base_options") or {}), int(seed)
 
 
 def _prepare_kv(lm, trace, step, *, options, sampling, max_new_tokens, record):
     """A KV run that replays the parent's tokens to `step` under its policy, then switches (module docstring)."""
-    from engine.methods.kv import SWITCHABLE
+    from engine.methods.kv.resume import SWITCHABLE, snapshots_of
     params, opts, _ = _base(lm, trace, "kv")
-    force, switches, base = _kv_history(trace)
+    force, switches, base, seed = _kv_history(trace)
     base = base or opts
     glob = len(force) + step                         # the step in the original run's numbering
     if tokens_before(trace, step) != step or len(trace.final_ids) < step:
@@ -373,6 +383,7 @@ def _prepare_kv(lm, trace, step, *, options, sampling, max_new_tokens, record):
     for sw in switches:
         if sw["at"] <= glob:
             current.update({k: v for k, v in sw.items() if k != "at"})
+    at_glob = any(sw["at"] == glob for sw in switches)   # the parent switched right there: the branch does too
     switches = [sw for sw in switches if sw["at"] < glob]
     given = {} if options is None else dict(options)
     spec = methods.get("kv")
@@ -383,16 +394,14 @@ def _prepare_kv(lm, trace, step, *, options, sampling, max_new_tokens, record):
         edit["options"] = changed
     if glob == 0:       # nothing to replay: a fresh run with the options
         run_opts, resume = {**base, **changed}, None
-        cost = 0
     else:
         fixed = [k for k in changed if k not in SWITCHABLE]
         if fixed:
             raise ForkError(f"{', '.join(fixed)} cannot change in the middle of a KV run (from step {glob} on); "
                             f"a fork there changes {', '.join(SWITCHABLE)}. Fork at step 0 to change the rest.")
-        if changed:
+        if changed or at_glob:
             switches.append({"at": glob, **{k: v for k, v in full_given.items() if k in SWITCHABLE}})
-        run_opts, resume = base, {"force_ids": force, "switches": switches}
-        cost = glob
+        run_opts, resume = base, {"force_ids": force, "switches": switches, "policy_seed": seed}
     old = _sampling_of(params)
     if sampling is None:
         sampling = old
@@ -404,8 +413,11 @@ def _prepare_kv(lm, trace, step, *, options, sampling, max_new_tokens, record):
         raise ForkError(f"Nothing is left to generate after {glob} tokens (the run's budget is {total}); "
                         "give max_new_tokens.")
     fork_meta = {"parent_method": "kv", "at_step": step, "prefix_ids": force if glob else [], "edit": edit,
-                 "resume": resume, "base_options": dict(run_opts), "exact": True, "cost_forwards": cost}
-    return _start(lm, trace, "kv", run_opts, sampling, left, record, resume, fork_meta)
+                 "resume": resume, "base_options": dict(run_opts), "exact": True,
+                 "cost_forwards": 0, "cost_tokens": 0, "replay_from": 0}
+    # the kv method picks the parent's snapshot and writes the replay's counted cost into fork_meta ("report")
+    live = None if resume is None else {**resume, "snapshots": snapshots_of(trace), "report": fork_meta}
+    return _start(lm, trace, "kv", run_opts, sampling, left, record, live, fork_meta)
 
 
 def run_fork(lm, trace: Trace, step: int, **kw) -> Trace:

@@ -1,6 +1,7 @@
 """KV-cache forks (engine/fork.py, engine.methods.kv resume): the evicted cache at step k is not the prefix, so a
-fork replays the parent's recorded tokens through the parent's policy for k steps (forced tokens: the same
-forwards and evictions; k forwards, nothing snapshotted), then decodes on with the new policy / budget / knobs.
+fork replays the parent's recorded tokens through the parent's policy up to k (forced tokens: the same forwards and
+evictions; from the run's snapshot at step 1 here, tests/test_fork_kv_snapshots.py has the later ones and the full
+replay), then decodes on with the new policy / budget / knobs.
 
 - A fork with no edit reproduces the original continuation: tokens, cache sizes, kept positions, the
   full-cache agreement (greedy; sampled and the random policy too, the seeded draws being replayed).
@@ -35,8 +36,10 @@ def test_a_fork_without_edit_reproduces_the_original(embedded_lm, orig):
         assert _view(b.steps) == _view(orig.steps[k:]), k
         assert [s["index"] for s in b.steps] == list(range(N - k))
         assert [s["position"] for s in b.steps] == [s["position"] for s in orig.steps[k:]]
-        # the cost: k replayed forwards (the prompt's prefill + k - 1 one-token steps), then its own
-        assert b.meta["fork"]["cost_forwards"] == k and b.counters.target_forwards == N
+        # the cost: from the run's snapshot at step 1 (after the prompt's forward), k - 1 one-token forwards
+        replayed = k - 1 if k else 0
+        assert b.meta["fork"]["cost_forwards"] == b.meta["fork"]["cost_tokens"] == replayed
+        assert b.counters.target_forwards == replayed + N - k
         assert b.meta["fork"]["exact"]
 
 
@@ -65,7 +68,7 @@ def test_a_policy_fork_is_a_run_whose_policy_switches_at_k(embedded_lm, orig):
                    resume={"switches": [{"at": k, "policy": "streaming_llm", "budget": 8},
                                         {"at": k + 3, "policy": "tova", "budget": 8}]})
     assert fork.output_ids(bb) == ref2.final_ids and _view(bb.steps) == _view(ref2.steps[k + 3:])
-    assert bb.meta["fork"]["prefix_ids"] == ref2.final_ids[:k + 3] and bb.meta["fork"]["cost_forwards"] == k + 3
+    assert bb.meta["fork"]["prefix_ids"] == ref2.final_ids[:k + 3] and bb.meta["fork"]["cost_forwards"] == k + 3 - 1
 
 
 def test_bad_kv_forks_are_refused(embedded_lm, orig):

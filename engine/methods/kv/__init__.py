@@ -1,6 +1,6 @@
 """KV-cache eviction: decode with a cache that really shrinks to a budget, one policy at a time.
 
-(335 lines, one file for now: the method's step loop with its prefill compression and policy switches (the policies are in policies.py); the next split is the step-record building into kv/record.py.)
+(300 lines, one file for now: the options, their checks and the step loop with its prefill compression and policy switches read together (the policies are in policies.py, a fork's replay, policy switches and snapshots in resume.py); the next split is the step-record building into kv/record.py.)
 
 One step = one token. Step 0 holds the prompt's forward (and the prefill compression to
 `prefill_budget`); every later step feeds the last token, captures the attention the policy
@@ -27,6 +27,7 @@ from engine.methods.ar import candidates_record
 from engine.attention import install as install_attention
 from engine.methods.kv.cache import CacheUnsupported, EvictingCache
 from engine.methods.kv.policies import MAX_BUDGET, POLICIES, make as make_policy
+from engine.methods.kv.resume import SWITCHABLE, Plan, check_resume, plan, restore, switch_policy  # noqa: F401
 from engine.errors import OptionError
 from engine.options import Not, Opt
 from engine.trace import clean_float
@@ -154,48 +155,6 @@ def kept_count(ec: EvictingCache) -> list[int]:
     return tot.tolist()
 
 
-SWITCHABLE = ("policy", "budget", "n_sink", "window", "window_size", "kernel_size", "hit_threshold")
-
-
-def check_resume(job: Job, o: dict) -> tuple[list[int], dict[int, dict]]:
-    """job.resume of a fork (engine.fork), checked before any forward: {"force_ids": the tokens of the first
-    steps, replayed and not yielded; "switches": [{"at": step, option: value ...}]: from step `at` on the policy
-    and its knobs are these (SWITCHABLE only; each switched set checked like a run's options)}."""
-    from engine.methods import CheckContext, get
-    r = job.resume
-    force = r.get("force_ids", [])
-    vocab = int(getattr(job.lm.model.config, "vocab_size", 0) or len(job.lm.tokenizer))
-    if not isinstance(force, list) or any(isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab
-                                          for t in force):
-        raise MethodError(f"resume: force_ids must be a list of token ids in 0..{vocab - 1}.")
-    if len(force) + job.max_new_tokens > MAX_BUDGET * 8:
-        raise MethodError(f"resume: {len(force)} forced tokens is too many.")
-    L = int(job.input_ids.shape[1])
-    ctx = CheckContext(job.lm, job.sampling, L, job.max_new_tokens, job.lm.context_length)
-    ctx.need_positions(L + len(force) + job.max_new_tokens, f"A {L}-token prompt + {len(force)} replayed tokens + "
-                                                            f"{job.max_new_tokens} new tokens")
-    switches: dict[int, dict] = {}
-    cur = dict(o)
-    for sw in r.get("switches") or []:
-        if not isinstance(sw, dict) or isinstance(sw.get("at"), bool) or not isinstance(sw.get("at"), int):
-            raise MethodError("resume: every switch is a dict with an integer 'at'.")
-        at = sw["at"]
-        bad = [k for k in sw if k != "at" and k not in SWITCHABLE]
-        if bad:
-            raise MethodError(f"resume: {', '.join(map(str, bad))} cannot change during a run (switchable: "
-                              f"{', '.join(SWITCHABLE)}).")
-        if not 0 < at <= len(force) + job.max_new_tokens or (switches and at <= max(switches)):
-            raise MethodError(f"resume: switch steps must increase and lie in 1..{len(force) + job.max_new_tokens}, "
-                              f"got {at}.")
-        if o.get("compression_ratio", 0.0) > 0 and o["policy"] != "full":
-            raise MethodError("A compression_ratio run compresses the prompt once and never evicts afterwards: its "
-                              "policy cannot switch later (fork it at step 0).")
-        cur = get("kv").values({**cur, **{k: v for k, v in sw.items() if k != "at"}})
-        check(cur, ctx)
-        switches[at] = dict(cur)
-    return force, switches
-
-
 @register("kv", "kv", "KV-cache eviction with a budget (StreamingLLM, H2O, SnapKV, TOVA, L2-norm, LazyEviction, "
           "random): the cache really shrinks; quality vs the full cache.", options=OPTIONS, lossless=False,
           check=check, components={"policy": POLICIES})
@@ -203,43 +162,29 @@ def generate(job: Job, **o):
     """Options were checked by engine.run.prepare (check above); build the cache now, return the steps."""
     prefill_keep, budget, window = resolve(o, job.input_ids.shape[1])
     watch = parse_layers(o["watch_layers"], job.lm.model.config.num_hidden_layers, "watch_layers")
-    force, switches = check_resume(job, o) if job.resume is not None else ([], {})
+    p = plan(job, o)    # a fork's replay (resume.py): forced tokens, switches, the snapshot it starts from
     ec = build_cache(job.lm, [o["policy"]], positions=o["positions"], watch=watch if job.record else (),
-                     seed=0 if job.sampling.seed is None else int(job.sampling.seed), n_sink=o["n_sink"],
+                     seed=p.policy_seed, n_sink=o["n_sink"],
                      window=window, window_size=o["window_size"], kernel_size=o["kernel_size"],
                      hit_threshold=float(o["hit_threshold"]))
-    if any(POLICIES.get(sw["policy"]).obj.needs_attention for sw in switches.values()) and \
+    if any(POLICIES.get(sw["policy"]).obj.needs_attention for sw in p.switches.values()) and \
             not install_attention(job.lm.model):
         raise MethodError(f"{type(job.lm.model).__name__} does not use transformers' attention interface, so the "
                           "attention a switched-to policy needs cannot be captured.")
     return _steps(job, ec, o["policy"], budget, prefill_keep, o["n_sink"], watch, o["compare_full"],
-                  o["compression_ratio"] if budget is None else None, force, switches)
-
-
-def switch_policy(job: Job, ec: EvictingCache, o: dict) -> tuple[str, int, int]:
-    """From this step on the cache is evicted by policy o["policy"] with o's knobs: a fresh policy whose
-    per-entry statistics start now (the entries already cached count as just arrived). (policy, budget, n_sink)"""
-    _, budget, window = resolve(o, job.input_ids.shape[1])
-    pol = make_policy(o["policy"], ec.n_layers, seed=0 if job.sampling.seed is None else int(job.sampling.seed),
-                      n_sink=o["n_sink"], window=window, window_size=o["window_size"], kernel_size=o["kernel_size"],
-                      hit_threshold=float(o["hit_threshold"]))
-    for li in range(ec.n_layers):
-        if ec.pos[li] is not None:
-            b, hkv, n = ec.pos[li].shape
-            pol.extend(li, n, rows_n=b, hkv=hkv, device=ec.pos[li].device)
-    ec.groups = [(pol, slice(0, 1))]
-    ec.needs_attention = pol.needs_attention
-    return o["policy"], budget, o["n_sink"]
+                  o["compression_ratio"] if budget is None else None, p)
 
 
 def _steps(job: Job, ec: EvictingCache, policy, budget, prefill_keep, n_sink, watch, compare_full, ratio=None,
-           force=(), switches=None):
+           p: Plan | None = None):
     """budget None: compression_ratio's run (compressed once after the prompt, no decode eviction).
-    force: tokens of the first steps, replayed (their forward and eviction, the random draws too) and not
-    yielded nor committed; switches: step -> the options from that step on (engine.fork, check_resume).
-    One loop kept whole (~100 lines): forward, capture, evict and record are one step of the algorithm and read
+    p.force: tokens of the first steps, replayed (their forward and eviction, the random draws too) and not
+    yielded nor committed, from p.start's snapshot when there is one; p.switches: step -> the options from that
+    step on; p.store: this run's snapshots, taken at the top of their steps (engine/methods/kv/resume.py).
+    One loop kept whole (~120 lines): forward, capture, evict and record are one step of the algorithm and read
     best in order."""
-    switches = switches or {}
+    p = p or Plan()
+    force, switches, store = p.force, p.switches, p.store
     hidden = len(force)
     lm, cfg, c = job.lm, job.sampling, job.counters
     n_layers = lm.model.config.num_hidden_layers
@@ -255,12 +200,22 @@ def _steps(job: Job, ec: EvictingCache, policy, budget, prefill_keep, n_sink, wa
     evicted_total = 0
     nll_sum = nll_full_sum = 0.0
     pending = []       # replayed inputs the full-cache shadow has not seen yet (fed with the first own step)
+    replayed = [0, 0]  # forwards, token positions
+    logits = None
     with torch.inference_mode():
         step = 0
         tok_in = job.input_ids
+        if p.start is not None:
+            step, tok_in, pending, (policy, budget, n_sink) = restore(p, ec, job, gen)
+            evicting = policy != "full"
         while True:
+            if step == hidden and hidden:
+                p.reported(*replayed)
+            if store is not None and logits is not None and store.due(step):
+                with c.recording():
+                    store.take(step, ec, (policy, budget, n_sink), gen, logits.shape[-1])
             if step in switches:
-                policy, budget, n_sink = switch_policy(job, ec, switches[step])
+                policy, budget, n_sink = switch_policy(job, ec, switches[step], p.policy_seed)
                 evicting = policy != "full"
             with c.compute():
                 logits = ec.forward(tok_in)[:, -1, :].float()
@@ -272,8 +227,12 @@ def _steps(job: Job, ec: EvictingCache, policy, budget, prefill_keep, n_sink, wa
                 tok = int(S.choose(logits[0], cfg, gen))
             c.target_forwards += 1
             if step < hidden:        # a replayed step of the parent run: its token, nothing shown
+                replayed[0] += 1
+                replayed[1] += tok_in.shape[1]
                 pending.append(tok_in)
                 tok_in = torch.tensor([[int(force[step])]], device=lm.device)
+                if store is not None:
+                    store.fed.append(int(force[step]))
                 step += 1
                 continue
             evicted_total += info["evicted"]
@@ -336,4 +295,6 @@ def _steps(job: Job, ec: EvictingCache, policy, budget, prefill_keep, n_sink, wa
             step += 1
             if job.finished([tok]):
                 return
+            if store is not None:
+                store.fed.append(tok)
             tok_in = torch.tensor([[tok]], device=lm.device)
