@@ -5,6 +5,7 @@ import random
 
 import torch
 
+from engine.diffusion.batched import padded_attention, padded_hidden, padded_positions  # noqa: F401 (one copy, the engine's)
 from training.common import DATA
 
 
@@ -69,23 +70,6 @@ def split_heldout(examples, n_held: dict):
         idx = [i for i, k in enumerate(kinds) if k == kind]
         held.update(idx[max(len(idx) - n, 0):])
     return [e for i, e in enumerate(examples) if i not in held], [examples[i] for i in sorted(held)]
-
-
-def padded_attention(A, start: int = 0):
-    """4D bidirectional mask over left-padded rows (A: real tokens) for the queries from `start` on:
-    real tokens see every real token, pads see only themselves."""
-    att = A[:, None, start:, None] & A[:, None, None, :]
-    return att | torch.eye(A.shape[1], dtype=torch.bool)[None, None, start:]
-
-
-def padded_positions(A):
-    return (A.long().cumsum(1) - 1).clamp(min=0)
-
-
-def padded_hidden(model, E, A):
-    """Bidirectional forward over left-padded rows (A: real tokens); pads attend only to themselves."""
-    return model.model(inputs_embeds=E, attention_mask=padded_attention(A),
-                       position_ids=padded_positions(A)).last_hidden_state
 
 
 def left_pad(seqs, targets, pad_id: int):

@@ -1,5 +1,5 @@
-"""Training data generation: SmolLM2's own answers (gen) and the diffusion model's (gen-self, a batched
-low_confidence / threshold decoder with a prefix KV cache)."""
+"""Training data generation: SmolLM2's own answers (gen) and the diffusion model's (gen-self: the engine's
+batched low_confidence / threshold decoder, engine.diffusion.batched, with a prefix KV cache)."""
 from __future__ import annotations
 
 import random
@@ -9,7 +9,6 @@ from pathlib import Path
 import torch
 
 from training.common import DATA, GEN_LEN, load_base, log
-from training.data import padded_attention, padded_hidden, padded_positions
 
 
 def cmd_gen(args):
@@ -73,7 +72,6 @@ def cmd_gen(args):
     log({"stage": "gen", "examples": made, "seconds": round(time.time() - t0, 1), "seed": args.seed, **how})
 
 
-@torch.no_grad()
 def self_decode(model, prompts_enc, mask_id: int, eos: int, block: int = 16, gen_len: int = GEN_LEN,
                 prefix_cache: bool = True, threshold: float | None = None):
     """The diffusion model answers a batch of prompts itself: greedy low_confidence, one token per step,
@@ -83,69 +81,12 @@ def self_decode(model, prompts_enc, mask_id: int, eos: int, block: int = 16, gen
     prefix_cache: Fast-dLLM's approximation (keys/values of the prompt and committed blocks computed
     once per block, the block and what follows it recomputed every step), ~2x faster here.
     threshold: Fast-dLLM's rule instead of one token per step: every masked position of the block whose
-    confidence is >= threshold is committed, and always the most confident one."""
-    from transformers import DynamicCache
-    from engine import kvcache
-    emb = model.get_input_embeddings().weight
-    B, width = len(prompts_enc), max(map(len, prompts_enc))
-    L = width + gen_len
-    X = torch.full((B, L), eos)
-    A = torch.zeros((B, L), dtype=torch.bool)
-    for i, e in enumerate(prompts_enc):
-        X[i, width - len(e):width] = torch.tensor(e)
-        A[i, width - len(e):] = True
-    X[:, width:] = mask_id
-    pos_all = padded_positions(A)
-    ar = torch.arange(gen_len)
-    active = torch.arange(B)
-    for k in range(gen_len // block):
-        if len(active) == 0:  # every answer has ended
-            break
-        lo, hi = width + k * block, width + (k + 1) * block
-        cache, start = None, 0
-        if prefix_cache:  # keys/values of positions < lo - 1 (the hidden state at lo-1 predicts lo)
-            cache = DynamicCache()
-            model.model(input_ids=X[active], attention_mask=padded_attention(A[active]),
-                        position_ids=pos_all[active], past_key_values=cache, use_cache=True)
-            start = lo - 1
-            kvcache.crop(cache, start)
-            keep = active
-        for _ in range(block):  # >= 1 commit per step: at most `block` steps
-            x, a = X[active], A[active]
-            if cache is not None:
-                if len(active) < len(keep):  # finished rows leave the batch: drop their cache rows
-                    sel = torch.nonzero(torch.isin(keep, active)).squeeze(1)
-                    cache.batch_select_indices(sel)
-                    keep = active
-                h = model.model(input_ids=x[:, start:], attention_mask=padded_attention(a, start),
-                                position_ids=pos_all[active, start:],
-                                past_key_values=cache, use_cache=True).last_hidden_state
-                kvcache.crop(cache, start)
-                h = h[:, lo - 1 - start:hi - 1 - start]
-            else:
-                h = padded_hidden(model, emb[x], a)[:, lo - 1:hi - 1]  # shift: i-1 predicts i
-            logits = model.lm_head(h).float()
-            logits[..., mask_id] = -1e4
-            conf, tok = logits.softmax(-1).max(-1)
-            masked = x[:, lo:hi] == mask_id
-            conf = torch.where(masked, conf, torch.full_like(conf, -1.0))
-            j = conf.argmax(-1)
-            commit = torch.zeros_like(masked)
-            commit[torch.arange(len(active)), j] = True
-            if threshold is not None:
-                commit |= masked & (conf >= threshold)
-            X[active, lo:hi] = torch.where(commit, tok, X[active, lo:hi])
-            ans = X[active, width:]
-            first_mask = torch.where(ans == mask_id, ar, gen_len).min(-1).values
-            first_eos = torch.where(ans == eos, ar, gen_len).min(-1).values
-            finished = first_eos < first_mask
-            for r, fe in zip(active[finished].tolist(), first_eos[finished].tolist()):
-                X[r, width + fe:] = eos
-            active = active[~finished]
-            if len(active) == 0 or not bool((X[active, lo:hi] == mask_id).any()):
-                break
-    assert not bool((X[:, width:] == mask_id).any())
-    return [X[i, width:].tolist() for i in range(B)]
+    confidence is >= threshold is committed, and always the most confident one.
+    The engine's batched decoder does it (engine.diffusion.batched.denoise_batch, the sampler's rules)."""
+    from engine.diffusion.batched import denoise_batch
+    rule, params = ("low_confidence", {}) if threshold is None else ("threshold", {"threshold": threshold})
+    return denoise_batch(model, prompts_enc, mask_id, eos, gen_length=gen_len, block_length=block, rule=rule,
+                         rule_params=params, prefix_cache=prefix_cache)
 
 
 def cmd_gen_self(args):

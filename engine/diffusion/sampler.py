@@ -109,6 +109,62 @@ def validate(gen_length: int, block_length: int, steps: int, rule: str, prompt_l
     return block_length, steps
 
 
+def resolve_rule(rule: str, rule_params: dict | None = None):
+    """(the rule function, the options passed to it, the schedule kind): `schedule` is one of the
+    R.SAMPLER_OPTIONS, read by the sampler, not by the rule."""
+    fn = R.RULES.get(rule).obj   # OptionError naming the known rules
+    params = dict(rule_params or {})
+    schedule_kind = params.pop("schedule", "even")
+    if schedule_kind not in R.SCHEDULES:
+        raise MethodError(f"schedule must be one of {', '.join(R.SCHEDULES)}, got {schedule_kind!r}.")
+    return fn, params, schedule_kind
+
+
+def step_count(schedule_kind: str, schedule: list[int], masked: int, step: int, steps_per_block: int) -> int:
+    """The k a schedule rule commits at step `step` of a block: the even schedule's entry (everything left
+    once it is used up) or Dream's count of the `masked` positions still masked."""
+    if schedule_kind == "dream":
+        return dream_transfer_count(masked, step, steps_per_block)
+    return schedule[step] if step < len(schedule) else masked
+
+
+def choose(fn, params: dict, view: R.StepView, schedule_kind: str = "even") -> tuple[R.Choice, torch.Tensor]:
+    """One step's choice: the rule's commit mask, limited to the candidates, and at least one commit per
+    step (the best-scored candidate, by confidence where no score is finite), except where Dream's schedule
+    says none. Returns (the rule's Choice, the commit mask)."""
+    cand = view.candidates
+    choice = fn(view, **params)
+    commit = choice.commit & cand
+    if not bool(commit.any()) and not (schedule_kind == "dream" and view.k == 0):
+        best = torch.where(cand, choice.score.double(), torch.tensor(float("-inf"), dtype=torch.float64))
+        if not bool(torch.isfinite(best).any()):
+            best = torch.where(cand, view.conf, torch.tensor(-1.0, dtype=view.conf.dtype))
+        commit[int(best.argmax())] = True
+    return choice, commit
+
+
+def choose_batch(logits: torch.Tensor, candidates: torch.Tensor, fn, params: dict, schedule_kind: str,
+                 ks: list[int], step: int, steps_per_block: int, progress: list[float], eos_ids: set,
+                 states: list[dict], generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batched step (greedy): logits [B, N, V] of N positions per row (mask id at -inf), candidates
+    [B, N] bool. Each row's choice is the per-run one (`choose` on the StepView diffuse builds, with the
+    row's k, progress and rule state); a row without candidates commits nothing. Returns (x0 [B, N], the
+    argmax, and commit [B, N] bool)."""
+    x0 = logits.argmax(-1)
+    commit = torch.zeros_like(candidates)
+    cfg = S.SamplingConfig()
+    for r in range(logits.shape[0]):
+        if not bool(candidates[r].any()):
+            continue
+        probs, conf, max_prob, margin, neg_entropy = position_stats(logits[r], x0[r])
+        view = R.StepView(probs=probs, logits=logits[r], x0=x0[r], conf=conf, max_prob=max_prob, margin=margin,
+                          neg_entropy=neg_entropy, candidates=candidates[r], k=ks[r], step=step,
+                          steps=steps_per_block, progress=progress[r], eos_ids=eos_ids, generator=generator,
+                          state=states[r], sampling=cfg)
+        commit[r] = choose(fn, params, view, schedule_kind)[1]
+    return x0, commit
+
+
 def diffuse(adapter, prompt: torch.Tensor, gen_length: int = 64, block_length: int = 0, steps: int = 0,
             rule: str = "low_confidence", rule_params: dict | None = None,
             sampling: S.SamplingConfig | None = None, cfg_scale: float = 0.0, prefix_cache: bool = False,
@@ -127,11 +183,7 @@ def diffuse(adapter, prompt: torch.Tensor, gen_length: int = 64, block_length: i
     block_length, steps = validate(gen_length, block_length, steps, rule, P, cfg_scale, prefix_cache)
     if prefix_cache and not adapter.supports_prefix_cache():
         raise MethodError(f"The prefix cache is not available for {adapter.name}.")
-    fn = R.RULES.get(rule).obj
-    params = dict(rule_params or {})
-    schedule_kind = params.pop("schedule", "even")   # R.SAMPLER_OPTIONS: read here, not by the rule
-    if schedule_kind not in R.SCHEDULES:
-        raise MethodError(f"schedule must be one of {', '.join(R.SCHEDULES)}, got {schedule_kind!r}.")
+    fn, params, schedule_kind = resolve_rule(rule, rule_params)
     mask_id = adapter.mask_id
     dev = prompt.device
     x = torch.full((1, P + gen_length), mask_id, dtype=torch.long, device=dev)
@@ -186,23 +238,13 @@ def diffuse(adapter, prompt: torch.Tensor, gen_length: int = 64, block_length: i
             probs, conf, max_prob, margin, neg_entropy = position_stats(logits, x0)
             was_masked = x[0, P:] == mask_id
             cand = was_masked & in_block
-            if schedule_kind == "dream":
-                k = dream_transfer_count(int(cand.sum()), i, steps_per_block)
-            else:
-                k = schedule[i] if i < len(schedule) else int(cand.sum())
+            k = step_count(schedule_kind, schedule, int(cand.sum()), i, steps_per_block)
             committed_before = N - int(was_masked.sum())
             view = R.StepView(probs=probs, logits=logits, x0=x0, conf=conf, max_prob=max_prob, margin=margin,
                               neg_entropy=neg_entropy, candidates=cand, k=k, step=i,
                               steps=steps_per_block, progress=committed_before / N, eos_ids=adapter.eos_ids,
                               generator=gen, state=state, sampling=cfg)
-            choice = fn(view, **params)
-            commit = choice.commit & cand
-            # at least one per step (the best-scored candidate), except where Dream's schedule says none
-            if not bool(commit.any()) and not (schedule_kind == "dream" and k == 0):
-                best = torch.where(cand, choice.score.double(), torch.tensor(float("-inf"), dtype=torch.float64))
-                if not bool(torch.isfinite(best).any()):
-                    best = torch.where(cand, conf, torch.tensor(-1.0, dtype=conf.dtype))
-                commit[int(best.argmax())] = True
+            choice, commit = choose(fn, params, view, schedule_kind)
             if bool((x0[commit] == mask_id).any()):  # would never finish: fail loudly instead
                 raise MethodError("The model predicted the mask token itself; its logits are not usable.")
             x[0, P:][commit] = x0[commit]
