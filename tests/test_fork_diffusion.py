@@ -175,7 +175,7 @@ def test_the_sampler_checks_a_canvas(one_thread, lm):
                        ({"block_masked": 0}, "block_masked must")):
         with pytest.raises(MethodError, match=words):
             run.prepare(lm, "diffusion", PROMPT, max_new_tokens=N, options=OPTS, resume={**ok, **bad})
-    with pytest.raises(MethodError, match="for diffusion, kv only"):
+    with pytest.raises(MethodError, match="resume is a dict, for diffusion, kv, jacobi, lookahead only"):
         run.prepare(lm, "ar", PROMPT, max_new_tokens=N, resume=ok)
     # a canvas with the mask id where masked is the same as None there
     a = run.run(lm, "diffusion", PROMPT, max_new_tokens=N, options=OPTS, resume={**ok, "canvas": [MASK] * N})

@@ -163,3 +163,52 @@ def test_jacobi_page_forks_to_lookahead_with_other_sampling(embedded_lm):
     prefix = b.trace.meta["fork"]["prefix_ids"]
     assert prefix == r.trace.final_ids[:len(prefix)] and fork.output_ids(b.trace)[:len(prefix)] == prefix
     assert not at.exception
+
+
+def _at_step(at, k):
+    box = next(w for w in at.number_input if w.label == "at step")
+    box.set_value(k).run()
+
+
+def test_speculative_page_forces_a_verdict(embedded_lm):
+    """The 'verdict of this round' radio: force-accept a rejected drafted node; the branch says not lossless."""
+    at = app_test("pages/2_Speculative.py").run()
+    at.text_area(key="spec_prompt").input("Repeat: the cat sat on the mat. the cat sat on the mat.")
+    at.number_input(key="spec_max_new").set_value(12)
+    at.button(key="spec_go").click().run()
+    r = wait_done(at, "runner_spec")
+    at.run()
+    assert r.state == DONE and not at.exception
+    k = next((i for i, s in enumerate(r.trace.steps) if any(n.get("status") == "rejected" for n in s.get("nodes") or [])),
+             None)
+    assert k is not None, "no round with a rejected node"
+    _at_step(at, k)
+    at.radio(key=f"spec_fk_0_{k}_force").set_value("force-accept a node").run()
+    node = at.selectbox(key=f"spec_fk_0_{k}_force_node").value
+    at.button(key="spec_fk_go").click().run()
+    assert not at.error, shown(at.error)
+    b = _branch(at, key="runner_spec")
+    f = b.trace.meta["fork"]
+    assert f["edit"]["force"]["node"] == node and f["edit"]["force"]["accept"] and f["not_lossless"]
+    assert any("not lossless" in c for c in shown(at.caption)), shown(at.caption)
+
+
+def test_jacobi_page_forks_with_edited_guesses(embedded_lm):
+    at = app_test("pages/4_Jacobi_Lookahead.py").run()
+    at.text_area(key="jl_prompt").input("Count: 1 2 3 4 5")
+    at.number_input(key="jl_max_new").set_value(8)
+    at.button(key="jl_go").click().run()
+    r = wait_done(at, "runner_jacobi")
+    at.run()
+    assert r.state == DONE and not at.exception
+    _at_step(at, 1)
+    at.checkbox(key="jl_fk_0_1_g_on").check().run()
+    box = at.text_input(key="jl_fk_0_1_g_ids")
+    assert box.value == ", ".join(map(str, r.trace.steps[1]["guess_ids"]))   # the recorded guesses, to edit
+    box.input("abc").run()
+    assert any("whole numbers" in e for e in shown(at.error))
+    box.input("1, 2, 3").run()
+    at.button(key="jl_fk_go").click().run()
+    assert not at.error, shown(at.error)
+    b = _branch(at, key="runner_jacobi")
+    assert b.trace.steps[0]["guess_ids"][:3] == [1, 2, 3] and fork.output_ids(b.trace) == r.trace.final_ids

@@ -30,6 +30,7 @@ def fork_controls(key: str, lm, prefix: str, allow_token: bool) -> None:
                                help="the branch keeps what the run committed before this step and decodes the "
                                     "rest with the edit")
         edit: dict = {}
+        blocked = False
         rec = r.trace.steps[int(step)]
         if allow_token and rec.get("kind") == "ar":
             cands = [c for c in rec.get("candidates") or [] if isinstance(c.get("id"), int)]
@@ -62,15 +63,15 @@ def fork_controls(key: str, lm, prefix: str, allow_token: bool) -> None:
         if method in ("jacobi", "lookahead") and rec.get("kind") in ("jacobi", "lookahead"):
             g = guesses_edit(rec, f"{prefix}_fk_{src}_{int(step)}")
             if g is False:
-                return
-            if g is not None:
+                blocked = True   # the message is shown; every widget stays drawn, the Fork button is off
+            elif g is not None:
                 edit["guesses"] = g
         other_opts = method != parent_method or st.checkbox("other options", False, key=f"{prefix}_fk_opts")
         if method != parent_method:
             edit["method"] = method
         if other_opts:
             edit["options"] = common_options(method, f"{prefix}_fk_{method}")
-        _sampling_and_go(key, lm, prefix, src, int(step), edit)
+        _sampling_and_go(key, lm, prefix, src, int(step), edit, blocked)
 
 
 def force_edit(rec: dict, prefix: str) -> dict | None:
@@ -123,13 +124,13 @@ def guesses_edit(rec: dict, prefix: str):
     return [int(p) for p in parts]
 
 
-def _sampling_and_go(key: str, lm, prefix: str, src: int, step: int, edit: dict) -> None:
+def _sampling_and_go(key: str, lm, prefix: str, src: int, step: int, edit: dict, blocked: bool = False) -> None:
     if st.checkbox("other sampling settings", False, key=f"{prefix}_fk_samp"):
         cfg = common.sampling_controls(f"{prefix}_fk", container=st.container())
         if cfg is None:
             return
         edit["sampling"] = cfg
-    if st.button("Fork", key=f"{prefix}_fk_go", type="primary", disabled=lm is None):
+    if st.button("Fork", key=f"{prefix}_fk_go", type="primary", disabled=lm is None or blocked):
         B.start_fork(key, lm, src, step, **edit)
         st.rerun()
 
