@@ -62,6 +62,9 @@ class Server:
         self.models: dict[tuple, object] = {}
         self.models_lock = threading.Lock()
         self.runs: dict[int, _Run] = {}
+        # finished runs whose trace holds fork snapshots (a kv run): a fork of one restores the nearest state
+        # instead of replaying from the prompt. The UI's runner going away ("forget") drops it; at most KEEP.
+        self.kept: dict[int, Trace] = {}
         self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="decoder-call")
         self.state_lock = threading.Lock()   # a state snapshot is taken and sent in one piece (never reordered)
         threading.Thread(target=self._watchdog, daemon=True, name="decoder-watchdog").start()
@@ -129,8 +132,10 @@ class Server:
         trace, steps = engine_run.prepare(lm, method, prompt, **prepare_kw)
         return self._launch(run_id, lm, trace, steps, breakpoints, start_paused)
 
-    def op_fork(self, model, run_id, parent: dict, step, edit: dict, parent_id, breakpoints, start_paused) -> dict:
-        """A branch of a recorded run (Decoder.fork): engine.fork.prepare on a copy of the parent, then as a start."""
+    def op_fork(self, model, run_id, parent: dict, step, edit: dict, parent_id, breakpoints, start_paused,
+                parent_run: int | None = None) -> dict:
+        """A branch of a recorded run (Decoder.fork): engine.fork.prepare on a copy of the parent, then as a start.
+        `parent_run` is the parent's run id here when it ran here: a kept trace's snapshots then serve the fork."""
         from engine import fork
         from engine.sampling import SamplingConfig
         lm = self.model(tuple(model))
@@ -138,6 +143,10 @@ class Server:
             raise fork.ForkError("fork needs the run to fork from.")
         src = Trace(meta=dict(parent["meta"]), steps=list(parent.get("steps") or []),
                     final_ids=list(parent.get("final_ids") or []))
+        held = self.kept.get(parent_run) if isinstance(parent_run, int) else None
+        if held is not None and held.meta.get("prompt_ids") == src.meta.get("prompt_ids") \
+                and list(held.final_ids) == src.final_ids and len(held.steps) == len(src.steps):
+            src.counters = held.counters      # the same run: its snapshots (checked again against the edit)
         sampling = edit.get("sampling")
         if sampling is not None and not isinstance(sampling, SamplingConfig):
             raise fork.ForkError("fork: sampling must be a SamplingConfig.")
@@ -188,7 +197,20 @@ class Server:
             except (OSError, EOFError, BrokenPipeError):
                 pass
         if r.finished and not r.working:   # (a cancelled run's step in progress has come back)
-            self.runs.pop(run_id, None)   # the UI holds the mirror; nothing here needs it any more
+            entry = self.runs.pop(run_id, None)   # the UI holds the mirror; only fork snapshots are kept
+            if entry is not None and r.exception is None:
+                self._keep(run_id, entry.trace)
+
+    KEEP = 4
+
+    def _keep(self, run_id: int, trace: Trace) -> None:
+        from engine.methods.kv.resume import snapshots_of
+        if snapshots_of(trace) is None:
+            return
+        with self.state_lock:
+            self.kept[run_id] = trace
+            while len(self.kept) > self.KEEP:
+                self.kept.pop(next(iter(self.kept)))
 
     def op_control(self, run_id: int, action: str, **kw):
         entry = self.runs.get(run_id)
@@ -244,6 +266,8 @@ class Server:
                     self._state(rid, r)
 
     def op_forget(self, run_id: int):
+        with self.state_lock:
+            self.kept.pop(run_id, None)
         entry = self.runs.pop(run_id, None)
         if entry is not None:
             entry.runner.cancel()

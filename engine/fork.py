@@ -25,8 +25,9 @@ Two families keep more state than the prefix, and fork to themselves only (STATE
   engine/methods/kv/resume.py). A run made in this process keeps snapshots of that state at step 1 and every
   S = min(16, prompt tokens) steps (at most 256 MiB per run; over it every other one goes and the spacing doubles):
   the replay starts from the latest one at or before k, so it costs at most S - 1 one-token forwards, fewer token
-  positions than the prompt's prefill. A trace without snapshots (loaded from a file, the decoder process's copy,
-  a record=False run) replays from the prompt: k forwards over prompt + k - 1 positions. meta["fork"] says what ran
+  positions than the prompt's prefill (the decoder process keeps a finished kv run's trace while the UI holds its
+  runner, so a page's fork, Decoder.fork(parent_run=...), uses them too). A trace without snapshots (loaded from a
+  file, a record=False run) replays from the prompt: k forwards over prompt + k - 1 positions. meta["fork"] says what ran
   (cost_forwards, cost_tokens, replay_from), not shown as the branch's steps; the full-cache shadow (compare_full)
   is rebuilt by one forward over the prefix at the branch's first step. Exact whatever the sampling (the tokens are
   forced; the policies keep the root run's seed). The switched-to policy's statistics start at k (the entries

@@ -417,13 +417,14 @@ class Decoder:
     def fork(self, lm: ModelHandle, parent: Trace, step: int, *, token=None, position: int | None = None,
              mask: bool = False, method: str | None = None, options: dict | None = None, sampling=None,
              max_new_tokens: int | None = None, force: dict | None = None, guesses=None, parent_id: int = 0,
-             session=None, breakpoints=(), start_paused: bool = False) -> RemoteRunner:
+             session=None, breakpoints=(), start_paused: bool = False, parent_run: int | None = None) -> RemoteRunner:
         """Start a branch of the recorded run `parent` (a Trace: a runner's mirror, a loaded file) at its step
         `step` with one edit (engine.fork.prepare: token / method / options / sampling / force / guesses), as a RemoteRunner like
         start(). The decoder gets a copy of what the fork needs (meta, the steps' counts, the output ids): the
         parent is never touched. A bad edit is the engine's ForkError / LabError at once; at most
         MAX_LIVE_BRANCHES branches of one `session` (any hashable; None: no cap) compute at a time.
-        meta["fork"]["parent"] is `parent_id` (0: the original; n: the n-th branch of its tree)."""
+        meta["fork"]["parent"] is `parent_id` (0: the original; n: the n-th branch of its tree). `parent_run`: the
+        parent's RemoteRunner.run_id when it ran in this decoder (a kv run's snapshots there then spare the replay)."""
         from engine.fork import ForkError
         if session is not None:
             with self._lock:
@@ -437,6 +438,7 @@ class Decoder:
                                "options": options, "sampling": sampling,
                                "max_new_tokens": max_new_tokens, "force": force, "guesses": guesses},
                          parent_id=parent_id, breakpoints=list(breakpoints), start_paused=bool(start_paused),
+                         parent_run=parent_run if isinstance(parent_run, int) else None,
                          call_timeout=START_TIMEOUT_S)
         r = self._register(run_id, meta, breakpoints, start_paused)
         if session is not None:

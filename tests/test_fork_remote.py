@@ -90,6 +90,38 @@ def test_forced_verdicts_and_edited_guesses_in_the_decoder(handle, local):
     assert fork.output_ids(g.trace) == j.trace.final_ids and g.trace.steps[0]["guess_ids"][:3] == [1, 2, 3]
 
 
+def test_a_kv_fork_in_the_decoder_restores_its_snapshot(handle, local):
+    """A finished kv run's snapshots stay in the decoder (until its runner is forgotten): a late fork of it
+    (parent_run = its run id) replays a few steps, not the whole run, and equals the engine's full replay."""
+    p = "The capital of France is Paris. The capital of Italy is Rome. The capital of Spain is"
+    o = {"policy": "h2o", "budget": 12, "watch_layers": "first,last", "compare_full": False}
+    r = remote.decoder().start(handle, "kv", p, max_new_tokens=40, options=o, ignore_eos=True)
+    assert r.wait(60) and r.state == DONE
+    k = 36
+    cheap = remote.decoder().fork(handle, r.trace, k, options={"budget": 8}, parent_run=r.run_id)
+    full = remote.decoder().fork(handle, r.trace, k, options={"budget": 8})      # no run id: a copy, replayed
+    assert cheap.wait(60) and full.wait(60) and cheap.state == full.state == DONE, (cheap.error, full.error)
+    assert fork.output_ids(cheap.trace) == fork.output_ids(full.trace)
+    fc, ff = cheap.trace.meta["fork"], full.trace.meta["fork"]
+    assert ff["replay_from"] == 0 and ff["cost_forwards"] >= k
+    assert fc["replay_from"] > 0 and fc["cost_forwards"] <= k - fc["replay_from"] + 1 < ff["cost_forwards"], fc
+    # the decoder holds the parent's trace only while the UI holds its runner
+    import gc
+    import time
+    trace, rid = r.trace, r.run_id
+    del r
+    gc.collect()
+    deadline, replayed = time.monotonic() + 20, None
+    while time.monotonic() < deadline:
+        late = remote.decoder().fork(handle, trace, k, options={"budget": 8}, parent_run=rid)
+        assert late.wait(60) and late.state == DONE
+        replayed = late.trace.meta["fork"]["replay_from"]
+        if replayed == 0:
+            break
+        time.sleep(0.5)
+    assert replayed == 0
+
+
 @pytest.mark.parametrize("step,kw,words", [
     (99, {}, "no step 99"),
     (2, {"token": 10 ** 9}, "outside the vocabulary"),

@@ -112,7 +112,8 @@ def start_fork(key: str, lm, parent_id: int, step: int, **edit) -> int | None:
                                         "remove some (Remove all branches) to fork again.")
         if lm is None:
             raise engine_fork.ForkError("No model is loaded: load one on the home page to fork.")
-        b = remote.decoder().fork(lm, parent.trace, step, parent_id=parent_id, session=_session(), **edit)
+        b = remote.decoder().fork(lm, parent.trace, step, parent_id=parent_id, session=_session(),
+                                  parent_run=getattr(parent, "run_id", None), **edit)
     except LabError as e:
         st.session_state[f"{key}__fork_error"] = str(e)
         return None
