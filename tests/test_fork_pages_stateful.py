@@ -34,10 +34,12 @@ def test_kv_page_forks_with_another_policy(embedded_lm):
     b = _branch(at, "runner_kv_a")
     f = b.trace.meta["fork"]
     assert f["at_step"] == 3 and f["edit"]["options"] == {"policy": "streaming_llm", "budget": 16}
-    assert f["cost_forwards"] == 3 and fork.output_ids(b.trace)[:3] == r.trace.final_ids[:3]
+    # the decoder kept the run's snapshots (step 1): the page's fork replays steps 1-2 only
+    assert f["replay_from"] == 1 and f["cost_forwards"] == 2, f
+    assert fork.output_ids(b.trace)[:3] == r.trace.final_ids[:3]
     assert [s["cache_len"] for s in b.trace.steps] == [16] * (n - 3)
     html = "".join(m.value for m in at.markdown)
-    assert "branch 1" in html and "3 replayed forwards" in "".join(c.value for c in at.caption)
+    assert "branch 1" in html and "2 replayed forwards" in "".join(c.value for c in at.caption)
     assert list(at.dataframe[-1].value["run"]) == ["original", "branch 1"] and not at.exception
 
 
