@@ -1,4 +1,4 @@
-"""AppTest: what-if forks on the KV-cache and Diffusion pages (ui/branches.py stateful_edit). The KV page forks its
+"""AppTest: what-if forks on the KV-cache and Diffusion pages (ui/fork_form.py stateful_edit). The KV page forks its
 run at a step with another policy and budget (the branch replays the run's tokens to there); the Diffusion page
 forks with a canvas edit and with another rule; each branch finishes beside the original, no exception."""
 from engine import fork

@@ -501,6 +501,7 @@ ALLOWED_HTML = {
     "pages/6_Compare.py": ("vc.diff_html",),
     "ui/live.py": ("html",),   # renderers.stream_html: the viz token-stream builders above
     "ui/branches.py": ("vf.aligned_html",),
+    "ui/branch_view.py": ("vf.aligned_html",),   # a saved trace's branch beside its parent (moved from ui/branches.py)
     "ui/rewarp.py": ("vr.stream_html",),   # tests/test_rewarp_page.py: escaping
     "ui/render_grammar.py": ("legend.legend_html",),
     "ui/render_cautious.py": ("legend.legend_html", "vz.stream_html"),   # tests/test_cautious.py: escaping   # what-if forks: tests/test_fork_trace.py checks its escaping
