@@ -7,6 +7,7 @@
           OptionError                 one option: names it and its allowed values
         SamplingError               impossible sampling parameters
         TraceError                  a trace file that is malformed or not a trace
+        ForkError                   a what-if fork that cannot be made (engine.fork re-exports it)
       ModelLoadError (RuntimeError) a model that cannot be loaded: why, and what to do
 
 UI code catches `LabError` and shows its message; anything else is a bug, shown with an id
@@ -41,6 +42,10 @@ class SamplingError(InputError):
 
 class TraceError(InputError):
     """A trace file is malformed or not a trace; the message says what is wrong."""
+
+
+class ForkError(InputError):
+    """A fork that cannot be made: the message says why and what is allowed."""
 
 
 class ModelLoadError(LabError, RuntimeError):

@@ -81,9 +81,7 @@ class RemoteError(Exception):
 
 def decode_exception(enc: tuple) -> BaseException:
     name, message, tb = enc
-    cls = getattr(errors, name, None)
-    if cls is None and name == "ForkError":       # engine.fork's own error (an InputError)
-        from engine.fork import ForkError as cls
+    cls = getattr(errors, name, None)             # every LabError is in engine.errors (ForkError too)
     if isinstance(cls, type) and issubclass(cls, LabError):
         return cls(message)
     if name == "DecoderError":
