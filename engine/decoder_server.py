@@ -1,5 +1,8 @@
 """The decoder process's side of engine/remote.py: the Server that holds the models and runs the runs.
 
+(~310 lines, one file on purpose: the Server's ops share one table of models and runs and one channel; the tasks
+at the end are a few lines each.)
+
 `python -m engine.remote FD` (engine.remote.Decoder starts it) calls `main` here. The messages it sends
 and reads are described at the top of engine/remote.py, whose UI side must match them; engine.remote
 re-exports Server, TASKS, main and encode_exception. Imports nothing of engine.remote (no cycle).

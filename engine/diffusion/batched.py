@@ -52,6 +52,9 @@ def denoise_batch(model, prompts: list[list[int]], mask_id: int, eos: int, gen_l
     blocks); rule / rule_params: a rule of engine.diffusion.rules.RULES and its options (`schedule` included).
     prefix_cache: Fast-dLLM's approximation: the keys/values of the prompt and the committed blocks computed
     once per block (from the canvas at the block's start), the block and what follows it recomputed every step.
+
+    One loop kept whole, as diffuse is (~80 lines): blocks, steps, the batched forward, each row's choice and the
+    commit are the algorithm in order, the rows' bookkeeping (done, EOS) inside it (issue 29).
     """
     from transformers import DynamicCache
     from engine import kvcache
