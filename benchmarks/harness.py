@@ -125,7 +125,7 @@ def write(rows: list[dict], suite: str, out: Path, lm) -> None:
     assemble(out)
 
 
-ORDER = ["ar", "page_defaults", "ui", "snapkv", "beam", "search", "grammar", "suite", "speculative", "jacobi", "kv", "diffusion",
+ORDER = ["ar", "page_defaults", "ui", "snapkv", "beam", "search", "grammar", "suite", "speculative", "speculative_heads", "jacobi", "kv", "diffusion",
          "kernels"]
 
 

@@ -3,6 +3,7 @@ token, tokens/s and speedup vs our autoregressive method in the same run, and Hu
 assisted generation (prompt lookup; assistant_model with the same draft) on the same prompts.
 
     python -m benchmarks.speculative [--new 64] [--repeats 1] [--only prompt_lookup,draft_model]
+    python -m benchmarks.speculative --suite heads     # trained heads on open-ended prompts (spec_heads.py)
 
 Speeds are wall-clock tokens/s of whole generate calls (ours: engine.run.run with record=False,
 so no step details are built), the best of --repeats runs. Outputs are checked token for token
@@ -77,10 +78,19 @@ def main(argv=None):
     ap.add_argument("--only", default="", help="comma-separated config names (prefix match)")
     ap.add_argument("--prompts", default=",".join(PROMPTS))
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--suite", choices=("grounded", "heads"), default="grounded",
+                    help="heads: trained draft heads vs the other drafters on open-ended held-out prompts "
+                         "(benchmarks/spec_heads.py)")
+    ap.add_argument("--n-prompts", type=int, default=4, help="--suite heads: how many held-out prompts")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     lm = models.load(models.EMBEDDED, device="cpu")
+    if a.suite == "heads":
+        from benchmarks.spec_heads import run_suite
+        if a.new == 64 and "--new" not in (argv or __import__("sys").argv):
+            a.new = 96
+        return run_suite(a, lm)
     configs = [c for c in CONFIGS if not a.only or any(c[0].startswith(o) for o in a.only.split(","))]
     print(f"# speculative decoding benchmark  {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print(f"model {lm.name} on {lm.device} ({platform.processor() or platform.machine()}, "

@@ -10,6 +10,21 @@ DEFAULT_PROMPT = ("Summarise the following text, reusing its wording.\n\nThe riv
                   "town and flows south through farmland before reaching the sea. In spring the river floods the "
                   "low fields, and farmers plant rice in the flooded fields. In summer the river is low and the "
                   "fields are dry.")
+OPEN_PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
+# The example prompts, and the drafter that measured fastest on each kind (benchmarks/RESULTS.md: prompt lookup
+# on input-grounded prompts, 1.7x AR; the trained EAGLE head, chain of 4, on open-ended chat, ~1.0x AR, tau 1.9;
+# its dynamic tree reaches tau 2.5-2.8 but is slower on a 2-core CPU).
+EXAMPLES = {"input-grounded (summarise a text)": (DEFAULT_PROMPT, {"drafter": "prompt_lookup"}),
+            "open-ended chat": (OPEN_PROMPT, {"drafter": "eagle", "tree": "chain", "num_assistant_tokens": 4})}
+
+
+def _example():
+    prompt, opts = EXAMPLES[st.session_state[f"{P}_example"]]
+    st.session_state[f"{P}_prompt"] = prompt
+    for k, v in opts.items():
+        st.session_state[f"{P}_{k}"] = v
+
+
 # the options drawn in the "Draft length and verification" expander; the rest go in the sidebar
 ADVANCED = ("schedule", "confidence_threshold", "verify", "typical_epsilon", "typical_alpha", "dense_mask_max")
 
@@ -22,6 +37,8 @@ def main():
         "path, and appends its own next token. The KV cache then keeps only the accepted path.")
     with st.sidebar:
         st.header("Settings")
+        st.radio("Example", list(EXAMPLES), key=f"{P}_example", on_change=_example, horizontal=True,
+                 help="sets the prompt and the drafter that measured fastest on that kind of prompt")
         max_new = max_new_tokens_widget(P, 48)
         opts = option_widgets("speculative", P, skip=ADVANCED)
         with st.expander("Draft length and verification"):

@@ -26,7 +26,7 @@ SHAPES = ["chain", "2.2.2", "[[0],[1],[0,0],[0,1],[0,0,0],[1,0]]", "dynamic"]
 
 
 def opts(drafter, tree="chain", k=3, **kw):
-    return {"drafter": drafter, "tree": tree, "num_assistant_tokens": k, **kw}
+    return {"drafter": drafter, "tree": tree, "num_assistant_tokens": k, "heads": "random:0", **kw}
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +59,47 @@ def test_greedy_equals_autoregressive_embedded(embedded_lm):
         tr = run.run(embedded_lm, "speculative", p, max_new_tokens=N, options=opts(drafter, tree),
                      record=False)
         assert tr.final_ids == ref, drafter
+
+
+@pytest.mark.parametrize("drafter", ["eagle", "medusa"])
+def test_shipped_heads_greedy_equals_autoregressive_embedded(embedded_lm, drafter):
+    """The trained heads in models/ (heads=trained, the default): token for token == AR greedy with a chain,
+    a static tree and the dynamic tree, and they were trained: more than one token per round on a chat prompt
+    (random heads score ~1.0)."""
+    from engine.methods.speculative.head_drafters import shipped_heads
+    if not os.path.isdir(shipped_heads(drafter)):
+        pytest.fail(f"{shipped_heads(drafter)} is missing: the trained {drafter} heads ship in models/")
+    p, n = "Write a short story about a lighthouse keeper.", 24
+    ref = run.run(embedded_lm, "ar", p, max_new_tokens=n).final_ids
+    for tree in ("chain", "2.2.2", "dynamic"):
+        o = {"drafter": drafter, "tree": tree, "num_assistant_tokens": 4}
+        tr = run.run(embedded_lm, "speculative", p, max_new_tokens=n, options=o, record=True)
+        assert tr.final_ids == ref, (drafter, tree)
+        s = tr.extra["summary"]
+        assert s["heads"] == "trained (shipped)" and s["trained"] is True
+        tau = s["tau"]
+        print(f"{drafter} {tree}: tau {tau:.2f}")
+        assert tau > 1.2, (drafter, tree, tau)
+        assert all(n["proposer"] for st in tr.steps for n in st["nodes"][1:-1])
+
+
+def test_shipped_heads_load_fast_and_check_the_target(embedded_lm, tiny_lm):
+    """Loading the shipped heads (uncached) takes well under a second; on another target they are refused by
+    name before any forward."""
+    import time
+    from engine.methods.speculative import head_drafters as HD
+    for kind in ("eagle", "medusa"):
+        path = HD.shipped_heads(kind)
+        with H._CACHE_LOCK:
+            H._CACHE.clear()
+        t0 = time.perf_counter()
+        mod = H.load_eagle(path, embedded_lm) if kind == "eagle" else H.load_medusa(path, embedded_lm)
+        dt = time.perf_counter() - t0
+        print(f"{kind} heads load {dt * 1000:.0f} ms")
+        assert mod is not None and dt < 3.0
+        with pytest.raises(MethodError, match="hidden|vocab|layer"):
+            run.prepare(tiny_lm, "speculative", PROMPT, max_new_tokens=4,
+                        options={"drafter": kind, "heads": "trained"})
 
 
 # ---- the drafts are what the heads compute from scratch -----------------------------------------------

@@ -71,3 +71,22 @@ def test_page_bad_options_show_errors(embedded_lm):
     at.button(key="spec_go").click().run()
     assert any("temperature" in e.value for e in at.error)
     assert KEY not in at.session_state or at.session_state[KEY] is None
+
+
+def test_open_ended_example_picks_the_fastest_measured_drafter(embedded_lm):
+    """The 'open-ended chat' example sets its prompt and the trained EAGLE head (chain of 4), the drafter that
+    measured fastest on open-ended prompts; it decodes with the shipped heads, equal to greedy."""
+    at = app_test("pages/2_Speculative.py").run()
+    at.radio(key="spec_example").set_value("open-ended chat").run()
+    assert at.text_area(key="spec_prompt").value.startswith("Write a short story")
+    assert at.selectbox(key="spec_drafter").value == "eagle"
+    assert at.number_input(key="spec_num_assistant_tokens").value == 4
+    at.number_input(key="spec_max_new").set_value(8)
+    at.button(key="spec_go").click().run()
+    r = wait_done(at, KEY)
+    at.run()
+    assert r.state == DONE and not at.exception and not at.error, [e.value for e in at.error]
+    s = r.trace.extra["summary"]
+    assert s["drafter"] == "eagle" and s["heads"] == "trained (shipped)" and s["draft_vocab"] == 5406
+    at.radio(key="spec_example").set_value("input-grounded (summarise a text)").run()
+    assert at.selectbox(key="spec_drafter").value == "prompt_lookup" and not at.exception

@@ -138,10 +138,14 @@ def target_record(lm) -> dict:
     return {"target_model": lm.name, "target_num_hidden_layers": lm.model.config.num_hidden_layers}
 
 
-def save_eagle(head, out: Path, meta: dict, lm):
+def save_eagle(head, out: Path, meta: dict, lm, draft_ids: torch.Tensor | None = None):
+    """The head (float16) and, when given, its draft vocabulary (`draft_ids`, the tokens of the training data: at
+    inference the head reads out only these LM-head rows)."""
     from safetensors.torch import save_file
     out.mkdir(parents=True, exist_ok=True)
     sd = {k: v.detach().to(torch.float16).contiguous() for k, v in head.state_dict().items()}
+    if draft_ids is not None:
+        sd["draft_ids"] = draft_ids.to(torch.int64).contiguous()
     save_file(sd, str(out / "model.safetensors"))
     cfg = head.config.to_dict()
     cfg["architectures"] = ["EagleHead"]
@@ -313,6 +317,9 @@ def cmd_train_heads(args):
     meta = {"steps": step, "seconds": round(time.time() - t0, 1), "examples": len(train), "seed": args.seed,
             "lr": args.lr, "batch": args.batch, **ev}
     out = Path(args.out) if args.out else MODELS / f"heads-{kind}"
-    (save_eagle if kind == "eagle" else save_medusa)(module, out, meta, lm)
+    if kind == "eagle":
+        save_eagle(module, out, meta, lm, draft_ids=vocab)
+    else:
+        save_medusa(module, out, meta, lm)
     log({"stage": f"train-{kind}", "out": str(out.relative_to(ROOT)) if out.is_relative_to(ROOT) else str(out),
          **meta})

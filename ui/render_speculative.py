@@ -21,13 +21,19 @@ def identical_metric(vs_ar: dict, meta: dict) -> tuple[str, str]:
     return "n/a", why
 
 
+TAU_HELP = ("tau = tokens committed / rounds, the target's own token of each round (bonus or correction) "
+            "included: plain decoding scores 1.00. EAGLE's and Medusa's papers report this 'average acceptance "
+            "length' with the bonus token too; Spec-Bench's 'mean accepted tokens' is the same figure. A draft-only "
+            "count (accepted drafted tokens per round) is tau - 1.")
+
+
 def render(r, prefix: str = "spec") -> None:
     """`r` is a Runner or a replay view: anything with .trace and .cursor."""
     steps = r.trace.steps
     cur = r.cursor if r.cursor is not None else len(steps) - 1
     step = steps[cur]
     s = vz.summary_at(r.trace, cur)
-    extra = {"tau (tokens / round)": f"{s['tau']:.2f}",
+    extra = {"tau (tokens / round)": (f"{s['tau']:.2f}", TAU_HELP),
              "acceptance": "-" if s["acceptance"] is None else f"{s['acceptance']:.0%}",
              "draft forwards": s["draft_forwards"]}
     sp = r.trace.extra.get("vs_ar")

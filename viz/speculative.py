@@ -279,6 +279,8 @@ def round_table(step: dict) -> list[dict]:
         rows.append({"node": n["id"], "parent": n["parent"], "depth": n["depth"], "token": _tok(n.get("text", "")),
                      "status": n["status"], "q": n.get("q"), "p": n.get("p"), "u": n.get("u"),
                      "accept prob": n.get("ratio")})
+        if n.get("proposer"):
+            rows[-1]["proposed by"] = str(n["proposer"])
     return rows
 
 

@@ -17,6 +17,8 @@ Every drafted node records which head / step proposed it (`proposer` in the step
 """
 from __future__ import annotations
 
+import os
+
 import torch
 from transformers import DynamicCache
 
@@ -27,17 +29,33 @@ from engine.methods.speculative.drafters import DRAFTERS, Drafter, draft_dist, v
 from engine.methods.speculative.trees import DraftTree, additive_mask, grow
 from engine.options import Opt
 
-HEADS = Opt("random:0", "draft heads: a local checkpoint (directory or file) in the Medusa / EAGLE layout, or "
-                        "random:SEED for untrained heads built for this model (lossless, rarely accepted)",
-            max_len=1000, presets=("random:0",))
+SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))),
+                       "models")
+HEADS = Opt("trained", "draft heads: trained (the heads shipped in models/heads-KIND, trained for the embedded "
+                       "SmolLM2-135M-Instruct), a local checkpoint (directory or file) in the Medusa / EAGLE layout, "
+                       "or random:SEED for untrained heads built for this model (lossless, rarely accepted)",
+            max_len=1000, presets=("trained", "random:0"))
+
+
+def shipped_heads(kind: str) -> str:
+    """The directory of the lab's trained `kind` heads (models/heads-eagle, models/heads-medusa)."""
+    return os.path.join(SHIPPED, f"heads-{kind}")
 
 
 def parse_heads(value, name: str) -> tuple[str, object]:
-    """('random', seed) or ('path', path); MethodError for an empty or malformed value."""
+    """('random', seed) or ('path', path); MethodError for an empty or malformed value. 'trained' is the
+    shipped checkpoint of this drafter."""
     s = str(value or "").strip()
     if not s:
-        raise MethodError(f"drafter={name} needs heads: a local directory or file with trained {name} heads "
-                          f"(no trained heads ship with the lab yet), or random:SEED for untrained heads.")
+        raise MethodError(f"drafter={name} needs heads: trained (the shipped heads for the embedded model), a local "
+                          f"directory or file with trained {name} heads, or random:SEED for untrained heads.")
+    if s.lower() == "trained":
+        path = shipped_heads(name)
+        if not os.path.isdir(path):
+            raise MethodError(f"The trained {name} heads are not in this checkout ({path}); rebuild them with "
+                              f"`python -m training.train_heads gen` then `python -m training.train_heads {name}`, "
+                              f"or choose heads random:0.")
+        return "path", path
     if s.lower().startswith("random"):
         seed = s.split(":", 1)[1].strip() if ":" in s else ""
         if not (seed.isascii() and seed.isdigit() and len(seed) <= 9):
@@ -84,7 +102,9 @@ class HeadDrafter(Drafter):
         raise NotImplementedError
 
     def describe(self):
-        return {"drafter": self.name, "heads": self.source, "trained": not self.source.startswith("random:")}
+        src = "trained (shipped)" if os.path.realpath(self.source) == os.path.realpath(shipped_heads(self.kind)) \
+            else self.source
+        return {"drafter": self.name, "heads": src, "trained": not self.source.startswith("random:")}
 
 
 @DRAFTERS.register("medusa", "Medusa heads on the target's last hidden state: head d proposes the token at depth d "
@@ -160,8 +180,15 @@ class EagleDrafter(HeadDrafter):
         return emb(ids)
 
     def read(self, g: torch.Tensor, vocab: int) -> torch.Tensor:
-        """Predicted features [n, hidden] -> logits [n, vocab] through the target's LM head (no norm, as EAGLE)."""
-        return vocab_fix(self.lm.model.get_output_embeddings()(g).float(), vocab)
+        """Predicted features [n, hidden] -> logits [n, vocab] through the target's LM head (no norm, as EAGLE).
+        A head with a draft vocabulary reads only those rows (-inf elsewhere): on a CPU the full LM head's weight
+        pass costs a quarter of a target token; the rows the head was trained on cost a tenth of that."""
+        ids = getattr(self.module, "draft_ids", None)
+        if ids is None:
+            return vocab_fix(self.lm.model.get_output_embeddings()(g).float(), vocab)
+        out = torch.full((g.shape[0], vocab), float("-inf"), device=g.device)
+        out[:, ids] = (g @ self.module.draft_w.T).float()
+        return out
 
     def propose(self, ctx) -> DraftTree:
         seq, L = ctx.seq, len(ctx.seq)
@@ -218,4 +245,6 @@ class EagleDrafter(HeadDrafter):
         return tree
 
     def describe(self):
-        return {**super().describe(), "eagle_layers": len(self.module.layers)}
+        ids = getattr(self.module, "draft_ids", None)
+        return {**super().describe(), "eagle_layers": len(self.module.layers),
+                "draft_vocab": None if ids is None else int(ids.numel())}

@@ -92,6 +92,7 @@ class EagleHead(nn.Module):
         if not input_norm:
             self.layers[0].input_layernorm = nn.Identity()   # EAGLE's layer 0 reads fc's output unnormalised
         self.rotary_emb = LlamaRotaryEmbedding(config)
+        self.draft_ids = self.draft_w = None   # set by eagle_from_state for a head with a reduced draft vocabulary
 
     def forward(self, feats, embeds, pos, mask, cache):
         """feats, embeds [1, n, hidden]; pos [1, n]; mask [1, 1, n, kv] additive -> predicted features [1, n, hidden]."""
@@ -327,9 +328,25 @@ def random_medusa(lm, seed: int, num_heads: int = 4, num_layers: int = 1) -> Med
 
 # ---- EAGLE ----------------------------------------------------------------------------------
 
+def draft_ids_from_state(sd: dict, vocab: int, where: str) -> torch.Tensor | None:
+    """The optional reduced draft vocabulary (`draft_ids`: sorted unique token ids, as FR-Spec / EAGLE-3's d2t): the
+    head reads out only these rows of the LM head (q is 0 elsewhere: still lossless). Popped from `sd`."""
+    ids = sd.pop("draft_ids", None)
+    if ids is None:
+        return None
+    if ids.dim() != 1 or ids.numel() == 0 or ids.dtype.is_floating_point:
+        raise MethodError(f"{where}: draft_ids must be a non-empty 1-D tensor of token ids.")
+    ids = ids.long()
+    if int(ids.min()) < 0 or int(ids.max()) >= vocab or ids.unique().numel() != ids.numel():
+        raise MethodError(f"{where}: draft_ids must be distinct token ids in 0..{vocab - 1} (this model's vocabulary).")
+    return ids.sort().values
+
+
 def eagle_from_state(sd: dict, config: dict | None, lm, where: str = "The EAGLE head") -> EagleHead:
     from transformers import LlamaConfig
     hidden, vocab = target_dims(lm)
+    sd = dict(sd)
+    draft_ids = draft_ids_from_state(sd, vocab, where)
     if config is not None:
         for k in ("hidden_size", "vocab_size"):
             if k in config and not isinstance(config[k], int):
@@ -371,7 +388,12 @@ def eagle_from_state(sd: dict, config: dict | None, lm, where: str = "The EAGLE 
     _keys_match(sd, skel, where)
     mod = EagleHead(cfg, **kw)
     mod.load_state_dict(sd, strict=True)
-    return mod.to(device=lm.device, dtype=lm.dtype).eval()
+    mod = mod.to(device=lm.device, dtype=lm.dtype).eval()
+    if draft_ids is not None:
+        w = lm.model.get_output_embeddings().weight.detach()
+        mod.draft_ids = draft_ids.to(w.device)
+        mod.draft_w = w[mod.draft_ids].clone()       # the LM head's rows of the draft vocabulary
+    return mod
 
 
 def load_eagle(path: str, lm) -> EagleHead:

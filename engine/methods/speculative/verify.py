@@ -67,10 +67,15 @@ class Rows:
         return torch.stack([self.p(i) for i in range(self.n)])
 
 
+BATCHED_READOUT = 64   # trees up to this many nodes get their logits in one LM-head call
+
+
 def greedy(tree, rows: Rows) -> Verdict:
     """Longest path whose every token is the target's argmax at its parent."""
     status, u, ratio = _blank(tree)
     kids = tree.child_lists()
+    if rows.hidden is not None and 1 < rows.n <= BATCHED_READOUT:
+        rows.all_logits()     # one pass over the LM head's weight for every row (row by row: one pass each)
     path, cur = [0], 0
     while True:
         want = int(rows.logits(cur).argmax())
