@@ -81,14 +81,20 @@ def test_a_clicked_bar_forks_and_bad_forks_are_messages(embedded_lm):
     assert r.trace.to_json() == before and "runner_ar_b2" not in at.session_state
 
 
-def test_speculative_page_forks_to_another_method(embedded_lm):
-    at = app_test("pages/2_Speculative.py").run()
-    at.text_area(key="spec_prompt").input("Repeat: the cat sat on the mat. the cat sat on the mat.")
-    at.number_input(key="spec_max_new").set_value(10)
-    at.button(key="spec_go").click().run()
-    r = wait_done(at, "runner_spec")
+def _finished(page: str, p: str, runner: str, prompt: str, max_new: int):
+    """The page run to the end on `prompt` (keys f"{p}_prompt", f"{p}_max_new", f"{p}_go"): (app, runner)."""
+    at = app_test(page).run()
+    at.text_area(key=f"{p}_prompt").input(prompt)
+    at.number_input(key=f"{p}_max_new").set_value(max_new)
+    at.button(key=f"{p}_go").click().run()
+    r = wait_done(at, runner)
     at.run()
     assert r.state == DONE and not at.exception
+    return at, r
+
+
+def test_speculative_page_forks_to_another_method(embedded_lm):
+    at, r = _finished("pages/2_Speculative.py", "spec", "runner_spec", "Repeat: the cat sat on the mat. the cat sat on the mat.", 10)
     at.selectbox(key="spec_fk_method").set_value("ar").run()
     at.button(key="spec_fk_go").click().run()
     assert not at.error, shown(at.error)
@@ -144,13 +150,7 @@ def test_replay_of_an_odd_branch_link(tiny_lm):
 
 
 def test_jacobi_page_forks_to_lookahead_with_other_sampling(embedded_lm):
-    at = app_test("pages/4_Jacobi_Lookahead.py").run()
-    at.text_area(key="jl_prompt").input("Count: 1 2 3 4 5")
-    at.number_input(key="jl_max_new").set_value(8)
-    at.button(key="jl_go").click().run()
-    r = wait_done(at, "runner_jacobi")
-    at.run()
-    assert r.state == DONE and not at.exception
+    at, r = _finished("pages/4_Jacobi_Lookahead.py", "jl", "runner_jacobi", "Count: 1 2 3 4 5", 8)
     at.selectbox(key="jl_fk_method").set_value("lookahead").run()
     assert at.number_input(key="jl_fk_lookahead_window_size")       # the chosen method's own option widgets
     at.checkbox(key="jl_fk_samp").check().run()
@@ -172,13 +172,7 @@ def _at_step(at, k):
 
 def test_speculative_page_forces_a_verdict(embedded_lm):
     """The 'verdict of this round' radio: force-accept a rejected drafted node; the branch says not lossless."""
-    at = app_test("pages/2_Speculative.py").run()
-    at.text_area(key="spec_prompt").input("Repeat: the cat sat on the mat. the cat sat on the mat.")
-    at.number_input(key="spec_max_new").set_value(12)
-    at.button(key="spec_go").click().run()
-    r = wait_done(at, "runner_spec")
-    at.run()
-    assert r.state == DONE and not at.exception
+    at, r = _finished("pages/2_Speculative.py", "spec", "runner_spec", "Repeat: the cat sat on the mat. the cat sat on the mat.", 12)
     k = next((i for i, s in enumerate(r.trace.steps) if any(n.get("status") == "rejected" for n in s.get("nodes") or [])),
              None)
     assert k is not None, "no round with a rejected node"
@@ -194,13 +188,7 @@ def test_speculative_page_forces_a_verdict(embedded_lm):
 
 
 def test_jacobi_page_forks_with_edited_guesses(embedded_lm):
-    at = app_test("pages/4_Jacobi_Lookahead.py").run()
-    at.text_area(key="jl_prompt").input("Count: 1 2 3 4 5")
-    at.number_input(key="jl_max_new").set_value(8)
-    at.button(key="jl_go").click().run()
-    r = wait_done(at, "runner_jacobi")
-    at.run()
-    assert r.state == DONE and not at.exception
+    at, r = _finished("pages/4_Jacobi_Lookahead.py", "jl", "runner_jacobi", "Count: 1 2 3 4 5", 8)
     _at_step(at, 1)
     at.checkbox(key="jl_fk_0_1_g_on").check().run()
     box = at.text_input(key="jl_fk_0_1_g_ids")
