@@ -3,6 +3,7 @@ heavier confident-error penalty), the four that no longer ship (cf, cal, div, pa
 training/rebuild_variant.py), and the one table they are described in (engine/diffusion/variants.py)."""
 import shlex
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -28,7 +29,11 @@ def test_the_shipped_deltas_are_present_and_small():
     # git tracks the shipped deltas only
     tracked = subprocess.run(["git", "ls-files", "models"], cwd=ROOT, capture_output=True, text=True, check=True)
     dirs = {line.split("/")[1] for line in tracked.stdout.split()}
-    assert dirs == {v.dirname for v in shipped}, dirs
+    heads = {d for d in dirs if d.startswith("heads-")}     # the speculative draft heads (issue 25)
+    assert dirs - heads == {v.dirname for v in shipped}, dirs
+    assert heads == {"heads-eagle", "heads-medusa"}, heads
+    head_bytes = sum(f.stat().st_size for d in heads for f in Path(ROOT, "models", d).iterdir())
+    assert head_bytes < 30 * 2 ** 20, head_bytes          # "well under 30 MB"
 
 
 def test_only_the_variants_whose_files_exist_are_offered():
