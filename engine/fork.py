@@ -237,11 +237,3 @@ def run_fork(lm, trace: Trace, step: int, **kw) -> Trace:
 def output_ids(branch: Trace) -> list[int]:
     """The branch's whole answer: the tokens it inherited (and the edited one), then its own."""
     return list((branch.meta.get("fork") or {}).get("prefix_ids") or []) + list(branch.final_ids)
-
-
-def first_divergence(a: list[int], b: list[int]) -> int | None:
-    """The first output position where two answers differ (None: one is a prefix of the other)."""
-    for i, (x, y) in enumerate(zip(a, b)):
-        if x != y:
-            return i
-    return None

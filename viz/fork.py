@@ -56,10 +56,11 @@ def branch_tokens(parent: list[Tok], fork_meta: dict, own: list[Tok]) -> list[To
 
 
 def first_divergence(a: list[Tok], b: list[Tok]) -> int | None:
-    for i, (x, y) in enumerate(zip(a, b)):
-        if x.id != y.id:
-            return i
-    return None
+    """The first position where two rows' tokens differ (engine.quality's), None where one is a prefix of the other
+    (nothing to mark: the shorter row just ends)."""
+    from engine.quality import first_divergence as first
+    d = first([t.id for t in a], [t.id for t in b])
+    return None if d is None or d >= min(len(a), len(b)) else d
 
 
 ORIGIN_STYLE = {"inherited": "color:#888888", "edited": f"background:{legend.RESAMPLED}33;font-weight:bold",
