@@ -73,7 +73,7 @@ def hf_generate(lm, prompt, new, **kw):
 
 def main(argv=None):
     ap = argparse.ArgumentParser()
-    ap.add_argument("--new", type=int, default=64)
+    ap.add_argument("--new", type=int, default=None, help="new tokens (default 64; 96 with --suite heads)")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--only", default="", help="comma-separated config names (prefix match)")
     ap.add_argument("--prompts", default=",".join(PROMPTS))
@@ -88,9 +88,9 @@ def main(argv=None):
     lm = models.load(models.EMBEDDED, device="cpu")
     if a.suite == "heads":
         from benchmarks.spec_heads import run_suite
-        if a.new == 64 and "--new" not in (argv or __import__("sys").argv):
-            a.new = 96
+        a.new = a.new or 96
         return run_suite(a, lm)
+    a.new = a.new or 64
     configs = [c for c in CONFIGS if not a.only or any(c[0].startswith(o) for o in a.only.split(","))]
     print(f"# speculative decoding benchmark  {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print(f"model {lm.name} on {lm.device} ({platform.processor() or platform.machine()}, "
