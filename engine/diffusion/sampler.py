@@ -1,5 +1,8 @@
 """The masked-diffusion sampler (LLaDA's generate.py, generalised over rules and adapters).
 
+(~305 lines, one file on purpose: the schedules, the step's choice and the one loop, diffuse, that uses them,
+read together.)
+
 x = prompt + gen_length masks, split into blocks of block_length decoded left to right
 (semi-autoregressive; block_length = gen_length is pure diffusion). Each step: one forward over
 the sequence (or, with Fast-dLLM's prefix cache, over the current block and what follows it),

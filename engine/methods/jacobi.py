@@ -1,6 +1,6 @@
 """Jacobi decoding: greedy fixed-point iteration over a block of guessed tokens, and its variants.
 
-(~320 lines, one file on purpose: the Jacobi variants share one iteration loop and its helpers.)
+(~345 lines, one file on purpose: the Jacobi variants share one iteration loop and its helpers.)
 
 One iteration is ONE causal forward over [tokens not yet in the KV cache] + [n guessed tokens]. Row i of
 the output predicts guess position i from the committed prefix and the guesses before i; greedy Jacobi

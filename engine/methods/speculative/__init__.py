@@ -1,6 +1,6 @@
 """Speculative decoding: a drafter proposes a chain or tree, the target verifies it in ONE forward.
 
-(321 lines, one file for now: the round loop, the one target forward and the round record; the next split is round_record and summary into speculative/record.py.)
+(~335 lines, one file for now: the round loop, the one target forward and the round record; the next split is round_record and summary into speculative/record.py.)
 
 Round: propose a tree after the committed sequence; run the target once over the root (the last
 committed token) and every drafted node with a tree attention mask (each node sees the prefix
