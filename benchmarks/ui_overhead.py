@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 
-from tests.browser import browser, streamlit_server, wait_for_idle
+from tests.browser import browser, feed_frames, streamlit_server, wait_for_idle
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -96,12 +96,17 @@ def main_text(page) -> str:
 
 
 def _texts(page, selector_text: str) -> list[str]:
-    """The texts of the (small) paragraphs containing `selector_text`: cheap to read, unlike the whole page
-    (reading the whole page's text makes chromium lay it out, CPU the watched decoder would lose)."""
+    """The texts of the (small) paragraphs containing `selector_text`, and the live status components' status
+    lines (ui/live_feed.py): cheap to read, unlike the whole page (reading the whole page's text makes
+    chromium lay it out, CPU the watched decoder would lose)."""
+    out = []
     try:
-        return page.locator(f"p:has-text('{selector_text}')").all_inner_texts()
+        out += page.locator(f"p:has-text('{selector_text}')").all_inner_texts()
+        for f in feed_frames(page):
+            out += [t for t in f.locator("#status").all_inner_texts() if selector_text in t]
     except Exception:  # noqa: BLE001 -- the page is between two renders
-        return []
+        pass
+    return out
 
 
 def watch(page, timeout_s: float, n_runs: int = 1) -> dict:

@@ -23,9 +23,10 @@ def free_port() -> int:
 
 
 @contextmanager
-def streamlit_server(script: str = "app.py"):
+def streamlit_server(script: str = "app.py", live_feed: str = "1"):
     port = free_port()
     env = dict(os.environ, HF_HUB_OFFLINE="1", STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
+    env["DECODING_LAB_LIVE_FEED"] = live_feed    # a browser runs the live status component (ui/live_feed.py)
     log = open(os.path.join(ROOT, "tests", f".streamlit_{port}.log"), "w")
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", script, "--server.address", "127.0.0.1",
                              "--server.port", str(port), "--server.headless", "true",
@@ -88,3 +89,26 @@ def wait_for_idle(page, timeout_s: float = 120) -> None:
         if page.locator('[data-testid="stStatusWidget"]').count() == 0:
             return
         time.sleep(0.3)
+
+
+def feed_frames(page) -> list:
+    """The live status components (ui/live_feed.py) on a page: the status of a live run is drawn there."""
+    return [f for f in page.frames if "live_feed" in f.url]
+
+
+def feed_text(page) -> str:
+    """The text of the page's live status components (empty when no run is live)."""
+    out = []
+    for f in feed_frames(page):
+        try:
+            out.append(f.locator("body").inner_text(timeout=2000))
+        except Exception:  # noqa: BLE001 -- the frame went away (the run ended: the page redraws)
+            pass
+    return "\n".join(out)
+
+
+def live_text(page) -> str:
+    """What a person reads in the page's main area, live status included (the status component's text first)."""
+    main = page.locator("[data-testid='stMain']").first.inner_text()
+    live = feed_text(page)
+    return (live + "\n" + main) if live else main

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.browser import SHOTS, browser, no_exception, streamlit_server, wait_for_idle
+from tests.browser import SHOTS, browser, feed_frames, live_text, no_exception, streamlit_server, wait_for_idle
 
 pytestmark = pytest.mark.skipif(not shutil.which("chromium") and not os.path.exists("/usr/bin/chromium"),
                                 reason="Debian chromium is not installed (.ci/run installs it)")
@@ -51,7 +51,7 @@ def wait_finished(page, timeout_s=300):
     end = time.time() + timeout_s
     while time.time() < end:
         no_exception(page)
-        body = page.locator("section.main, [data-testid='stMain']").first.inner_text()
+        body = live_text(page)   # the main area, live runs' status components included
         # every run on the page has ended (Compare shows one status per configuration)
         if re.search(r"\b(done|error)\b", body) and not re.search(r"(· running|running ·)", body):
             return body
@@ -165,16 +165,21 @@ def test_progress_bar_while_live(session):
     wait_for_idle(page)
     set_max_tokens(page, 96)
     page.get_by_role("button", name="Generate").first.click()
-    bar = page.locator("[data-testid='stProgress']").first
-    bar.wait_for(timeout=120_000)
+    # the status, progress bar and newest tokens of a live run: in the live status component (ui/live_feed.py),
+    # updated in the browser without a page rerun
     end = time.time() + 120
-    text = ""
+    text, steps_seen = "", set()
     while time.time() < end:
-        text = page.locator("[data-testid='stMain']").first.inner_text()
-        if "tokens/s (compute)" in text and " left" in text and LIVE_FIGURES.search(text):
+        text = live_text(page)
+        steps_seen.update(re.findall(r"running · showing step (\d+)", text))
+        if "tokens/s (compute)" in text and " left" in text and LIVE_FIGURES.search(text) and len(steps_seen) >= 3:
             break
         time.sleep(0.3)
     assert re.search(r"\d+ / 96 tokens", text) and "tokens/s (compute)" in text and " left" in text, text[:800]
+    assert len(steps_seen) >= 3, f"the live status should follow the run: saw steps {sorted(steps_seen)}"
+    frame = feed_frames(page)[0]
+    width = frame.locator("#fill").evaluate("e => parseFloat(e.style.width)")
+    assert 0 < width < 100, width
     # the figures: redrawn on their timer, or (the page run that started the run) said when they come
     assert LIVE_FIGURES.search(text), text[-800:]
     no_exception(page)

@@ -10,7 +10,7 @@ import time
 import psutil
 import pytest
 
-from tests.browser import no_exception, wait_for_idle
+from tests.browser import live_text, no_exception, wait_for_idle
 from tests.test_browser import session, set_max_tokens  # noqa: F401 -- the shared server + page fixture
 
 pytestmark = pytest.mark.skipif(not shutil.which("chromium") and not os.path.exists("/usr/bin/chromium"),
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(not shutil.which("chromium") and not os.path.exi
 
 
 def main_text(page) -> str:
-    return page.locator("[data-testid='stMain']").first.inner_text()
+    return live_text(page)   # the main area, a live run's status component included
 
 
 def until(cond, timeout_s=30.0, every=0.2):

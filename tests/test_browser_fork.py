@@ -9,14 +9,14 @@ import time
 
 import pytest
 
-from tests.browser import SHOTS, browser, no_exception, streamlit_server, wait_for_idle
+from tests.browser import SHOTS, browser, live_text, no_exception, streamlit_server, wait_for_idle
 
 pytestmark = pytest.mark.skipif(not shutil.which("chromium") and not os.path.exists("/usr/bin/chromium"),
                                 reason="Debian chromium is not installed (.ci/run installs it)")
 
 
 def main_text(page) -> str:
-    return page.locator("[data-testid='stMain'], section.main").first.inner_text()
+    return live_text(page)   # the main area, a live run's status component included
 
 
 def wait_text(page, pattern: str, timeout_s: float = 120, absent: str | None = None) -> str:

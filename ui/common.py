@@ -285,3 +285,15 @@ DEFAULT_PROMPT = "Explain in two sentences why the sky is blue."
 
 def prompt_box(key: str, default: str = DEFAULT_PROMPT, height: int = 90) -> str:
     return st.text_area("Prompt", default, key=key, height=height)
+
+
+def session_id() -> str:
+    """This browser session's id (Streamlit's), or one kept in its session state outside a server (AppTest)."""
+    try:
+        from streamlit.runtime.scriptrunner import get_script_run_ctx
+        ctx = get_script_run_ctx()
+        if ctx is not None and ctx.session_id:
+            return str(ctx.session_id)
+    except Exception:  # noqa: BLE001 -- another Streamlit
+        pass
+    return str(st.session_state.setdefault("lab_session_id", secrets.token_hex(8)))

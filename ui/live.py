@@ -3,6 +3,7 @@ REFRESH_S and the figures every FIGURES_S or longer; both stop when the run paus
 ui/controls.py (the step controls, breakpoints, metrics), which re-exports these names."""
 from __future__ import annotations
 
+import html
 import math
 import os
 import time
@@ -11,7 +12,7 @@ from typing import Callable
 import streamlit as st
 
 from engine.runner import ERROR, RUNNING, Runner
-from ui import common, renderers
+from ui import common, live_feed, renderers
 from ui.controls import live_now, runner, show_error, status_line
 
 # While a run is live: the status, progress and token stream refresh every REFRESH_S (cheap for the browser);
@@ -26,6 +27,11 @@ MAX_REFRESH_S = 30.0
 RENDER_SHARE = 25
 LIVE_STREAM_TOKENS = 120  # the live status's token stream: the newest tokens (all of them in the figures view)
 EVERY_N_KEY = "lab_render_every_n"
+# While a run is live the page turns off CSS transitions and animations (the progress bar's, elements fading
+# while a fragment reruns): in headless chromium on this 2-core machine they cost the browser ~0.05 cores of
+# CPU at one status refresh per second, CPU the decoder loses.
+LIVE_CSS = ("<style>*, *::before, *::after { transition: none !important; animation: none !important; }"
+            "</style>")
 
 
 class _Shown:
@@ -69,8 +75,8 @@ def planned_steps(meta: dict) -> int | None:
     return None
 
 
-def progress(r) -> None:
-    """Steps and tokens done of the expected, compute tokens/s and the time left, while a run is live."""
+def progress_state(r) -> tuple[float, str]:
+    """Steps and tokens done of the expected, compute tokens/s and the time left: the fraction and its text."""
     t = r.trace
     n = len(t.steps)
     max_new = int(t.meta.get("params", {}).get("max_new_tokens") or 0)
@@ -91,7 +97,26 @@ def progress(r) -> None:
     prompt_len = len(t.meta.get("prompt_ids") or [])
     if prompt_len:
         parts.append(f"prompt {prompt_len:,} tokens" + (" (prefilling)" if not n and live_now(r) else ""))
-    st.progress(frac, text=" · ".join(parts))
+    return frac, " · ".join(parts)
+
+
+def progress(r) -> None:
+    """The progress bar of a live run (progress_state)."""
+    frac, text = progress_state(r)
+    st.progress(frac, text=text)
+
+
+def feed_doc(r) -> dict:
+    """What the live feed (ui/live_feed.py) shows of a run: the same status, progress and newest tokens as the
+    status fragment below, as escaped HTML and text."""
+    frac, text = progress_state(r)
+    stream = ""
+    if r.trace.steps:
+        stream = renderers.stream_html(_Shown(r, len(r.trace.steps) - 1), LIVE_STREAM_TOKENS) or ""
+    elif live_now(r):
+        stream = f"<div style='padding:6px 0'>{html.escape(prefill_message(r))}</div>"
+    return {"status_html": live_feed.status_html(status_line(r)), "frac": frac, "progress_text": text,
+            "stream_html": stream, "steps": len(r.trace.steps), "live": live_now(r)}
 
 
 def rate(x: float | None) -> str:
@@ -140,11 +165,21 @@ def live(key: str, render: Callable[[Runner], None]) -> None:
     # right when the decoder starts (an AR run of 128 tokens: 20.7 tok/s watched with the figures drawn at
     # the start, 26.9 without, 31 unwatched). The figures follow on their timer, or when the run pauses / ends.
     fresh = bool(st.session_state.pop(f"{key}__fresh", False)) and r.state == RUNNING
+    if active and os.environ.get("DECODING_LAB_LIVE_CSS", "1") != "0":
+        st.html(LIVE_CSS)
+
+    feed = active and r.state == RUNNING and live_feed.enabled()   # (a paused run's one step: the fragment)
+    if feed:
+        # the status, progress and newest tokens update in the browser from a JSON feed (ui/live_feed.py): no
+        # Streamlit rerun per refresh. The component sends a value when the run stops being live: redraw.
+        with common.guard("live status"):
+            live_feed.show(f"{key}:{common.session_id()}", r, feed_doc, poll_ms=int(REFRESH_S * 1000))
+        status_every = None
 
     @st.fragment(run_every=status_every)
     def _status():
         rr = runner(key)
-        if rr is None:
+        if rr is None or feed:
             return
         with common.guard("live status"):
             st.markdown(status_line(rr))
