@@ -97,10 +97,13 @@ def feed_frames(page) -> list:
 
 
 def feed_text(page) -> str:
-    """The text of the page's live status components (empty when no run is live)."""
+    """The text of the page's live status components (empty when no run is live). A component showing its
+    run's final state is left out: the page is about to redraw that run (the component asked it to)."""
     out = []
     for f in feed_frames(page):
         try:
+            if f.locator("body[data-final]").count():
+                continue
             out.append(f.locator("body").inner_text(timeout=2000))
         except Exception:  # noqa: BLE001 -- the frame went away (the run ended: the page redraws)
             pass

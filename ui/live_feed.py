@@ -75,7 +75,7 @@ async function tick() {
       const d = await r.json();
       if (d.seq !== seq) { seq = d.seq; show(d); }
       if (d.rerun && d.rerun !== sent) { sent = d.rerun; post("streamlit:setComponentValue", {value: d.rerun, dataType: "json"}); }
-      if (d.final) { done = true; return; }
+      if (d.final) { done = true; document.body.dataset.final = "1"; return; }   // the page redraws now
     }
   } catch (e) {}
   timer = setTimeout(tick, seq < 1 ? args.first_poll_ms : args.poll_ms);
@@ -89,7 +89,9 @@ window.addEventListener("message", function (ev) {
   if (t.primaryColor) document.getElementById("fill").style.background = t.primaryColor;
   const fresh = !args || args.url !== m.args.url;
   args = m.args;
-  if (fresh) { seq = -1; done = false; if (timer) clearTimeout(timer); tick(); }
+  if (fresh) { seq = -1; done = false; if (timer) clearTimeout(timer); }
+  if (seq < 0 && args.initial) show(args.initial);   // the page run's own view of the run, until the first fetch
+  if (fresh) tick();
   fit();
 });
 post("streamlit:componentReady", {apiVersion: 1});
@@ -224,5 +226,6 @@ def feed_for(view_key: str, r, build) -> Feed:
 def show(view_key: str, r, build, poll_ms: int = POLL_MS):
     """Draw the live status component for run r; returns the value it last sent (a state change), if any."""
     f = feed_for(view_key, r, build)
-    return component()(url=f.url, poll_ms=int(poll_ms), first_poll_ms=FIRST_POLL_MS,
+    initial = {k: v for k, v in build(r).items() if k not in ("live", "steps")}
+    return component()(url=f.url, poll_ms=int(poll_ms), first_poll_ms=FIRST_POLL_MS, initial=initial,
                        key=f"live_feed_{f.token}", default=None)
