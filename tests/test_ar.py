@@ -28,6 +28,7 @@ def test_greedy_equals_hf_generate(embedded_lm, prompt):
     assert trace.counters.target_forwards == len(trace.final_ids)
 
 
+@pytest.mark.slow
 def test_seeded_sampling_is_reproducible(tiny_lm):
     cfg = SamplingConfig(temperature=1.0, top_k=50, top_p=0.9, seed=123)
     a = run.run(tiny_lm, "ar", "Once upon a time", max_new_tokens=20, sampling=cfg)
@@ -37,6 +38,7 @@ def test_seeded_sampling_is_reproducible(tiny_lm):
     assert a.final_ids != c.final_ids
 
 
+@pytest.mark.slow
 def test_step_records_have_candidates(tiny_lm):
     cfg = SamplingConfig(temperature=0.8, top_k=5, seed=1)
     tr = run.run(tiny_lm, "ar", "Hello", max_new_tokens=5, sampling=cfg)

@@ -106,6 +106,7 @@ def tiny():
     return make_tiny_lm(seed=7)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("num_beams,groups,lam,length_penalty", [(4, 2, 0.5, 1.0), (6, 3, 2.0, 0.0),
                                                                   (4, 4, 1.0, 1.0)])
 def test_diverse_beam_search_equals_the_paper_reference_tiny(tiny, one_thread, num_beams, groups, lam, length_penalty):

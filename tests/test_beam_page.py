@@ -22,6 +22,7 @@ def tiny_trace():
     return T.loads(tr.to_json())
 
 
+@pytest.mark.slow
 def test_tree_nodes_and_tables(tiny_trace):
     steps = tiny_trace.steps
     for cur in (0, len(steps) // 2, len(steps) - 1):

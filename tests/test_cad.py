@@ -40,6 +40,7 @@ def tiny():
     return make_tiny_lm(seed=5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("alpha", [0.5, 2.0])
 def test_equals_the_formula_on_a_tiny_model(tiny, one_thread, alpha):
     tr = run.run(tiny, "cad", "Tell me a story", max_new_tokens=10, options={"context": "Once upon a time", "alpha": alpha})

@@ -129,6 +129,7 @@ def tiny_trace(tiny):
     return json.loads(run.run(tiny, "cautious", "Once upon a time", max_new_tokens=8, options=o).to_json())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("edit,match", [
     (lambda s: s.update(chosen=len(s["trials"])), r"must be a trial"),
     (lambda s: s.update(n_trials=s["n_trials"] + 1), r"trials but n_trials is"),

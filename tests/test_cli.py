@@ -23,6 +23,7 @@ def test_methods_lists_diffusion(capsys):
     assert "diffusion  [" in out and "--rule" in out
 
 
+@pytest.mark.slow
 def test_diffusion_generate_prints_text_and_counters(capsys, one_thread):
     rc = cli.main(["generate", "--method", "diffusion", "--prompt", "Name a colour.", "--rule", "threshold",
                    "--threshold", "0.7", "--gen-length", "8", "--block-length", "8", "--adapter", "embedded-fast",

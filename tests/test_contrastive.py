@@ -65,6 +65,7 @@ def tiny_trace(tiny):
     return T.loads(tr.to_json())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("alpha,k", [(0.6, 4), (0.4, 6), (1.0, 3)])
 def test_equals_reference_tiny(tiny, one_thread, alpha, k):
     tr = run.run(tiny, "contrastive", "Once upon a time", max_new_tokens=12, ignore_eos=True,
@@ -128,6 +129,7 @@ def test_hf_generate_if_available(embedded_lm, one_thread):
     assert hf[:len(tr.final_ids)] == tr.final_ids
 
 
+@pytest.mark.slow
 def test_trace_round_trips_and_schema(tiny_trace):
     steps = tiny_trace.steps
     assert len(steps) == 10 and all(s["kind"] == "ar" for s in steps)
@@ -151,6 +153,7 @@ def _forbid_forwards(lm, monkeypatch):
     monkeypatch.setattr(lm.model, "forward", boom)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("options,sampling,error,text", [
     ({"num_candidates": 0}, None, OptionError, "num_candidates"),
     ({"penalty_alpha": 1.5}, None, OptionError, "penalty_alpha"),

@@ -2,6 +2,7 @@
 committed at an earlier step is masked again, not for the predictions a rule leaves masked."""
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from engine import run
@@ -35,6 +36,7 @@ def test_a_committed_token_masked_again_is_a_remask(tiny_lm):
     assert EVENTS["remasked"] == "a committed token is remasked"
 
 
+@pytest.mark.slow
 def test_low_confidence_never_fires_the_remasked_event():
     from engine.diffusion.adapters import DiffusionAdapter
     from tests.conftest import make_tiny_lm

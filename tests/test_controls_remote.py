@@ -28,6 +28,7 @@ def wait_for(cond, timeout=10.0):
     return cond()
 
 
+@pytest.mark.slow
 def test_after_pause_no_step_arrives_unseen(handle):
     r = remote.decoder().start(handle, "ar", PROMPT, **LONG)
     assert wait_for(lambda: len(r.trace.steps) >= 3)
@@ -52,6 +53,7 @@ def test_after_pause_no_step_arrives_unseen(handle):
     assert len(r.trace.steps) == n
 
 
+@pytest.mark.slow
 def test_breakpoints_set_while_running_apply(handle):
     r = remote.decoder().start(handle, "ar", PROMPT, **LONG)
     assert wait_for(lambda: len(r.trace.steps) >= 2)
@@ -76,6 +78,7 @@ def test_in_process_runner_takes_breakpoints_while_live():
     r.cancel()
 
 
+@pytest.mark.slow
 def test_a_watched_run_whose_page_is_gone_is_cancelled(handle, monkeypatch):
     monkeypatch.setattr(remote, "HEARTBEAT_EVERY_S", 0.1)   # quicker than the app's 1 s / 5 s: the tiny run is fast
     r = remote.decoder().start(handle, "ar", PROMPT, max_new_tokens=2000, ignore_eos=True)
@@ -92,6 +95,7 @@ def test_a_watched_run_whose_page_is_gone_is_cancelled(handle, monkeypatch):
     assert "no open page" in r.stop_reason
 
 
+@pytest.mark.slow
 def test_a_paused_watched_run_is_kept_and_an_unwatched_one_never_cancelled(handle):
     paused = remote.decoder().start(handle, "ar", PROMPT, start_paused=True, **LONG)
     paused.watch(lambda: False, timeout_s=0.5)

@@ -1,6 +1,7 @@
 """Keyboard shortcuts on the live pages (ui/controls.step_controls): the first runner a page run draws answers
 J / K / L (its buttons carry the shortcut and say the key); a second runner on the same page (KV's full-cache
 run, diffusion side by side) gets none, so no key clicks two buttons; every page run decides afresh."""
+import pytest
 from streamlit.testing.v1 import AppTest
 
 from engine import run
@@ -24,6 +25,7 @@ def _runner(lm):
     return r
 
 
+@pytest.mark.slow
 def test_the_first_runner_owns_the_keys(one_thread):
     lm = make_tiny_lm(seed=1)
     at = AppTest.from_function(_script, kwargs={"first": "ra", "second": "rb"})

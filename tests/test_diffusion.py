@@ -81,6 +81,7 @@ def engine_history(m, **opts):
     return trace, hist
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("block_length,steps", [(16, 16), (16, 8), (4, 8), (8, 16)])
 @pytest.mark.parametrize("rule", ["low_confidence", "random"])
 def test_engine_matches_llada_reference(lm, rule, block_length, steps):
@@ -192,6 +193,7 @@ def test_stop_at_eos_ends_once_the_text_is_settled():
     assert len(steps) == 2 and steps[-1].done
 
 
+@pytest.mark.slow
 def test_prefix_cache_exact_for_causal_attention():
     for shift in (False, True):
         m = attach(make_tiny_lm(seed=1), shift=shift, bidirectional=False)

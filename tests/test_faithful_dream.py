@@ -127,6 +127,7 @@ CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("schedule", ["dream", "even"])
 @pytest.mark.parametrize("rule,samp", CASES)
 def test_dream_rules_match_the_reference_step_for_step(lm, rule, samp, schedule):
@@ -140,6 +141,7 @@ def test_dream_rules_match_the_reference_step_for_step(lm, rule, samp, schedule)
     assert len(trace.steps) == steps == trace.counters.target_forwards
 
 
+@pytest.mark.slow
 def test_dream_schedule_one_token_per_step_starts_with_an_empty_step(lm):
     """steps = gen_length: Dream's int(m (1 - s/t)) rounds the first step down to 0 and the last commits 2."""
     gen = 10
@@ -187,6 +189,7 @@ def test_warped_scores_are_the_sampled_tokens_and_raw_keeps_the_unwarped_softmax
     assert torch.equal(R.maskgit_plus(g).score, R.maskgit_plus(g, score_probs="raw").score)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rule", ["maskgit_plus", "topk_margin", "entropy"])
 def test_greedy_runs_are_unchanged_by_the_warped_scores(lm, rule):
     _, warped = engine_history(lm, 12, 6, rule, SamplingConfig())
@@ -194,6 +197,7 @@ def test_greedy_runs_are_unchanged_by_the_warped_scores(lm, rule):
     assert warped == raw
 
 
+@pytest.mark.slow
 def test_warped_and_raw_differ_when_sampling(lm):
     cfg = SamplingConfig(temperature=1.5, seed=3)
     a = [engine_history(lm, 16, 8, "maskgit_plus", cfg, score_probs=sp)[1] for sp in ("warped", "raw")]
@@ -214,6 +218,7 @@ def test_schedule_and_score_probs_are_typed_options(lm):
     assert "dream" in spec.options["schedule"].describe()
 
 
+@pytest.mark.slow
 def test_a_dream_schedule_trace_with_empty_steps_passes_the_schema(lm):
     from engine.trace import loads
     trace, _ = engine_history(lm, 8, 8, "entropy", SamplingConfig(temperature=0.9, seed=2), schedule="dream")

@@ -82,6 +82,7 @@ def test_snapkv_keeps_what_kvpress_keeps(embedded_lm, eager_attentions, ratio, w
         assert differ_before > 0
 
 
+@pytest.mark.slow
 def test_compression_ratio_compresses_once_and_never_evicts_while_decoding(tiny_lm):
     prompt = TEXT[:400]
     L = tiny_lm.encode(prompt).shape[1]
@@ -115,6 +116,7 @@ def test_snapkv_default_window_is_kvpress(tiny_lm):
     assert methods.get("kv").options["window_size"].default == 64
 
 
+@pytest.mark.slow
 def test_a_compression_ratio_trace_passes_the_schema(tiny_lm):
     from engine.trace import loads
     tr = run.run(tiny_lm, "kv", TEXT[:400], max_new_tokens=3,

@@ -28,6 +28,7 @@ def _greedy_reference(lm, ids: list[int], n: int) -> list[int]:
     return out[0, len(ids):].tolist()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method,options", PREFIX_FAMILIES)
 def test_a_fork_without_edit_continues_as_the_original(one_thread, lm, method, options):
     orig = run.run(lm, method, PROMPT, max_new_tokens=N, options=options, ignore_eos=True)

@@ -74,6 +74,7 @@ def reference_from(model, prompt: list[int], canvas: list[int | None], block: in
     return history
 
 
+@pytest.mark.slow
 def test_a_fork_without_edit_reproduces_the_original(one_thread, lm, orig):
     assert len(orig.steps) == 8 and [s["step_in_block"] for s in orig.steps] == [0, 1, 2, 3] * 2
     for k in range(len(orig.steps)):
@@ -85,6 +86,7 @@ def test_a_fork_without_edit_reproduces_the_original(one_thread, lm, orig):
         assert b.counters.target_forwards == len(orig.steps) - k       # no replay: one forward per own step
 
 
+@pytest.mark.slow
 def test_a_fork_of_a_fork_and_a_saved_branch(one_thread, lm, orig, tmp_path):
     from engine import trace as T
     b = fork.run_fork(lm, orig, 2)
@@ -98,6 +100,7 @@ def test_a_fork_of_a_fork_and_a_saved_branch(one_thread, lm, orig, tmp_path):
     assert T.load(path).branches[0].meta["fork"]["canvas"] == b.meta["fork"]["canvas"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("k", [1, 5])
 def test_a_fork_that_sets_a_position_is_a_run_from_that_canvas(one_thread, lm, orig, k):
     rec = orig.steps[k]

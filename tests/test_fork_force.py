@@ -61,6 +61,7 @@ def _check_branch(lm, spec, k, branch, forced):
     assert branch.counters.target_forwards <= len(branch.steps) + 1
 
 
+@pytest.mark.slow
 def test_force_accept_a_rejected_node(one_thread, lm, spec):
     k, rec, node = next(_rounds_with(spec, lambda r, n: n["status"] == "rejected"))
     branch = fork.run_fork(lm, spec, k, force={"node": node["id"], "accept": True})
@@ -70,6 +71,7 @@ def test_force_accept_a_rejected_node(one_thread, lm, spec):
     assert fork.output_ids(branch) != spec.final_ids   # the target would not have written it
 
 
+@pytest.mark.slow
 def test_force_reject_an_accepted_node_commits_the_targets_next_best(one_thread, lm, spec):
     k, rec, node = next(_rounds_with(spec, lambda r, n: n["status"] == "accepted"))
     branch = fork.run_fork(lm, spec, k, force={"node": node["id"], "accept": False})
@@ -107,6 +109,7 @@ def test_bad_forces_are_refused_before_any_forward(one_thread, lm, spec):
         fork.prepare(lm, old, k, force={"node": acc["id"], "accept": False})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method,options", [("jacobi", {"block_size": 4}),
                                             ("jacobi", {"block_size": 4, "variant": "gauss_seidel"}),
                                             ("lookahead", {"window_size": 3, "level": 3, "guess_set_size": 3})])

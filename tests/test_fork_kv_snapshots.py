@@ -37,6 +37,7 @@ def L(tiny_lm):
     return n
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy", ["h2o", "streaming_llm", "random"])
 def test_a_late_fork_replays_at_most_S_minus_1_tokens_and_equals_the_full_replay(tiny_lm, L, one_thread, policy):
     S = min(R.EVERY, L)
@@ -82,6 +83,7 @@ def test_the_replay_forwards_counted_at_the_model(tiny_lm, L, one_thread, monkey
         assert fork.output_ids(b) == orig.final_ids and _view(b.steps, False) == _view(orig.steps[K:], False)
 
 
+@pytest.mark.slow
 def test_sampled_forks_from_a_snapshot(tiny_lm, L, one_thread):
     sampling = SamplingConfig(temperature=1.0, seed=7)
     orig = run.run(tiny_lm, "kv", PROMPT, max_new_tokens=36, options=_opts("random"), sampling=sampling,
@@ -99,6 +101,7 @@ def test_sampled_forks_from_a_snapshot(tiny_lm, L, one_thread):
         assert b1.steps[0]["layers"]["0"]["kept"] == orig.steps[34]["layers"]["0"]["kept"]
 
 
+@pytest.mark.slow
 def test_the_memory_cap_thins_the_snapshots(tiny_lm, L, one_thread, monkeypatch):
     o = _opts("h2o")
     one = R.snapshots_of(run.run(tiny_lm, "kv", PROMPT, max_new_tokens=2, options=o)).snaps[1].nbytes
@@ -118,6 +121,7 @@ def test_the_memory_cap_thins_the_snapshots(tiny_lm, L, one_thread, monkeypatch)
     assert b.meta["fork"]["cost_forwards"] == 18 and fork.output_ids(b) == orig.final_ids
 
 
+@pytest.mark.slow
 def test_forks_of_forks(tiny_lm, L, one_thread):
     o = _opts("h2o")
     orig = run.run(tiny_lm, "kv", PROMPT, max_new_tokens=36, options=o, ignore_eos=True)

@@ -1,6 +1,8 @@
 """AppTest: what-if forks on the pages (ui/branches.py). The Autoregressive page forks its run at a step with
 another token (the form, and a clicked candidate bar's request), the branch decodes beside the original and
 both runs' metrics are drawn; a refused fork is a message; the Speculative page forks to another method."""
+import pytest
+
 from engine import fork
 from engine.runner import DONE
 from tests.conftest import app_test, shown, wait_done
@@ -114,6 +116,7 @@ def _branched(tiny_lm):
     return orig
 
 
+@pytest.mark.slow
 def test_replay_shows_a_branched_trace(tiny_lm):
     data = _branched(tiny_lm).to_json().encode()
     at = app_test("pages/7_Replay.py")
@@ -138,6 +141,7 @@ def test_replay_shows_a_branched_trace(tiny_lm):
     assert at.query_params["branch"] in ("0", ["0"])
 
 
+@pytest.mark.slow
 def test_replay_of_an_odd_branch_link(tiny_lm):
     data = _branched(tiny_lm).to_json().encode()
     at = app_test("pages/7_Replay.py")

@@ -9,6 +9,9 @@ from engine.fork import ForkError
 from engine.runner import CANCELLED, DONE, PAUSED
 from tests.conftest import save_tiny
 
+# slow: every test here runs in the decoder process (a second Python process, started once per session)
+pytestmark = pytest.mark.slow
+
 PROMPT = "a b a b a b c d"
 N = 12
 

@@ -24,6 +24,7 @@ def tree(tiny_lm):
     return orig
 
 
+@pytest.mark.slow
 def test_a_branched_trace_round_trips(tree, tmp_path):
     p = tmp_path / "t.json"
     tree.save(p)

@@ -178,6 +178,7 @@ def test_grammar_text_keeps_line_breaks_and_other_options_do_not():
 
 
 # ---- how a run ends ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_fixed_string_ends_right_after_it(tiny):
     text = "The answer is 42."
     for ignore_eos in (False, True):
@@ -204,6 +205,7 @@ def test_nothing_to_generate_ends_without_steps(tiny):
     assert len(tr.steps) == 1 and tr.final_ids[0] in tiny.eos_ids and tr.steps[0]["grammar"]["forced"]
 
 
+@pytest.mark.slow
 def test_eos_only_where_the_grammar_accepts(tiny):
     eos = sorted(tiny.eos_ids)
     con = G.Constraint(G.compile_grammar(tiny, "regex", "[0-9]+"), G.vocab_size(tiny), tiny.eos_ids, tiny.eos_ids,
@@ -222,6 +224,7 @@ def test_eos_only_where_the_grammar_accepts(tiny):
     assert re.fullmatch("[0-9]+", answer(tiny, tr))
 
 
+@pytest.mark.slow
 def test_sampling_is_seeded_and_respects_the_grammar(tiny):
     outs = []
     for seed in (1, 1, 2):

@@ -157,6 +157,7 @@ def sharp_eagle(lm):
     return head
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tree", ["2.2.2", "dynamic"])
 def test_eagle_drafts_equal_from_scratch(tiny_lm, monkeypatch, tree):
     """Every drafted node's q equals the head run causally from scratch over the committed pairs (features from
@@ -203,6 +204,7 @@ def exact3(tiny_lm):
         return ids, tss.exact_distribution(tiny_lm, ids)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("o", [opts("medusa", "2.2", k=2), opts("eagle", "chain", k=2), opts("eagle", "dynamic", k=2)],
                          ids=["medusa-2.2", "eagle-chain", "eagle-dynamic"])
 def test_sampling_preserves_target_distribution(tiny_lm, exact3, o):
@@ -272,6 +274,7 @@ def eagle_ckpt(lm, d, fmt="safetensors", hidden=None, drop=(), config_edit=None,
     return head, sd
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt,prefix", [("pt", ""), ("safetensors", "medusa_head.")])
 def test_medusa_checkpoint_loads_and_decodes(tiny_lm, ar_ref, tmp_path, fmt, prefix):
     mod, _ = medusa_ckpt(tmp_path / "m", fmt=fmt, prefix=prefix)
@@ -286,6 +289,7 @@ def test_medusa_checkpoint_loads_and_decodes(tiny_lm, ar_ref, tmp_path, fmt, pre
     assert tr.extra["summary"]["medusa_heads"] == 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["safetensors", "bin"])
 def test_eagle_checkpoint_loads_and_decodes(tiny_lm, ar_ref, tmp_path, fmt):
     head, sd = eagle_ckpt(tiny_lm, tmp_path / "e", fmt=fmt)

@@ -103,6 +103,7 @@ def test_4bit_on_this_machine_is_refused_before_any_load(loads):
     assert "model" not in at.query_params
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device_map,text,words", [
     ("auto", "cpu=lots", "not a size"),
     ("auto", "cpu 8GiB", "cannot read"),
@@ -155,6 +156,7 @@ def tiny_dir(tmp_path_factory):
     return save_tiny(tmp_path_factory, "tiny-home-placement", seed=5)
 
 
+@pytest.mark.slow
 def test_device_map_auto_from_the_page_loads_that_way_in_the_decoder(tiny_dir):
     from ui import common
     at = app_test("app.py")
@@ -185,6 +187,7 @@ def test_device_map_auto_from_the_page_loads_that_way_in_the_decoder(tiny_dir):
         dec.load(tiny_dir, placement={"quantization": "3bit"})
 
 
+@pytest.mark.slow
 def test_the_status_says_where_the_layers_are(tiny_dir, monkeypatch, tmp_path):
     monkeypatch.setenv(models.CACHE_ENV, str(tmp_path))
     dm = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk",

@@ -194,6 +194,7 @@ def test_sampling_config_refuses_impossible_values(kw):
     assert next(iter(kw)) in str(e.value)
 
 
+@pytest.mark.slow
 def test_draft_with_another_tokenizer_is_refused_before_its_weights_load(lm, normal, tmp_path, monkeypatch):
     """A draft model whose vocabulary differs: the tokenizer is compared first; no weights are read."""
     tok = lm.tokenizer
@@ -229,6 +230,7 @@ if not torch.cuda.is_available():
     LOAD_CASES += [("ok", {"device": "cuda"}, "no CUDA GPU"), ("ok", {"device": "cuda:3"}, "no CUDA GPU")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,kw,msg", LOAD_CASES, ids=[f"load{i}" for i in range(len(LOAD_CASES))])
 def test_model_loading_errors_are_clear(name, kw, msg, monkeypatch, lm, normal):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -241,6 +243,7 @@ def test_model_loading_errors_are_clear(name, kw, msg, monkeypatch, lm, normal):
     still_works(lm, normal)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["config_not_json", "config_empty", "not_causal", "weights_corrupt",
                                     "weights_missing", "config_is_a_list"])
 def test_damaged_model_directories(damage, tmp_path, lm, normal):
@@ -478,6 +481,7 @@ REPLAY_LINKS = [{"trace": "autoregressive", "step": "²"}, {"trace": "autoregres
                 {"trace": "<img src=x onerror=alert(1)>", "step": "1"}, {"trace": "x" * 5000}]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("params", REPLAY_LINKS, ids=[f"link{i}" for i in range(len(REPLAY_LINKS))])
 def test_odd_replay_links_give_a_message(params):
     at = app_test("pages/7_Replay.py")

@@ -51,6 +51,7 @@ def test_block_size_extremes_identical(embedded_lm, ar_greedy, block_size):
         assert len(tr.steps[0]["guess_ids"]) == N_TOKENS - 1  # the whole remaining output is one block
 
 
+@pytest.mark.slow
 def test_tiny_model_long_greedy_identical(one_thread, tiny_lm):
     ref = run.run(tiny_lm, "ar", "Once upon a time", max_new_tokens=40).final_ids
     for variant in VARIANTS:
@@ -107,6 +108,7 @@ def test_bad_options_raise_before_model_work(one_thread, tiny_lm):
             run.prepare(tiny_lm, "jacobi", "Hello", max_new_tokens=4, options=opts)
 
 
+@pytest.mark.slow
 def test_speculative_acceptance_rule_is_exact():
     """The committed token at position 0 is distributed as p0; given guess 0 accepted, position 1 ~ p1."""
     g = torch.Generator().manual_seed(0)
@@ -128,6 +130,7 @@ def test_speculative_acceptance_rule_is_exact():
         assert abs(second[t] / n2 - float(p[1, t])) < 0.02
 
 
+@pytest.mark.slow
 def test_speculative_jacobi_matches_model_distribution(one_thread, tiny_lm):
     """End to end on a tiny model: the first two sampled tokens follow p(t0) p(t1 | t0) (top-k 3)."""
     lm = tiny_lm

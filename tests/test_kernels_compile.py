@@ -13,8 +13,9 @@ import pytest
 import torch
 
 triton = pytest.importorskip("triton")
-pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1",
-                                reason="ahead-of-time compilation needs triton imported without the interpreter")
+pytestmark = [pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1",
+                                 reason="ahead-of-time compilation needs triton imported without the interpreter"),
+              pytest.mark.slow]   # ahead-of-time compiles (ptxas), ~1.5 min here: make test runs them, test-fast not
 
 from kernels import confidence as C  # noqa: E402
 from kernels import decode_attention as DA  # noqa: E402

@@ -20,6 +20,7 @@ def _opts(policy, budget, **kw):
     return o
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy,positions", [(p, "original") for p in POLICIES]
                          + [(p, "rerotate") for p in ("streaming_llm", "h2o", "tova")])
 def test_budget_above_length_equals_full_cache(tiny_lm, policy, positions):
@@ -38,6 +39,7 @@ def test_budget_above_length_equals_full_cache_real_model(embedded_lm, policy):
     assert tr.extra["summary"]["agreement_vs_full"] == 1.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy", EVICTING)
 def test_cache_really_shrinks_to_budget(tiny_lm, policy):
     budget = 24
@@ -74,6 +76,7 @@ def test_cache_tensors_hold_only_kept_entries(tiny_lm):
     assert ec.cache.get_seq_length() == 20
 
 
+@pytest.mark.slow
 def test_prefill_and_decode_budgets_are_separate(tiny_lm):
     tr = run.run(tiny_lm, "kv", PROMPT, max_new_tokens=6, options=_opts("streaming_llm", 16, prefill_budget=12))
     assert [s["cache_len"] for s in tr.steps] == [12, 13, 14, 15, 16, 16]
@@ -82,6 +85,7 @@ def test_prefill_and_decode_budgets_are_separate(tiny_lm):
     assert tr.steps[1]["cache_len"] == 16
 
 
+@pytest.mark.slow
 def test_streaming_keeps_sinks_and_recent_window(tiny_lm):
     budget, sinks = 20, 4
     tr = run.run(tiny_lm, "kv", PROMPT, max_new_tokens=8, options=_opts("streaming_llm", budget, watch_layers="all"))
@@ -301,6 +305,7 @@ def test_bad_options_raise_before_model_work(tiny_lm):
             run.prepare(tiny_lm, "kv", PROMPT, max_new_tokens=2, options=opts)  # before any forward
 
 
+@pytest.mark.slow
 def test_teacher_forced_batch_rows_are_independent(tiny_lm):
     ids = tiny_lm.encode(PROMPT + " " + PROMPT)[0].tolist()
     both = teacher_forced(tiny_lm, ids, ["tova", "streaming_llm"], 20, window=8)
@@ -329,6 +334,7 @@ def test_step_records_for_the_view(tiny_lm):
     assert s["quality"]["agreement"] is not None
 
 
+@pytest.mark.slow
 def test_viz_figures_from_a_saved_trace(tiny_lm):
     from engine import trace as T
     from viz import kv as vz

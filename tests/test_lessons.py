@@ -72,6 +72,7 @@ def no_model(monkeypatch):
     monkeypatch.setattr(remote, "decoder", refuse)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", [lesson.key for lesson in LESSONS])
 def test_each_lesson_walks_through_with_no_model(key, no_model):
     at = app_test(PAGE)
@@ -92,6 +93,7 @@ def test_each_lesson_walks_through_with_no_model(key, no_model):
     assert not at.exception
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lesson,part", [("nope", "1"), ("speculative", "99"), ("kv", "²"), ("<b>x</b>", "-1")])
 def test_odd_links_give_a_message(lesson, part, no_model):
     at = app_test(PAGE)

@@ -120,6 +120,7 @@ def test_ngram_pool_is_lru_per_key():
     assert pool.size() == 4 and pool.get(42) == []
 
 
+@pytest.mark.slow
 def test_sampled_verification_keeps_the_distribution():
     """First token ~ p_root; after accepting token 0 via the candidates, the next token ~ p of that branch."""
     g = torch.Generator().manual_seed(0)

@@ -54,6 +54,7 @@ def test_unknown_trace_says_what_is_shown_instead(no_model):
     assert _qp(at, "trace") == shown_name, "the address bar names the trace shown"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("step, cursor, words", [("abc", 0, "showing step 0"), ("-4", 0, "showing step 0"),
                                                  ("1.5", 0, "showing step 0"),
                                                  (str(AR_STEPS + 7), AR_STEPS - 1, "last step is shown")])
@@ -162,6 +163,7 @@ def _all_figures():
     return out
 
 
+@pytest.mark.slow
 def test_no_chart_title_is_longer_than_fits():
     """Plotly does not wrap a title: a line longer than the figure is cut at its edge ("...omitte")."""
     from viz import layout as L
@@ -174,6 +176,7 @@ def test_no_chart_title_is_longer_than_fits():
         assert (fig.layout.margin.t or 0) >= 16 + 20 * len(lines) - 4 * (len(lines) - 1), (name, "room for it")
 
 
+@pytest.mark.slow
 def test_figures_are_theme_aware():
     """Transparent backgrounds (the theme's shows through); no white cells for a page that is dark."""
     for name, fig in _all_figures():
@@ -184,6 +187,7 @@ def test_figures_are_theme_aware():
             assert not any(str(c).upper() in ("#FFFFFF", "WHITE") for _, c in scale), (name, "a white cell")
 
 
+@pytest.mark.slow
 def test_secondary_axes_have_ticks_of_their_own():
     """plotly's default for an overlaying axis ("sync") gives ticks like 0.076 / 0.301 / 0.526."""
     for name, fig in _all_figures():
@@ -284,6 +288,7 @@ def test_a_chosen_model_goes_into_the_address_bar(loads):
     assert _qp(at, "model") == "my-org/my-model", "a reload or a shared link keeps it"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bad", ["<img src=x onerror=alert(1)>", "../../../etc", "x" * 300, "a b",
                                  "![x](http://example.invalid/p.png)", "org/model?revision=evil"])
 def test_a_hostile_linked_model_is_refused_with_a_reason(bad, loads):

@@ -24,10 +24,14 @@ def whole(tiny_dir):
 @pytest.fixture(scope="module")
 def split(tiny_dir, tmp_path_factory):
     import os
-    os.environ.setdefault(models.CACHE_ENV, str(tmp_path_factory.mktemp("cache")))
     dm = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.layers.0": "cpu", "model.layers.1": "cpu",
           "model.layers.2": "disk", "model.layers.3": "disk", "model.norm": "cpu", "lm_head": "cpu"}
-    return models.load(tiny_dir, device="cpu", device_map=dm)
+    # the offload cache for this module only: left set, every later make_tiny_lm (models.prepare_embedded)
+    # would dequantise the embedded model again into the empty cache (a minute on this machine)
+    with pytest.MonkeyPatch.context() as mp:
+        if models.CACHE_ENV not in os.environ:
+            mp.setenv(models.CACHE_ENV, str(tmp_path_factory.mktemp("cache")))
+        yield models.load(tiny_dir, device="cpu", device_map=dm)
 
 
 def test_the_split_model_is_really_split(split):
@@ -44,6 +48,7 @@ def test_same_logits(whole, split):
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method,options", PREFIX_FAMILIES + [
     ("kv", {"policy": "h2o", "budget": 8}),
     ("kv", {"policy": "streaming_llm", "budget": 8}),
@@ -54,6 +59,7 @@ def test_every_family_decodes_the_same_split(whole, split, method, options):
     assert b.final_ids == a.final_ids and len(b.final_ids) == 12
 
 
+@pytest.mark.slow
 def test_auto_placement_on_a_cpu_machine(tiny_dir, whole):
     lm = models.load(tiny_dir, device_map="auto")
     assert lm.device.type == "cpu"
@@ -81,6 +87,7 @@ def test_placement_options_are_checked_before_anything_is_read(kw, words):
         models.load("/nonexistent/model/dir", **kw)
 
 
+@pytest.mark.slow
 def test_two_threads_load_at_once(tiny_dir, whole):
     """from_pretrained is not thread-safe; load() serialises it (two threads got meta tensors before)."""
     import threading

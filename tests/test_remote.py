@@ -32,6 +32,7 @@ def handle(tiny_dir):
     return remote.decoder().load(tiny_dir)
 
 
+@pytest.mark.slow
 def test_a_run_streams_the_same_steps_as_in_process(local, handle):
     want = run.run(local, "speculative", PROMPT, max_new_tokens=10, options={"tree": "2.2"})
     r = remote.decoder().start(handle, "speculative", PROMPT, max_new_tokens=10, options={"tree": "2.2"})
@@ -107,6 +108,7 @@ def test_errors_in_a_run_are_reported(handle, tiny_dir, tmp_path):
     assert isinstance(r.exception, MethodError)
 
 
+@pytest.mark.slow
 def test_sessions_run_at_once_in_the_decoder(handle, local):
     want = {m: run.run(local, m, PROMPT, max_new_tokens=8).final_ids for m in ("ar", "jacobi", "lookahead")}
     runs = {m: remote.decoder().start(handle, m, PROMPT, max_new_tokens=8) for m in want}
@@ -126,6 +128,7 @@ def test_tasks(handle, local):
     assert vs["identical"] is True and vs["same_as_recorded"] and vs["speedup"] > 0
 
 
+@pytest.mark.slow
 def test_a_dead_decoder_is_reported_and_replaced(handle, tiny_dir):
     dec = remote.decoder()
     r = dec.start(handle, "ar", PROMPT, max_new_tokens=2000)

@@ -329,6 +329,7 @@ def live_render_times(tr: T.Trace) -> dict:
 TIMES: dict = {}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", list(BUILDERS))
 def test_views_draw_bounded_elements(long_traces, kind):
     tr = long_traces[kind]
@@ -346,6 +347,7 @@ def test_views_draw_bounded_elements(long_traces, kind):
         assert tlast <= 3 * t10 + 0.25 and tlast < 2.5, f"{kind} {name}: {tlast:.2f} s at step {last}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", list(BUILDERS))
 def test_a_refresh_costs_the_same_at_the_last_step(long_traces, bare_streamlit, kind):
     t = live_render_times(long_traces[kind])
@@ -372,6 +374,7 @@ def _script(traces):
     st.session_state["render_times"] = times
 
 
+@pytest.mark.slow
 def test_long_traces_render_in_a_script_run(long_traces):
     from streamlit.testing.v1 import AppTest
     at = AppTest.from_function(_script, kwargs={"traces": long_traces}, default_timeout=120)
@@ -463,6 +466,7 @@ def _close(a, b) -> bool:
     return a == b
 
 
+@pytest.mark.slow
 def test_print_table():
     """The times of the tests above as one table (pytest -s)."""
     if not TIMES:

@@ -25,6 +25,7 @@ def test_examples_exist_for_families():
     assert kinds == {"ar", "speculative", "kv", "jacobi", "lookahead", "diffusion"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
 def test_example_trace_replays_without_a_model(path, no_model):
     tr = T.load(path)
@@ -59,6 +60,7 @@ def _open(params: dict):
 AR_STEPS = len(T.load(Path(ROOT) / "examples" / "traces" / "autoregressive.json").steps)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("step, shown", [
     ("²", 0), ("٣", 0), ("-1", 0), ("abc", 0), ("1.5", 0), ("", 0), ("9" * 5000, AR_STEPS - 1),
     ("99999999999999999999", AR_STEPS - 1), (str(AR_STEPS), AR_STEPS - 1), (["2", "5"], 2),
@@ -76,6 +78,7 @@ def test_a_good_step_parameter_opens_that_step_quietly(no_model):
     assert at.session_state["runner_replay"].cursor == 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["nope", "../../etc/passwd", "x" * 10000, "<img src=x onerror=alert(1)>",
                                   ["jacobi", "lookahead"]])
 def test_odd_trace_parameters_warn_and_fall_back(name, no_model):
@@ -129,6 +132,7 @@ def _unescaped_markup(body: str) -> list[str]:
                                        ("bold", r"(?<!\\)\*\*bold")) if re.search(pattern, body)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
 def test_hostile_trace_renders_literally(path, no_model):
     data = json.dumps(hostile_trace(path)).encode()

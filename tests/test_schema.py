@@ -218,6 +218,7 @@ def render_in_apptest(objs: list[dict]) -> None:
 
 
 # ---- every trace the engine writes validates and renders -------------------------------------
+@pytest.mark.slow
 def test_every_engine_trace_validates_and_renders(real_traces, bare_streamlit):
     assert {t["steps"][0]["kind"] for t in real_traces} == set(KINDS)
     for obj in real_traces:
@@ -227,6 +228,7 @@ def test_every_engine_trace_validates_and_renders(real_traces, bare_streamlit):
     render_in_apptest(real_traces)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
 def test_example_traces_validate_and_render(path, bare_streamlit):
     tr = T.load(path)
@@ -336,6 +338,7 @@ def test_diffusion_grid_is_bounded():
         S.STEPS["diffusion"].check_steps([{"state": wide}] * 5000)
 
 
+@pytest.mark.slow
 def test_a_large_trace_validates_in_seconds():
     d = _example("kv_h2o")
     steps = d["steps"]
@@ -518,6 +521,7 @@ def traces(draw, kind: str, max_steps: int = 4):
             "extra": draw(from_spec(S.EXTRA))}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 @settings(max_examples=18, **SETTINGS)
 @given(data=hs.data())
@@ -527,6 +531,7 @@ def test_random_valid_traces_render(kind, data, bare_streamlit):
     render_everything(tr)
 
 
+@pytest.mark.slow
 @settings(max_examples=2, **SETTINGS)
 @given(objs=hs.tuples(*(traces(k, max_steps=3) for k in KINDS)))
 def test_random_valid_traces_render_in_apptest(objs):
@@ -607,6 +612,7 @@ def _check_corruption(obj: dict) -> None:
         pass
 
 
+@pytest.mark.slow
 @settings(max_examples=60, **SETTINGS)
 @given(data=hs.data())
 def test_corrupted_real_traces_are_refused_or_render(real_traces, data, bare_streamlit):
@@ -614,6 +620,7 @@ def test_corrupted_real_traces_are_refused_or_render(real_traces, data, bare_str
     _check_corruption(data.draw(corrupted(base)))
 
 
+@pytest.mark.slow
 @settings(max_examples=60, **SETTINGS)
 @given(data=hs.data())
 def test_corrupted_random_traces_are_refused_or_render(data, bare_streamlit):
@@ -624,6 +631,7 @@ def test_corrupted_random_traces_are_refused_or_render(data, bare_streamlit):
 NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?")
 
 
+@pytest.mark.slow
 @settings(max_examples=30, **SETTINGS)
 @given(data=hs.data())
 def test_odd_number_literals_are_refused_or_render(real_traces, data, bare_streamlit):

@@ -66,6 +66,7 @@ def session(lm, name, other, results, errors, counts, barrier):
         errors.append(f"{name} (beside {other}): {type(e).__name__}: {e}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pair", list(itertools.combinations(CONFIGS, 2)), ids="+".join)
 def test_two_sessions_interleaved(lm, alone, pair, one_thread):
     a, b = pair

@@ -156,6 +156,7 @@ def test_mismatched_draft_tokenizer_is_a_clear_error(tiny_lm, tmp_path):
                 options={"drafter": "draft_model", "draft_model": str(tmp_path)})
 
 
+@pytest.mark.slow
 def test_separate_draft_model_from_disk_is_lossless(tiny_lm, tmp_path):
     from tests.conftest import make_tiny_lm
     draft = make_tiny_lm(seed=3, layers=1)

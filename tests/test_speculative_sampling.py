@@ -70,6 +70,7 @@ def exact(tiny_lm):
     return ids, exact_distribution(tiny_lm, ids)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("opts", [
     {"drafter": "early_exit", "exit_layer": 1, "tree": "chain", "num_assistant_tokens": 2},
     {"drafter": "early_exit", "exit_layer": 1, "tree": "2.2"},

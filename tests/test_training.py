@@ -303,6 +303,7 @@ def test_self_decode_threshold_matches_the_engine_threshold_rule(one_thread):
         assert g[:n] == want[:n]
 
 
+@pytest.mark.slow
 def test_interpolated_delta_is_the_exact_weighted_update(tmp_path, one_thread):
     """training interpolate: (1 - a) B0 A0 + a B1 A1 as one LoRA of rank 2r, mask row interpolated."""
     from training.train_diffusion import interpolate_deltas

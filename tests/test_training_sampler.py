@@ -109,6 +109,7 @@ def _with_eos(lm, eos: int):
     return other
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(ONE_CASES))
 def test_batched_decoder_of_one_equals_the_engine_diffusion_method(tiny_diffusion_lm, one_thread_module, case):
     import random
