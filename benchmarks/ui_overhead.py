@@ -236,11 +236,13 @@ def main(argv=None) -> int:
     ap.add_argument("--long", type=int, default=0, help="also an AR run of this many steps (ignore end-of-text)")
     ap.add_argument("--repeats", type=int, default=3, help="alternating unwatched / watched pairs per row (medians)")
     ap.add_argument("--timeout", type=float, default=900)
+    ap.add_argument("--live-feed", default="1", choices=["0", "1"],
+                    help="the live status: 1 the component fed by JSON (ui/live_feed.py), 0 the Streamlit fragment")
     a = ap.parse_args(argv)
     only = {x.strip() for x in a.only.split(",") if x.strip()}
     todo = [r for r in [*ROWS, "pair"] if not only or r in only] + (["long"] if a.long else [])
     results = []
-    with streamlit_server() as url, browser() as b:
+    with streamlit_server(live_feed=a.live_feed) as url, browser() as b:
         home = b.new_page()
         home.goto(url)
         home.get_by_text("Loaded", exact=False).filter(visible=True).first.wait_for(timeout=300_000)   # the decoder has the model

@@ -23,10 +23,10 @@ def free_port() -> int:
 
 
 @contextmanager
-def streamlit_server(script: str = "app.py", live_feed: str = "1"):
+def streamlit_server(script: str = "app.py", live_feed: str = "0"):
     port = free_port()
     env = dict(os.environ, HF_HUB_OFFLINE="1", STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
-    env["DECODING_LAB_LIVE_FEED"] = live_feed    # a browser runs the live status component (ui/live_feed.py)
+    env["DECODING_LAB_LIVE_FEED"] = live_feed    # "1": the live status component (ui/live_feed.py)
     log = open(os.path.join(ROOT, "tests", f".streamlit_{port}.log"), "w")
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", script, "--server.address", "127.0.0.1",
                              "--server.port", str(port), "--server.headless", "true",

@@ -177,9 +177,11 @@ def test_progress_bar_while_live(session):
         time.sleep(0.3)
     assert re.search(r"\d+ / 96 tokens", text) and "tokens/s (compute)" in text and " left" in text, text[:800]
     assert len(steps_seen) >= 3, f"the live status should follow the run: saw steps {sorted(steps_seen)}"
-    frame = feed_frames(page)[0]
-    width = frame.locator("#fill").evaluate("e => parseFloat(e.style.width)")
-    assert 0 < width < 100, width
+    if feed_frames(page):      # the live status component (DECODING_LAB_LIVE_FEED=1)
+        width = feed_frames(page)[0].locator("#fill").evaluate("e => parseFloat(e.style.width)")
+        assert 0 < width < 100, width
+    else:
+        assert page.locator("[data-testid='stProgress']").count() >= 1
     # the figures: redrawn on their timer, or (the page run that started the run) said when they come
     assert LIVE_FIGURES.search(text), text[-800:]
     no_exception(page)
