@@ -22,7 +22,7 @@ from tests.browser import browser, streamlit_server
 HERE = os.path.dirname(os.path.abspath(__file__))
 VARIANTS = {"0:B": "nothing refreshes", "1:aB": "a fragment rerun per second: one status line",
             "3:aB": "a fragment rerun per second: status line + 120 token spans (the old live status)",
-            "5:aB": "a component iframe fetching a JSON feed per second (the live status now)",
+            "5:aB": "a component iframe fetching a JSON feed per second (ui/live_feed.py)",
             "1:a": "as 1:aB on a bare page", "3:a": "as 3:aB on a bare page"}
 
 
