@@ -150,12 +150,8 @@ class RemoteRunner(Runner):
 
     def step_forward(self):
         """Show the next recorded step; at the newest one, compute exactly one more step."""
-        n = len(self.trace.steps)
-        cur = self.cursor
-        if cur is not None and cur < n - 1:
-            self._cursor = cur + 1
+        if self._show_next_recorded():
             return
-        self._cursor = None
         if not self.finished:
             self.state = PAUSED
             self._working = True

@@ -195,15 +195,20 @@ class Runner:
                 self.state = RUNNING
                 self._cond.notify_all()
 
+    def _show_next_recorded(self) -> bool:
+        """Move the cursor to the next recorded step when there is one (True); else follow the newest (False)."""
+        cur = self.cursor
+        if cur is not None and cur < len(self.trace.steps) - 1:
+            self._cursor = cur + 1
+            return True
+        self._cursor = None
+        return False
+
     def step_forward(self):
         """Show the next recorded step; at the newest one, compute exactly one more step."""
         with self._cond:
-            n = len(self.trace.steps)
-            cur = self.cursor
-            if cur is not None and cur < n - 1:
-                self._cursor = cur + 1
+            if self._show_next_recorded():
                 return
-            self._cursor = None
             if not self.finished:
                 self._paused = True
                 self.state = PAUSED
