@@ -165,7 +165,7 @@ def live(key: str, render: Callable[[Runner], None]) -> None:
     # right when the decoder starts (an AR run of 128 tokens: 20.7 tok/s watched with the figures drawn at
     # the start, 26.9 without, 31 unwatched). The figures follow on their timer, or when the run pauses / ends.
     fresh = bool(st.session_state.pop(f"{key}__fresh", False)) and r.state == RUNNING
-    if active and os.environ.get("DECODING_LAB_LIVE_CSS", "1") != "0":
+    if active:
         st.html(LIVE_CSS)
 
     feed = active and r.state == RUNNING and live_feed.enabled()   # (a paused run's one step: the fragment)

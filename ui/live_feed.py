@@ -144,7 +144,9 @@ class Feed:
         self.touched = time.time()
         self.seq = 0
         self._last = None
+        self.doc: dict = {}          # the last document written, without its seq (the page run's initial view)
         self._stop = threading.Event()
+        self._writing = threading.Lock()   # the writer thread and a page run (feed_for) both write
         self.write()
         self._thread = threading.Thread(target=self._loop, name="live-feed", daemon=True)
         self._thread.start()
@@ -155,6 +157,10 @@ class Feed:
 
     def write(self) -> bool:
         """Rebuild the document; False once the run is gone or no longer live (the last document is final)."""
+        with self._writing:
+            return self._write()
+
+    def _write(self) -> bool:
         r = self._run()
         if r is None:
             doc, going = {"status_html": "", "frac": 0, "progress_text": "", "stream_html": "", "final": True,
@@ -165,6 +171,7 @@ class Feed:
             steps = doc.pop("steps")
             if not going:
                 doc.update(final=True, rerun=f"{getattr(r, 'state', '')}:{steps}")
+        self.doc = dict(doc)
         key = json.dumps(doc, sort_keys=True)
         if key != self._last:
             self._last = key
@@ -212,12 +219,18 @@ def _remove(path: str) -> None:
 
 
 def feed_for(view_key: str, r, build) -> Feed:
-    """The feed of a session's live view (its runner key, made unique per session by the caller) for run r."""
+    """The feed of a session's live view (its runner key, made unique per session by the caller) for run r; a
+    feed already there is brought up to date (a page rerun draws the run as it is now)."""
     with _lock:
         f = _feeds.get(view_key)
-        if f is not None and f._run() is r and not f._stop.is_set() and f._thread.is_alive():
+        reuse = f is not None and f._run() is r and not f._stop.is_set() and f._thread.is_alive()
+        if reuse:
             f.touched = time.time()
-            return f
+    if reuse:
+        f.write()
+        return f
+    with _lock:
+        f = _feeds.get(view_key)
         if f is not None:
             f.stop()
     f = Feed(r, build)
@@ -229,6 +242,5 @@ def feed_for(view_key: str, r, build) -> Feed:
 def show(view_key: str, r, build, poll_ms: int = POLL_MS):
     """Draw the live status component for run r; returns the value it last sent (a state change), if any."""
     f = feed_for(view_key, r, build)
-    initial = {k: v for k, v in build(r).items() if k not in ("live", "steps")}
-    return component()(url=f.url, poll_ms=int(poll_ms), first_poll_ms=FIRST_POLL_MS, initial=initial,
+    return component()(url=f.url, poll_ms=int(poll_ms), first_poll_ms=FIRST_POLL_MS, initial=f.doc,
                        key=f"live_feed_{f.token}", default=None)
