@@ -39,5 +39,11 @@ def test_the_component_follows_a_run_and_hands_back_to_the_page():
         assert width is not None and 0 < width < 100, width
         main = page.locator("[data-testid='stMain']").first.inner_text()
         assert re.search(r"\bdone · showing step", main), main[-800:]     # the page redrew the run at its end
+        # the component's element goes when the redrawing page run ends (Streamlit keeps an element the running
+        # script has not reached yet): wait for that run, then for the frame to detach
+        wait_for_idle(page)
+        gone = time.time() + 30
+        while feed_frames(page) and time.time() < gone:
+            time.sleep(0.3)
         assert not feed_frames(page), "no live status component once the run has ended"
         no_exception(page)
