@@ -283,3 +283,53 @@ def test_viz_figures_from_step_records(lm):
     assert vz.tokens_per_step_figure(steps, len(steps) - 1).data[0].y == tuple(len(s["new_ids"]) for s in steps)
     assert "▒" in vz.text_html(steps[0]) or legend.MASK in vz.text_html(steps[0])
     assert vz.summary(steps)["NFE"] == len(steps)
+
+
+def synthetic_steps(n_steps: int, n: int = 16) -> list[dict]:
+    """Step records of a one-token-per-step run over n positions, as the engine writes them."""
+    steps, state = [], ["mask"] * n
+    for i in range(n_steps):
+        row = ["committed" if s != "mask" else "mask" for s in state]
+        row[i % n] = "new"
+        steps.append({"kind": "diffusion", "index": i, "state": row, "conf": [0.5] * n, "score": [0.5] * n,
+                      "texts": [f"t{j}" for j in range(n)], "block_range": [0, n], "block": 0, "step_in_block": i,
+                      "new_ids": [1], "remasked": 0, "threshold": None})
+        state = ["committed" if s == "new" else s for s in row]
+    return steps
+
+
+def test_a_live_grid_labels_only_its_newest_rows():
+    """While live, the grid's older rows are colour only (each label is a text node a browser lays out again at
+    every redraw); the newest label_rows rows, and every row once the run pauses or ends, carry their tokens."""
+    from viz import diffusion as vz
+    steps = synthetic_steps(12)
+    full = vz.denoising_grid(steps, 11)
+    live = vz.denoising_grid(steps, 11, label_rows=3)
+    labelled_rows = lambda fig: [i for i, row in enumerate(fig.data[0].text) if any(row)]  # noqa: E731
+    assert labelled_rows(full) == list(range(12))
+    assert labelled_rows(live) == [9, 10, 11]
+    assert set(live.data[1].y) <= {9, 10, 11} and len(full.data[1].y) > len(live.data[1].y) > 0   # ghost text
+    assert (live.data[0].z == full.data[0].z).all()                                                # same colours
+    assert "tokens shown on the last 3 steps while live" in live.layout.title.text
+    assert "while live" not in full.layout.title.text
+    assert "while live" not in vz.denoising_grid(steps, 1, label_rows=3).layout.title.text  # every row labelled
+
+
+def test_the_live_page_draws_the_light_grid(monkeypatch):
+    """The Diffusion view asks for the lightly labelled grid while its run is live, the full one otherwise."""
+    import logging
+    from types import SimpleNamespace
+
+    from engine.runner import DONE, RUNNING
+    from engine.trace import Trace
+    from ui import render_diffusion
+    from viz import diffusion as vz
+    asked = []
+    real = vz.denoising_grid
+    monkeypatch.setattr(vz, "denoising_grid", lambda *a, **k: asked.append(k.get("label_rows")) or real(*a, **k))
+    logging.getLogger("streamlit").setLevel(logging.ERROR)   # widget calls outside a script run
+    t = Trace(meta={"params": {"max_new_tokens": 16}})
+    t.steps = synthetic_steps(12)
+    render_diffusion.render(SimpleNamespace(trace=t, cursor=11, live=True, state=RUNNING, finished=False))
+    render_diffusion.render(SimpleNamespace(trace=t, cursor=11, live=False, state=DONE, finished=True))
+    assert asked == [render_diffusion.LIVE_LABEL_ROWS, None]

@@ -106,3 +106,31 @@ def test_one_feed_per_view_and_run():
     finally:
         for f in list(live_feed._feeds.values()):
             f.stop()
+
+
+def test_a_connected_page_is_fed_past_the_orphan_time(monkeypatch):
+    """A live run's page does not rerun while the feed serves it: a run watched for longer than ORPHAN_S goes on
+    being fed while its browser session is connected (a side-by-side diffusion demo on a slow machine stalled at
+    'running' after 120 s because of this), and stops being fed once the session is gone."""
+    monkeypatch.setattr(live_feed, "ORPHAN_S", 0.6)
+    monkeypatch.setattr(live_feed, "WRITE_S", 0.05)
+    monkeypatch.setattr(live_feed, "FIRST_WRITE_S", 0.05)
+    connected = {"v": True}
+    r, gone = fake_run(["a"]), fake_run(["a"])
+    kept = live_feed.Feed(r, live.feed_doc, connected=lambda: connected["v"])
+    unknown = live_feed.Feed(gone, live.feed_doc)
+    try:
+        time.sleep(1.5)                          # past ORPHAN_S, no page run in between
+        assert not unknown._thread.is_alive()    # no way to tell: nobody asked for it for ORPHAN_S, it stopped
+        r.trace.steps.append(ar_step(1, "b"))
+        r.trace.counters.generated_tokens = 2
+        deadline = time.time() + 3
+        while "2 / 10 tokens" not in read(kept)["progress_text"] and time.time() < deadline:
+            time.sleep(0.05)
+        assert "2 / 10 tokens" in read(kept)["progress_text"], "a connected page's feed went on"
+        connected["v"] = False
+        kept._thread.join(timeout=3)
+        assert not kept._thread.is_alive(), "a disconnected page's feed stops after ORPHAN_S"
+    finally:
+        kept.stop()
+        unknown.stop()

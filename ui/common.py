@@ -287,6 +287,22 @@ def prompt_box(key: str, default: str = DEFAULT_PROMPT, height: int = 90) -> str
     return st.text_area("Prompt", default, key=key, height=height)
 
 
+def session_connected():
+    """A callable saying whether this page's browser session is still connected (False once its tab is closed),
+    or None outside `streamlit run` (AppTest, scripts): then nobody can tell."""
+    try:
+        from streamlit.runtime import Runtime
+        from streamlit.runtime.scriptrunner import get_script_run_ctx
+        ctx = get_script_run_ctx()
+        rt = Runtime.instance() if Runtime.exists() else None
+    except Exception:  # noqa: BLE001 -- no runtime
+        return None
+    if ctx is None or type(rt) is not Runtime:   # AppTest installs a mock Runtime
+        return None
+    sid = ctx.session_id
+    return lambda: rt.is_active_session(sid)
+
+
 def session_id() -> str:
     """This browser session's id (Streamlit's), or one kept in its session state outside a server (AppTest)."""
     try:

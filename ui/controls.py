@@ -93,17 +93,9 @@ def _arm_heartbeat(r) -> None:
     (never in AppTest, scripts, the CLI or the engine API, whose runs are never cancelled this way)."""
     if not hasattr(r, "watch"):
         return
-    try:
-        from streamlit.runtime import Runtime
-        from streamlit.runtime.scriptrunner import get_script_run_ctx
-        ctx = get_script_run_ctx()
-        rt = Runtime.instance() if Runtime.exists() else None
-    except Exception:  # noqa: BLE001 -- no runtime: nothing to watch
-        return
-    if ctx is None or type(rt) is not Runtime:   # AppTest installs a mock Runtime
-        return
-    sid = ctx.session_id
-    r.watch(lambda: rt.is_active_session(sid))
+    connected = common.session_connected()
+    if connected is not None:
+        r.watch(connected)
 
 
 def start(key: str, lm, method: str, prompt: str, *, breakpoints=(), start_paused=False, **kw) -> Runner | None:

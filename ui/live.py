@@ -173,7 +173,8 @@ def live(key: str, render: Callable[[Runner], None]) -> None:
         # the status, progress and newest tokens update in the browser from a JSON feed (ui/live_feed.py): no
         # Streamlit rerun per refresh. The component sends a value when the run stops being live: redraw.
         with common.guard("live status"):
-            live_feed.show(f"{key}:{common.session_id()}", r, feed_doc, poll_ms=int(REFRESH_S * 1000))
+            live_feed.show(f"{key}:{common.session_id()}", r, feed_doc, poll_ms=int(REFRESH_S * 1000),
+                           connected=common.session_connected())
         status_every = None
 
     @st.fragment(run_every=status_every)

@@ -12,7 +12,9 @@ How. One folder per UI process (a temporary directory) holds the component's ind
 feeds/, one JSON document per live view, named by a random token (the component's URL is not guessable;
 the server listens on localhost only). A writer thread per live view rebuilds the document from the
 mirrored run every WRITE_S (every FIRST_WRITE_S until the first step) and stops once the run is no longer
-live, or when no page run has asked for it for ORPHAN_S. Its text is built by the same viz functions as the
+live, or once its page has been gone for ORPHAN_S (its browser session disconnected; outside a server, where
+that cannot be told, once no page run has asked for it for ORPHAN_S: no page run comes while a run is live and
+fed, so a server always says). Its text is built by the same viz functions as the
 page's (escaped HTML), so a trace's or prompt's text is never markup.
 
 Off by default for now: DECODING_LAB_LIVE_FEED=1 turns it on (otherwise the Streamlit fragment of ui/live.py
@@ -136,12 +138,13 @@ def status_html(line: str) -> str:
 class Feed:
     """One live view's document, rewritten by a thread from the mirrored run until the run is no longer live."""
 
-    def __init__(self, r, build):
+    def __init__(self, r, build, connected=None):
         self.token = secrets.token_urlsafe(16)
         self.path = os.path.join(folder(), "feeds", self.token + ".json")
         self._run = weakref.ref(r)
         self._build = build          # r -> dict(status_html, frac, progress_text, stream_html, steps, live)
         self.touched = time.time()
+        self._connected = connected  # () -> bool: the page's browser session is still there (None: unknown)
         self.seq = 0
         self._last = None
         self.doc: dict = {}          # the last document written, without its seq (the page run's initial view)
@@ -193,9 +196,22 @@ class Feed:
                 going = self.write()
             except Exception:  # noqa: BLE001 -- a run mirrored mid-update: the next write catches up
                 going = True
-            if not going or time.time() - self.touched > ORPHAN_S:
+            if not going or self._orphaned():
                 break
         _drop(self)
+
+    def _orphaned(self) -> bool:
+        """Nobody can be watching: the page's session has been disconnected for ORPHAN_S, or (no way to tell) no
+        page run asked for this feed for ORPHAN_S. A live run's page does not rerun while the feed serves it,
+        so on a server the session decides (a run watched for longer than ORPHAN_S must go on being fed)."""
+        now = time.time()
+        if self._connected is not None:
+            try:
+                if self._connected():
+                    self.touched = now
+            except Exception:  # noqa: BLE001 -- a failing check counts as "not connected"
+                pass
+        return now - self.touched > ORPHAN_S
 
     def stop(self) -> None:
         self._stop.set()
@@ -218,7 +234,7 @@ def _remove(path: str) -> None:
         pass
 
 
-def feed_for(view_key: str, r, build) -> Feed:
+def feed_for(view_key: str, r, build, connected=None) -> Feed:
     """The feed of a session's live view (its runner key, made unique per session by the caller) for run r; a
     feed already there is brought up to date (a page rerun draws the run as it is now)."""
     with _lock:
@@ -233,14 +249,15 @@ def feed_for(view_key: str, r, build) -> Feed:
         f = _feeds.get(view_key)
         if f is not None:
             f.stop()
-    f = Feed(r, build)
+    f = Feed(r, build, connected)
     with _lock:
         _feeds[view_key] = f
     return f
 
 
-def show(view_key: str, r, build, poll_ms: int = POLL_MS):
-    """Draw the live status component for run r; returns the value it last sent (a state change), if any."""
-    f = feed_for(view_key, r, build)
+def show(view_key: str, r, build, poll_ms: int = POLL_MS, connected=None):
+    """Draw the live status component for run r; returns the value it last sent (a state change), if any.
+    connected: () -> bool, whether the page's browser session is still there (ui.common.session_connected)."""
+    f = feed_for(view_key, r, build, connected)
     return component()(url=f.url, poll_ms=int(poll_ms), first_poll_ms=FIRST_POLL_MS, initial=f.doc,
                        key=f"live_feed_{f.token}", default=None)

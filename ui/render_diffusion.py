@@ -9,6 +9,7 @@ from viz.safe import md_text
 
 TOKENS_HELP = ("positions committed up to this step; at a finished run's last step, the answer's tokens (up to and "
                "including its first end-of-text)")
+LIVE_LABEL_ROWS = 8     # a live grid's rows that carry their tokens as text (the newest); all once it pauses or ends
 
 
 def render(r, prefix: str = "diffusion", compact: bool = False) -> None:
@@ -40,7 +41,11 @@ def render(r, prefix: str = "diffusion", compact: bool = False) -> None:
         st.markdown(vz.text_html(step), unsafe_allow_html=True)
     st.markdown(legend.legend_html(vz.grid_legend()), unsafe_allow_html=True)
     graded = st.checkbox("grade new tokens by confidence", True, key=f"{prefix}_graded")
-    st.plotly_chart(vz.denoising_grid(steps, cur, graded=graded), key=f"{prefix}_grid", width="stretch")
+    # while live, only the newest rows carry their tokens as text: a fully labelled 64-step grid costs the
+    # browser ~1.4 s per redraw on 2 cores, the CPU the decoder runs on (viz.diffusion.denoising_grid)
+    label_rows = LIVE_LABEL_ROWS if renderers.live(r) else None
+    st.plotly_chart(vz.denoising_grid(steps, cur, graded=graded, label_rows=label_rows), key=f"{prefix}_grid",
+                    width="stretch")
     if compact:
         st.plotly_chart(vz.confidence_figure(step), key=f"{prefix}_conf", width="stretch")
         return

@@ -82,12 +82,15 @@ def _block_outlines(rows: list[dict], cursor_index: int) -> list[dict]:
 
 
 def denoising_grid(steps: list[dict], upto: int, graded: bool = True, max_rows: int = W.MAX_ROWS,
-                   max_columns: int = W.MAX_COLUMNS) -> go.Figure:
+                   max_columns: int = W.MAX_COLUMNS, label_rows: int | None = None) -> go.Figure:
     """Step x position grid: each cell is the position's token after that step (committed) or the
     ghost prediction under a mask in lighter type; the current block of each row is outlined
     (thick for the current step). Shows at most the last `max_rows` steps up to `upto`; beyond
     max_columns positions, a cell is a bin of positions coloured by its most telling one (committed this
-    step, else still masked), without labels."""
+    step, else still masked), without labels. label_rows: only the last label_rows rows carry their tokens
+    as text (the others colour and hover only), for a live view's redraw: each labelled cell is a text node
+    the browser lays out again (a fully labelled 64 x 64 grid: ~1.4 s of a headless chromium's main thread
+    per redraw on a 2-core machine; see benchmarks/results_ui.md)."""
     upto = max(0, min(upto, len(steps) - 1))
     first = W.first_row(upto, max_rows)
     rows = steps[first: upto + 1]
@@ -100,8 +103,10 @@ def denoising_grid(steps: list[dict], upto: int, graded: bool = True, max_rows: 
     fig = go.Figure()
     z, text, hover = [], [], []
     ghost_x, ghost_y, ghost_t = [], [], []
-    for s in rows:
+    plain_before = len(rows) - label_rows if label_rows is not None else 0   # rows without text labels
+    for r_i, s in enumerate(rows):
         zr, tr, hr = [], [], []
+        plain = r_i < plain_before
         for lo in range(0, n, k):
             j = lo if k == 1 else _bin_representative(s, lo, min(n, lo + k))
             st, conf = s["state"][j], s["conf"][j]
@@ -113,7 +118,9 @@ def denoising_grid(steps: list[dict], upto: int, graded: bool = True, max_rows: 
                 shown[t] = (_short(t, chars), plot_text(repr(t)))
             label, quoted = shown[t]
             hr.append(_cell_tip(s, j, quoted))
-            if st == "mask":
+            if plain:
+                tr.append("")
+            elif st == "mask":
                 tr.append("")
                 ghost_x.append(j)
                 ghost_y.append(s["index"])
@@ -139,6 +146,8 @@ def denoising_grid(steps: list[dict], upto: int, graded: bool = True, max_rows: 
     fig.update_xaxes(title="generated position", dtick=max(1, n // 16), side="top")
     note = W.steps_note(first, upto, len(steps)) + (f" · positions binned by {k} (a cell shows its most telling "
                                                    "position: committed this step, else masked)" if k > 1 else "")
+    if labelled and plain_before > 0:
+        note += f" · tokens shown on the last {label_rows} steps while live (every step once it pauses or ends)"
     fig.update_layout(height=max(260, (size + 10) * len(rows) + 120), margin={"l": 50, "r": 10, "t": 80, "b": 10})
     L.title(fig, "Denoising: step × position", note.strip(" ·") or None, axis_on_top=True)
     L.themed(fig)
