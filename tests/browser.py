@@ -26,8 +26,10 @@ def free_port() -> int:
 def streamlit_server(script: str = "app.py", live_feed: str | None = None):
     port = free_port()
     env = dict(os.environ, HF_HUB_OFFLINE="1", STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
-    # "1": the live status component (ui/live_feed.py); by default as the environment says (tests/conftest.py)
-    env["DECODING_LAB_LIVE_FEED"] = live_feed if live_feed is not None else os.environ.get("DECODING_LAB_LIVE_FEED", "0")
+    # "1": the live status component (ui/live_feed.py), the app's default; "0": the status fragment. By default
+    # as DECODING_LAB_BROWSER_LIVE_FEED says (AppTest runs keep the fragment: tests/conftest.py)
+    env["DECODING_LAB_LIVE_FEED"] = live_feed if live_feed is not None else os.environ.get(
+        "DECODING_LAB_BROWSER_LIVE_FEED", "1")
     log = open(os.path.join(ROOT, "tests", f".streamlit_{port}.log"), "w")
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", script, "--server.address", "127.0.0.1",
                              "--server.port", str(port), "--server.headless", "true",

@@ -11,8 +11,8 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # AppTest runs pages with no browser (no JavaScript), so a live run's status there is the Streamlit fragment
-# (ui/live.py), which AppTest can read (the live status component is off by default; tests/test_live_feed_browser.py
-# runs a server with it on).
+# (ui/live.py), which AppTest can read. The browser tests' servers run the app's default, the live status
+# component (ui/live_feed.py; tests/browser.py: DECODING_LAB_BROWSER_LIVE_FEED=0 runs them on the fragment).
 os.environ.setdefault("DECODING_LAB_LIVE_FEED", "0")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 

@@ -17,10 +17,8 @@ that cannot be told, once no page run has asked for it for ORPHAN_S: no page run
 fed, so a server always says). Its text is built by the same viz functions as the
 page's (escaped HTML), so a trace's or prompt's text is never markup.
 
-Off by default for now: DECODING_LAB_LIVE_FEED=1 turns it on (otherwise the Streamlit fragment of ui/live.py
-draws the live status). On 2026-12-03 one full-suite run on a slow machine timed out in the side-by-side
-diffusion browser test with it on (both runs at 57 / 64 steps after 720 s, the decoder ~1/3 busy), while the
-same view alone finished in 127 s with it on; until that is understood the tested default stays the fragment.
+On by default; DECODING_LAB_LIVE_FEED=0 turns it off (then the Streamlit fragment of ui/live.py draws the
+live status, refreshed every second; AppTest runs use that path, tests/conftest.py).
 """
 from __future__ import annotations
 
@@ -48,7 +46,7 @@ _feeds: dict[str, "Feed"] = {}
 
 
 def enabled() -> bool:
-    return os.environ.get("DECODING_LAB_LIVE_FEED", "0") == "1"
+    return os.environ.get("DECODING_LAB_LIVE_FEED", "1") != "0"
 
 
 INDEX_HTML = """<!doctype html>
