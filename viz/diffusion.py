@@ -118,15 +118,11 @@ def denoising_grid(steps: list[dict], upto: int, graded: bool = True, max_rows: 
                 shown[t] = (_short(t, chars), plot_text(repr(t)))
             label, quoted = shown[t]
             hr.append(_cell_tip(s, j, quoted))
-            if plain:
-                tr.append("")
-            elif st == "mask":
-                tr.append("")
+            tr.append("" if plain or st == "mask" else label)
+            if st == "mask" and not plain:
                 ghost_x.append(j)
                 ghost_y.append(s["index"])
                 ghost_t.append(label)
-            else:
-                tr.append(label)
         z.append(zr)
         text.append(tr)
         hover.append(hr)
