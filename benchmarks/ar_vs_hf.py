@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from engine import models, run
+from engine import cpu_linear, models, run
 
 PROMPTS = [
     "Explain in two sentences why the sky is blue.",
@@ -26,7 +26,7 @@ PROMPTS = [
 def hf_generate(lm, prompt, n):
     ids = lm.encode(prompt)
     t = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), cpu_linear.stock(lm.model):   # HF as it ships: plain nn.Linear
         out = lm.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
                                 pad_token_id=lm.tokenizer.eos_token_id)
     dt = time.perf_counter() - t

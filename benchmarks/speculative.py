@@ -20,7 +20,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from engine import models, run  # noqa: E402
+from engine import cpu_linear, models, run  # noqa: E402
 from engine.methods import speculative as spec  # noqa: E402
 
 PROMPTS = {
@@ -65,7 +65,7 @@ def best_of(n, fn):
 
 def hf_generate(lm, prompt, new, **kw):
     ids = lm.encode(prompt)
-    with torch.inference_mode():
+    with torch.inference_mode(), cpu_linear.stock(lm.model, kw.get("assistant_model")):   # HF as it ships: plain nn.Linear
         out = lm.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, do_sample=False,
                                 pad_token_id=lm.tokenizer.eos_token_id, **kw)
     return out[0, ids.shape[1]:].tolist()

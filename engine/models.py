@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from engine import attention
+from engine import attention, cpu_linear
 from engine.errors import ModelLoadError, PromptError, shorten  # noqa: F401  (re-exported)
 from engine.placement import (  # noqa: F401  (re-exported: models.check_placement, models.placement_key, ...)
     DTYPES, MAX_MEMORY_HELP, PLACEMENTS, QUANTIZATIONS, auto_device, auto_dtype, canonical_placement,
@@ -291,6 +291,7 @@ def _load(name_or_path, device, dtype, trust_remote_code, device_map, quantizati
             raise ModelLoadError(f"Out of GPU memory moving '{name}' to {dev}.") from e
     model.eval()
     attention.install(model)  # once, here: the per-call attention dispatcher (engine/attention.py)
+    cpu_linear.install(model)  # a float32 CPU model: oneDNN-packed linears (engine/cpu_linear.py)
     is_instruct = bool(getattr(tokenizer, "chat_template", None))
     return LM(model=model, tokenizer=tokenizer, name=name, device=dev, dtype=dt, is_instruct=is_instruct,
               placement=placement)
