@@ -111,3 +111,14 @@ def stock(*models: nn.Module):
     finally:
         for m in switched:
             m.__class__ = PackedLinear
+
+
+def linear_fn(weight: torch.Tensor):
+    """x -> x @ weight.T for a weight [out, in] that no module holds (a draft vocabulary's rows of the LM head),
+    packed like install() packs a float32 CPU model's linears; a plain function, so that assigning it to a module
+    registers nothing in the module's state dict."""
+    lin = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta")
+    lin.weight = nn.Parameter(weight.detach(), requires_grad=False)
+    if enabled() and weight.device.type == "cpu" and weight.dtype == torch.float32:
+        lin.__class__ = PackedLinear
+    return lin.__call__

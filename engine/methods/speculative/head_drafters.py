@@ -132,10 +132,8 @@ class MedusaDrafter(HeadDrafter):
         if self.last is None or depth < 1:
             return DraftTree.rooted(ctx.seq[-1])
         h = self.last.to(ctx.lm.device)
-        dists = []
-        for i in range(depth):
-            logits = self.module.medusa_head[i](h).float()
-            dists.append(draft_dist(vocab_fix(logits, ctx.vocab), ctx.sampling))
+        logits = self.module.first(h, depth).float()
+        dists = [draft_dist(vocab_fix(logits[i], ctx.vocab), ctx.sampling) for i in range(depth)]
         ctx.counters.draft_forwards += 1
         ctx.round_draft_forwards += 1
 
@@ -187,7 +185,8 @@ class EagleDrafter(HeadDrafter):
         if ids is None:
             return vocab_fix(self.lm.model.get_output_embeddings()(g).float(), vocab)
         out = torch.full((g.shape[0], vocab), float("-inf"), device=g.device)
-        out[:, ids] = (g @ self.module.draft_w.T).float()
+        read = getattr(self.module, "draft_read", None)
+        out[:, ids] = (read(g) if read is not None else g @ self.module.draft_w.T).float()
         return out
 
     def propose(self, ctx) -> DraftTree:
