@@ -238,7 +238,13 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--live-feed", default="1", choices=["0", "1"],
                     help="the live status: 1 the component fed by JSON (ui/live_feed.py), 0 the Streamlit fragment")
+    ap.add_argument("--unwatched-threads", type=int, default=0,
+                    help="torch threads of the unwatched runs (default: the decoder process's, "
+                         "engine.decoder_server.decoder_threads)")
     a = ap.parse_args(argv)
+    import torch
+    from engine.decoder_server import decoder_threads
+    torch.set_num_threads(a.unwatched_threads or decoder_threads())
     only = {x.strip() for x in a.only.split(",") if x.strip()}
     todo = [r for r in [*ROWS, "pair"] if not only or r in only] + (["long"] if a.long else [])
     results = []
@@ -256,7 +262,8 @@ def main(argv=None) -> int:
                                            f"{fmt(r['first'])} s, figures render {r['early']} ms early / "
                                            f"{r['late']} ms at step {r['late_step']}" for r in rows), flush=True)
     print(f"\n## UI overhead ({time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPU cores, headless chromium on the "
-          f"same machine; medians of {a.repeats} alternating pairs)\n")
+          f"same machine; medians of {a.repeats} alternating pairs; torch threads: unwatched {torch.get_num_threads()}, "
+          f"decoder {decoder_threads()})\n")
     print("| row | unwatched tokens/s | watched tokens/s | ratio (median) | first step shown after | figures render, "
           "step ~10 | figures render, last redraw |")
     print("|---|---|---|---|---|---|---|")

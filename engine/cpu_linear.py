@@ -53,6 +53,13 @@ class PackedLinear(nn.Linear):
             self.__dict__["_dlab_packed"] = got
         return got[1]
 
+    def __getstate__(self):
+        """Copies and pickles leave the packed copy behind (an opaque oneDNN tensor that cannot be copied; the
+        copy packs its own weight on first use): copy.deepcopy(model) builds the diffusion models."""
+        state = self.__dict__.copy()
+        state.pop("_dlab_packed", None)
+        return state
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight
         if (torch.is_grad_enabled() and (w.requires_grad or x.requires_grad)) or x.dtype != torch.float32 \

@@ -34,7 +34,13 @@ def _model_info(lm, key: tuple = ()) -> dict:
             "params": int(sum(p.numel() for p in lm.model.parameters())),
             "layers": getattr(cfg, "num_hidden_layers", None), "vocab": getattr(cfg, "vocab_size", None),
             "kv_bytes_per_token": _safe(lm.kv_bytes_per_token), "context_length": lm.context_length,
-            "is_instruct": lm.is_instruct, "model_type": str(getattr(cfg, "model_type", ""))}
+            "is_instruct": lm.is_instruct, "model_type": str(getattr(cfg, "model_type", "")),
+            "torch_threads": _safe(_torch_threads)}
+
+
+def _torch_threads():
+    import torch
+    return torch.get_num_threads()
 
 
 def _safe(fn):
@@ -308,9 +314,27 @@ TASKS = {"vs_autoregressive": _task_vs_autoregressive, "judged": _task_judged, "
          "diffusion_model": _task_diffusion_model}
 
 
+def decoder_threads() -> int:
+    """The decoder process's torch threads: DECODING_LAB_DECODER_THREADS when set, else every core but one, which
+    the UI's server and the browser need. On a 2-core machine that is 1 thread: with 2, a browser busy drawing takes
+    a core from one of them and every parallel region waits for it. Measured 2026-12-04 on the embedded model,
+    engine API, compute tokens/s idle / beside a process busy half the time on one core: AR 13.1 / 8.8 with 2
+    threads, 15.9 / 16.4 with 1; speculative (prompt lookup) 21.4 / 13.4 vs 21.2 / 21.4; KV (H2O, all layers
+    watched) 11.6 / 6.9 vs 13.0 / 13.9; lookahead 8.2 / 5.2 vs 7.8 / 8.0; diffusion (64 positions) 2.05 / 1.6
+    vs 1.8 / 1.7 (`python -m benchmarks.decoder_threads`, benchmarks/results_ui.md)."""
+    v = os.environ.get("DECODING_LAB_DECODER_THREADS", "").strip()
+    if v.isdigit() and int(v) >= 1:
+        return int(v)
+    import torch
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(torch.get_num_threads(), cores - 1))
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     conn = Connection(int(argv[0]))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    torch.set_num_threads(decoder_threads())
     Server(conn).serve()
     os._exit(0)   # daemon worker threads may still be inside torch: do not wait for them

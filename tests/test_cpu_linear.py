@@ -45,6 +45,21 @@ def test_a_changed_weight_is_seen():
     assert torch.allclose(third, x @ lin.weight.T, rtol=1e-5, atol=1e-5)
 
 
+def test_a_packed_model_can_be_deep_copied():
+    """engine/diffusion/adapters.py builds a diffusion model as a deep copy of the loaded one."""
+    import copy
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(16, 8), nn.Linear(8, 4))
+    cpu_linear.install(m)
+    x = torch.randn(3, 16)
+    with torch.no_grad():
+        ref = m(x)                        # packs
+        twin = copy.deepcopy(m)
+        assert all(type(t) is cpu_linear.PackedLinear and "_dlab_packed" not in t.__dict__ for t in twin)
+        twin[0].weight.add_(1.0)
+        assert torch.allclose(m(x), ref) and not torch.allclose(twin(x), ref)
+
+
 def test_autograd_and_other_dtypes_take_the_ordinary_path():
     torch.manual_seed(0)
     lin = packed(nn.Linear(16, 8))

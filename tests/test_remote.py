@@ -1,6 +1,7 @@
 """The decoder process (engine.remote): runs there stream their steps into a mirror with the Runner's
 interface; controls, breakpoints, errors and the decoder's death behave as in-process runs would."""
 import gc
+import os
 import threading
 import time
 
@@ -164,3 +165,16 @@ def test_a_cancelled_run_leaves_no_inference_mode_behind(local):
     t.join()
     assert seen["inference"] is True
     assert not torch.is_inference_mode_enabled() and torch.is_grad_enabled()
+
+
+def test_the_decoder_leaves_a_core_to_the_ui(handle, monkeypatch):
+    """The decoder process runs decoder_threads() torch threads: every core but one (a browser and the server on
+    the same 2 cores otherwise stall its parallel ops; benchmarks/results_ui.md), or DECODING_LAB_DECODER_THREADS."""
+    from engine.decoder_server import decoder_threads
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert handle.info["torch_threads"] == decoder_threads() == max(1, min(torch.get_num_threads(), cores - 1))
+    monkeypatch.setenv("DECODING_LAB_DECODER_THREADS", "3")
+    assert decoder_threads() == 3
+    for bad in ("0", "-1", "two", ""):
+        monkeypatch.setenv("DECODING_LAB_DECODER_THREADS", bad)
+        assert decoder_threads() == max(1, min(torch.get_num_threads(), cores - 1))
