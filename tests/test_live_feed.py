@@ -66,6 +66,26 @@ def test_the_document_follows_the_run_and_ends_final():
         f.stop()
 
 
+def test_the_component_polls_fast_until_the_first_step():
+    """The document says whether a step is there: the component polls every FIRST_POLL_MS until then (it used to
+    slow to POLL_MS after its first fetch, a 'no steps yet' document, so a first step waited up to a second more)."""
+    r = fake_run([])
+    f = live_feed.Feed(r, live.feed_doc)
+    try:
+        assert read(f)["stepped"] is False
+        r.trace.steps.append(ar_step(0, "Hi"))
+        r.trace.counters.generated_tokens, r.cursor = 1, 0
+        deadline = time.time() + 5
+        while not read(f)["stepped"] and time.time() < deadline:
+            time.sleep(0.05)
+        assert read(f)["stepped"] is True
+        with open(os.path.join(live_feed.folder(), "index.html"), encoding="utf-8") as fh:
+            page = fh.read()
+        assert "stepped ? args.poll_ms : args.first_poll_ms" in page
+    finally:
+        f.stop()
+
+
 def test_unchanged_runs_are_not_rewritten():
     r = fake_run(["a"])
     f = live_feed.Feed(r, live.feed_doc)

@@ -11,7 +11,8 @@ breakpoint, the end, an error), when the component sends the page a value.
 How. One folder per UI process (a temporary directory) holds the component's index.html and, under
 feeds/, one JSON document per live view, named by a random token (the component's URL is not guessable;
 the server listens on localhost only). A writer thread per live view rebuilds the document from the
-mirrored run every WRITE_S (every FIRST_WRITE_S until the first step) and stops once the run is no longer
+mirrored run every WRITE_S (every FIRST_WRITE_S until the first step, which the component polls for every
+FIRST_POLL_MS) and stops once the run is no longer
 live, or once its page has been gone for ORPHAN_S (its browser session disconnected; outside a server, where
 that cannot be told, once no page run has asked for it for ORPHAN_S: no page run comes while a run is live and
 fed, so a server always says). Its text is built by the same viz functions as the
@@ -59,7 +60,7 @@ body { margin: 0; padding: 0 2px; font-family: "Source Sans Pro", sans-serif; fo
 </style></head>
 <body><div id="status"></div><div id="bar"><div id="fill"></div></div><div id="ptext"></div><div id="stream"></div>
 <script>
-let args = null, seq = -1, sent = null, timer = null, done = false, lastH = 0;
+let args = null, seq = -1, sent = null, timer = null, done = false, lastH = 0, stepped = false;
 function post(type, extra) { window.parent.postMessage(Object.assign({isStreamlitMessage: true, type: type}, extra || {}), "*"); }
 function fit() { const h = document.body.scrollHeight + 4; if (Math.abs(h - lastH) > 1) { lastH = h; post("streamlit:setFrameHeight", {height: h}); } }
 function show(d) {
@@ -77,11 +78,12 @@ async function tick() {
     if (r.ok) {
       const d = await r.json();
       if (d.seq !== seq) { seq = d.seq; show(d); }
+      stepped = !!d.stepped;
       if (d.rerun && d.rerun !== sent) { sent = d.rerun; post("streamlit:setComponentValue", {value: d.rerun, dataType: "json"}); }
       if (d.final) { done = true; document.body.dataset.final = "1"; return; }   // the page redraws now
     }
   } catch (e) {}
-  timer = setTimeout(tick, seq < 1 ? args.first_poll_ms : args.poll_ms);
+  timer = setTimeout(tick, stepped ? args.poll_ms : args.first_poll_ms);   // fast until the first step shows
 }
 window.addEventListener("message", function (ev) {
   const m = ev.data || {};
@@ -92,7 +94,7 @@ window.addEventListener("message", function (ev) {
   if (t.primaryColor) document.getElementById("fill").style.background = t.primaryColor;
   const fresh = !args || args.url !== m.args.url;
   args = m.args;
-  if (fresh) { seq = -1; done = false; if (timer) clearTimeout(timer); }
+  if (fresh) { seq = -1; done = false; stepped = false; if (timer) clearTimeout(timer); }
   if (seq < 0 && args.initial) show(args.initial);   // the page run's own view of the run, until the first fetch
   if (fresh) tick();
   fit();
@@ -170,6 +172,7 @@ class Feed:
             doc = self._build(r)
             going = bool(doc.pop("live"))
             steps = doc.pop("steps")
+            doc["stepped"] = steps > 0      # the component polls fast until the first step is there
             if not going:
                 doc.update(final=True, rerun=f"{getattr(r, 'state', '')}:{steps}")
         self.doc = dict(doc)
