@@ -98,14 +98,6 @@ def install(model: nn.Module) -> int:
     return len(lins)
 
 
-def uninstall(model: nn.Module) -> None:
-    """Back to plain nn.Linear (drops the packed copies)."""
-    for m in model.modules():
-        if type(m) is PackedLinear:
-            m.__dict__.pop("_dlab_packed", None)
-            m.__class__ = nn.Linear
-
-
 @contextmanager
 def stock(*models: nn.Module):
     """Run a block on the models' plain nn.Linear modules (benchmarks: HF generate as it ships), then switch

@@ -185,8 +185,7 @@ class EagleDrafter(HeadDrafter):
         if ids is None:
             return vocab_fix(self.lm.model.get_output_embeddings()(g).float(), vocab)
         out = torch.full((g.shape[0], vocab), float("-inf"), device=g.device)
-        read = getattr(self.module, "draft_read", None)
-        out[:, ids] = (read(g) if read is not None else g @ self.module.draft_w.T).float()
+        out[:, ids] = self.module.draft_read(g).float()
         return out
 
     def propose(self, ctx) -> DraftTree:
